@@ -1,0 +1,161 @@
+"""The task contract: how a model family plugs into the one training loop.
+
+A *task* bundles a model family's own options, data and evaluation. The trainer
+(:func:`hardalign.train.train`) owns everything else: config, seeding, the estimator, the
+optimiser, gradient clipping, logging, checkpoints, resume and torch.distributed. Tasks are
+registered by name in :data:`TASKS` as ``"module:Class"`` import strings, imported only when
+used, so that ``hardalign train`` for one family never imports the others.
+
+The contract, as the trainer calls it::
+
+    class SomeTask:
+        Config = SomeTaskConfig
+            # a @dataclass of the task's own options: flat scalar fields with defaults
+            # (str / int / float / bool / None, or ``X | None``). Merged with TrainConfig into one
+            # flat namespace for YAML and --kebab-case overrides; a field name that clashes with
+            # a TrainConfig field is an error (see hardalign.train.config.TRAIN_KEYS).
+
+        def __init__(self, config, train_config, *, device, rank=0, world_size=1):
+            # config: a SomeTaskConfig; train_config: the TrainConfig (read batch_size, seed,
+            # num_samples, estimator from it). Load or index the data here (no downloads).
+
+        def build_model(self) -> torch.nn.Module:
+            # called once per process after seeding; the trainer moves it to the device, wraps it
+            # in DistributedDataParallel when world_size > 1 and builds the optimiser over
+            # model.parameters() (include any NVIL baseline network in the model).
+            # Its forward is called as
+            #     model(batch, *, estimator, num_samples: int, step: int) -> dict[str, Tensor]
+            # with the batch already on the device. "loss" is the scalar the trainer minimises
+            # (the estimator's out.loss plus any regulariser); every other entry is a detached
+            # 0-dim tensor the trainer logs as its own term ("objective", "entropy", ...). Never
+            # call .item() in forward: the trainer syncs only at its logging interval.
+
+        def train_batches(self, epoch: int) -> Iterable[dict]:
+            # this rank's shard of the epoch's training batches: dicts of tensors (non-tensor
+            # values such as utterance ids are allowed and left alone); the trainer moves the
+            # tensors to the device. batch_size in TrainConfig is the GLOBAL batch: with
+            # world_size ranks each yields batch_size // world_size examples per step, and the
+            # ranks must yield the same number of batches. Must be a deterministic function of
+            # (train_config.seed, epoch, rank, world_size) that does not draw from the global
+            # RNGs (use a torch.Generator seeded from seed and epoch; see shard_batches), so
+            # that resuming mid-epoch replays the same order.
+
+        def evaluate(self, model, split: str) -> dict[str, float]:
+            # e.g. {"per": 0.153} or {"bound": -98.2}; split is "dev" or "test". Called on rank 0
+            # only, with the unwrapped model in eval mode under torch.no_grad(); it must not call
+            # collective operations (so no estimator calls in training mode). The trainer saves
+            # and restores all RNG states around it, so evaluation never perturbs training.
+
+Optional: a task may define ``metrics_to_minimize: tuple[str, ...]`` (for documentation and
+the report tables; the trainer does not select checkpoints by it).
+
+Example:
+    >>> sorted(TASKS)
+    ['glimpse', 'sbn', 'timit']
+    >>> batches = list(shard_batches(10, 4, seed=0, epoch=0, rank=1, world_size=2))
+    >>> [len(b) for b in batches]
+    [2, 2]
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Iterator
+
+import torch
+
+__all__ = ["TASKS", "get_task_class", "build_task", "shard_batches"]
+
+#: Registered tasks: name -> "module:Class" (imported lazily by :func:`get_task_class`).
+TASKS: dict[str, str] = {
+    "timit": "hardalign.speech.task:SpeechTask",
+    "glimpse": "hardalign.vision.task:GlimpseTask",
+    "sbn": "hardalign.sbn:SBNTask",
+}
+
+
+def get_task_class(name: str) -> type:
+    """Import and return the task class registered as ``name``.
+
+    Raises:
+        ValueError: ``name`` is not in :data:`TASKS` (the message lists the registered names).
+        ImportError: the registered module or class cannot be imported.
+    """
+    if name not in TASKS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(TASKS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown task {name!r}{hint}; registered tasks: {sorted(TASKS)}")
+    module_name, _, class_name = TASKS[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ImportError(f"task {name!r} is registered as {TASKS[name]!r} but {module_name} cannot be imported: {error}") from error
+    try:
+        return getattr(module, class_name)
+    except AttributeError:
+        raise ImportError(f"task {name!r}: module {module_name} has no class {class_name!r}") from None
+
+
+def build_task(
+    name: str,
+    config: Any,
+    train_config: Any,
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Any:
+    """Instantiate the task registered as ``name`` with its config and the trainer's config."""
+    task_class = get_task_class(name)
+    return task_class(config, train_config, device=device, rank=rank, world_size=world_size)
+
+
+def shard_batches(
+    num_examples: int,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle: bool = True,
+    drop_last: bool = True,
+) -> Iterator[torch.Tensor]:
+    """Yield this rank's example indices for each global batch of one epoch.
+
+    The epoch's order is a permutation drawn from a private ``torch.Generator`` seeded with
+    ``(seed, epoch)`` (the global RNGs are not touched); it is cut into global batches of
+    ``batch_size`` and rank ``r`` takes the ``r``-th contiguous slice of ``batch_size //
+    world_size`` indices of each. With equal slices, averaging the ranks' mean-over-batch
+    gradients (what DistributedDataParallel does) equals the single-process gradient on the
+    whole global batch.
+
+    Args:
+        num_examples: size of the training set.
+        batch_size: the global batch size; must be divisible by ``world_size``.
+        seed, epoch: select the permutation.
+        rank, world_size: which shard.
+        shuffle: permute (``False``: natural order).
+        drop_last: drop a last incomplete global batch (otherwise it is split as evenly as
+            possible; ranks then see unequal sizes).
+
+    Yields:
+        ``[batch_size // world_size]`` long tensors of indices.
+    """
+    if batch_size < 1 or num_examples < 1:
+        raise ValueError(f"shard_batches(): batch_size and num_examples must be >= 1, got {batch_size}, {num_examples}")
+    if batch_size % world_size:
+        raise ValueError(f"batch_size={batch_size} (the global batch) must be divisible by world_size={world_size}")
+    if shuffle:
+        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+        order = torch.randperm(num_examples, generator=generator)
+    else:
+        order = torch.arange(num_examples)
+    for start in range(0, num_examples, batch_size):
+        batch = order[start : start + batch_size]
+        if len(batch) < batch_size and drop_last:
+            break
+        # contiguous shards of the global batch; torch.tensor_split keeps them as even as possible
+        yield torch.tensor_split(batch, world_size)[rank]
