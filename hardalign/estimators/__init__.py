@@ -1,0 +1,63 @@
+"""Gradient estimators for discrete latent variables: REINFORCE, NVIL, VIMCO, sequential VIMCO.
+
+Every estimator follows one call convention::
+
+    out = estimator(log_weights, log_probs, mask=None, baseline=None)
+
+* ``log_weights``: per-step log weights ``l_t^k`` ``[K, B, T]`` (or per-sample totals ``[K, B]``);
+  ``log w^k = sum_t l_t^k = log p(y, z^k | x) - log q(z^k | x, y)``. They carry the model's
+  pathwise gradient; padding steps must be 0.
+* ``log_probs``: ``log q`` of the sampled decisions ``[K, B, T]`` (or ``[K, B]``), differentiable in
+  the proposal's parameters.
+* ``mask``: bool ``[K, B, T]``, the steps whose decision gets a learning signal (padding and
+  forced steps excluded).
+* ``baseline``: NVIL's input-dependent baseline ``[K, B]`` or ``[K, B, T]``.
+
+``out.loss`` is a scalar to minimise whose negative gradient is the gradient estimate;
+``out.objective`` ``[B]``, ``out.signals`` and ``out.stats`` are detached.
+
+Each estimator exists as a pure function (``reinforce_loss``, ``nvil_loss``, ``vimco_loss``,
+``sequential_vimco_loss``) and as an ``nn.Module`` in :data:`ESTIMATORS` that holds the state
+(moving averages, NVIL's running statistics); :func:`build_estimator` builds one by name.
+
+Example:
+    >>> import torch
+    >>> from hardalign.estimators import build_estimator
+    >>> logits = torch.zeros(5, requires_grad=True)
+    >>> q = torch.distributions.Bernoulli(logits=logits.expand(8, 3, 5))  # K=8, B=3, T=5
+    >>> z = q.sample()
+    >>> log_weights = z * 0.5 - (1 - z) * 0.5  # a per-step reward
+    >>> out = build_estimator("vimco-seq")(log_weights, q.log_prob(z))
+    >>> out.loss.backward()
+    >>> out.objective.shape, logits.grad.shape
+    (torch.Size([3]), torch.Size([5]))
+"""
+
+from hardalign.estimators._baselines import leave_one_out_mean, reward_to_go
+from hardalign.estimators._inputs import EstimatorOutput
+from hardalign.estimators._logspace import leave_one_out_logsumexp, log_mean_exp
+from hardalign.estimators._nvil import NVIL, nvil_loss
+from hardalign.estimators._registry import ESTIMATORS, build_estimator, estimator_options
+from hardalign.estimators._reinforce import REINFORCE, reinforce_loss
+from hardalign.estimators._surrogate import score_function_surrogate
+from hardalign.estimators._vimco import VIMCO, SequentialVIMCO, sequential_vimco_loss, vimco_loss
+
+__all__ = [
+    "ESTIMATORS",
+    "EstimatorOutput",
+    "NVIL",
+    "REINFORCE",
+    "SequentialVIMCO",
+    "VIMCO",
+    "build_estimator",
+    "estimator_options",
+    "leave_one_out_logsumexp",
+    "leave_one_out_mean",
+    "log_mean_exp",
+    "nvil_loss",
+    "reinforce_loss",
+    "reward_to_go",
+    "score_function_surrogate",
+    "sequential_vimco_loss",
+    "vimco_loss",
+]

@@ -1,0 +1,120 @@
+"""The call convention shared by every estimator: argument checks and the result type."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from hardalign import _checks
+
+LAYOUT = "[K, B, T] or [K, B]"
+
+
+class EstimatorOutput(NamedTuple):
+    """What every estimator returns.
+
+    Attributes:
+        loss: scalar to minimise: the mean over the batch of per-example surrogate losses; its
+            negative gradient is the estimate of the gradient of the objective (NVIL adds the
+            regression term that trains its baseline).
+        objective: ``[B]`` detached objective per example (the ELBO ``mean_k log w^k`` for
+            REINFORCE/NVIL, the K-sample bound ``log mean_k w^k`` for the VIMCO variants).
+        signals: detached learning signals, the shape of ``log_probs`` (0 where ``mask`` is False).
+        stats: detached 0-dim diagnostics (signal mean/std, effective sample size for K > 1,
+            baseline values).
+    """
+
+    loss: torch.Tensor
+    objective: torch.Tensor
+    signals: torch.Tensor
+    stats: dict
+
+
+class Inputs(NamedTuple):
+    """Arguments in canonical form: ``step_log_weights [K, B, T']`` with T' = T, or T' = 1 when
+    only per-sample totals were given; ``log_probs`` and ``mask`` ``[K, B, T]``."""
+
+    step_log_weights: torch.Tensor
+    log_probs: torch.Tensor
+    mask: torch.Tensor
+    per_step: bool  # True when log_weights had a step axis matching log_probs
+    squeeze: bool  # True when log_probs were given as [K, B]: signals go back as [K, B]
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """Per-sample totals ``log w^k`` ``[K, B]``."""
+        return self.step_log_weights.sum(-1)
+
+
+def canonical_inputs(name: str, log_weights, log_probs, mask, *, min_samples: int = 1) -> Inputs:
+    """Check the shared arguments and bring them to ``[K, B, T]`` form.
+
+    ``log_weights`` may be per-step ``[K, B, T]`` (the shape of ``log_probs``) or totals ``[K, B]``;
+    ``log_probs`` may be ``[K, B, T]`` or ``[K, B]``; ``mask`` is bool with ``log_probs``' shape.
+    """
+    _checks.check_floating("log_weights", log_weights)
+    _checks.check_floating("log_probs", log_probs)
+    _checks.check_rank("log_weights", log_weights, (2, 3), LAYOUT)
+    _checks.check_rank("log_probs", log_probs, (2, 3), LAYOUT)
+    _checks.check_same_device_dtype("log_probs", log_probs, "log_weights", log_weights)
+    if log_weights.shape[:2] != log_probs.shape[:2]:
+        raise ValueError(
+            f"log_probs: expected the leading [K, B] = {_checks.shape_str(log_weights.shape[:2])} of log_weights, "
+            f"got {_checks.shape_str(log_probs.shape)}"
+        )
+    if log_weights.dim() == 3:
+        _checks.check_same_shape("log_weights", log_weights, "log_probs", log_probs if log_probs.dim() == 3 else log_weights, "[K, B, T]")
+        if log_probs.dim() == 2:
+            raise ValueError(
+                f"log_probs: got per-sample totals {_checks.shape_str(log_probs.shape)} with per-step log_weights "
+                f"{_checks.shape_str(log_weights.shape)}; pass log_probs per step [K, B, T] or log_weights.sum(-1)"
+            )
+    squeeze = log_probs.dim() == 2
+    if mask is None:
+        mask = torch.ones(log_probs.shape, dtype=torch.bool, device=log_probs.device)
+    else:
+        _checks.check_mask("mask", mask, "log_probs", log_probs, LAYOUT)
+    num_samples = log_weights.shape[0]
+    if num_samples < min_samples:
+        raise ValueError(
+            f"{name}: needs K >= {min_samples} samples per example (the leading axis of log_weights), got K={num_samples}; "
+            f"draw more particles (e.g. --num-samples {max(min_samples, 2)})"
+        )
+    if squeeze:
+        log_probs, mask = log_probs.unsqueeze(-1), mask.unsqueeze(-1)
+    step_log_weights = log_weights if log_weights.dim() == 3 else log_weights.unsqueeze(-1)
+    return Inputs(step_log_weights, log_probs, mask, per_step=log_weights.dim() == 3 and not squeeze, squeeze=squeeze)
+
+
+def check_baseline(baseline: torch.Tensor, inputs: Inputs) -> torch.Tensor:
+    """NVIL's baseline: ``[K, B]`` (one per sample) or ``[K, B, T]`` (one per step); returned as ``[K, B, T']``."""
+    _checks.check_floating("baseline", baseline)
+    _checks.check_same_device_dtype("baseline", baseline, "log_weights", inputs.step_log_weights)
+    K, B, T = inputs.log_probs.shape
+    if baseline.shape == (K, B):
+        return baseline.unsqueeze(-1)
+    if baseline.shape == (K, B, T) and not inputs.squeeze:
+        return baseline
+    raise ValueError(
+        f"baseline: expected shape [K, B] = {_checks.shape_str((K, B))} (one value per sample) or [K, B, T] = "
+        f"{_checks.shape_str((K, B, T))} (one per step), got {_checks.shape_str(baseline.shape)}"
+    )
+
+
+def finish(inputs: Inputs, loss_per_example: torch.Tensor, objective: torch.Tensor, signals: torch.Tensor, stats: dict) -> EstimatorOutput:
+    """Mask and detach the signals, add their moments and the mean loss, package the result."""
+    signals = torch.where(inputs.mask, signals.detach(), torch.zeros_like(signals)).expand_as(inputs.log_probs)
+    count = inputs.mask.sum().clamp_min(1)
+    mean = signals.sum() / count
+    std = (((signals - mean) ** 2 * inputs.mask).sum() / count).sqrt()
+    stats = {"signal_mean": mean, "signal_std": std, **{k: v.detach() for k, v in stats.items()}}
+    if inputs.squeeze:
+        signals = signals.squeeze(-1)
+    return EstimatorOutput(loss=loss_per_example.mean(), objective=objective.detach(), signals=signals, stats=stats)
+
+
+def effective_sample_size(log_weights: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``1 / sum_k softmax(log w)_k^2`` for ``[K, B]`` log weights (between 1 and K)."""
+    normalized = torch.softmax(log_weights.detach(), dim=0)
+    return (1.0 / (normalized * normalized).sum(0)).mean()
