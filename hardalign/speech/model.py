@@ -1,0 +1,423 @@
+"""The online hard-alignment phoneme recogniser: model p, posterior q and NVIL baseline in one module.
+
+Model p (DESIGN.md section 4) reads one step of stacked frames at a time with a unidirectional
+stacked LSTM. At step t it outputs an emit probability ``b_t`` (a Bernoulli decision ``z_t``) and
+a softmax ``d_t`` over phones + end-of-sequence; when ``z_t = 1`` the next target label is scored
+with ``log d_t[y_next]`` and fed back. Decisions are deterministic (*forced*) when the remaining
+steps equal the remaining labels (emit) and after the last label, EOS, has been emitted (skip);
+forced steps have ``log q = 0`` and carry no learning signal.
+
+Layout of the computation, chosen so that the work that does not depend on the decisions is done
+once per utterance and not once per particle:
+
+* layer 1 of p is a ``torch.nn.LSTM`` over the frames (fused kernels, no feedback), run once per
+  utterance; its outputs are projected to the gate pre-activations of layer 2 once per utterance;
+* layer 2 of p is an LSTM cell run step by step over all ``K * B`` particles at once; the fed-back
+  previous decision ``z_{t-1}`` and last emitted label enter it as embeddings added to its gates
+  (an embedding of size ``4H`` is exactly an input projection of a one-hot vector);
+* the posterior q(z | x, y) (:mod:`hardalign.speech.posterior`) encodes frames and labels once per
+  utterance with bidirectional LSTMs and runs its own small step RNN over the particles.
+
+The module implements the :class:`hardalign.attention.HardAttention` protocol, so one call of
+:func:`hardalign.attention.rollout` draws all K particles of all utterances in one batched pass.
+The location of step t is the decision ``z_t``; ``read`` returns it unchanged (what the model "sees"
+next, the frame ``t + 1``, does not depend on where it looked, only on whether it emitted).
+
+Label ids follow :class:`hardalign.data.phones.Vocabulary`: 0 is padding, phones are ``1..n``,
+EOS is ``n + 1``. The softmax ``d_t`` covers ``1..n+1`` (``n + 1`` classes, class ``c - 1`` is
+label ``c``); the fed-back label 0 means "nothing emitted yet".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import distributions as D
+from torch import nn
+
+from hardalign.attention import Trajectory, rollout
+from hardalign.speech.posterior import Posterior
+
+__all__ = ["HardAlignmentRecognizer", "append_eos", "forced_decisions"]
+
+
+def append_eos(targets: torch.Tensor, target_lengths: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append the end-of-sequence label after each target sequence.
+
+    Args:
+        targets: ``[B, U]`` long, padded with 0.
+        target_lengths: ``[B]`` long.
+        eos_id: the EOS label id.
+
+    Returns:
+        ``(labels [B, U + 1], label_lengths [B])`` with ``labels[b, target_lengths[b]] = eos_id``.
+
+    Example:
+        >>> labels, lengths = append_eos(torch.tensor([[3, 4], [5, 0]]), torch.tensor([2, 1]), eos_id=9)
+        >>> labels.tolist(), lengths.tolist()
+        ([[3, 4, 9], [5, 9, 0]], [3, 2])
+    """
+    labels = F.pad(targets, (0, 1))  # [B, U + 1]
+    labels = labels.scatter(1, target_lengths.unsqueeze(1), eos_id)
+    return labels, target_lengths + 1
+
+
+def forced_decisions(step: int, num_steps: torch.Tensor, emitted: torch.Tensor, num_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which decisions at ``step`` are deterministic, and their value.
+
+    Forced emission when the remaining steps are no more than the remaining labels (one label per
+    step is the most the model can emit), forced skip once every label has been emitted and at
+    padding steps (``step >= num_steps``).
+
+    Args:
+        step: the step index t (a Python int).
+        num_steps: ``[N]`` long, number of valid steps of each row.
+        emitted: ``[N]`` long, labels emitted before step t.
+        num_labels: ``[N]`` long, labels (EOS included) to emit in total.
+
+    Returns:
+        ``(is_forced [N] bool, value [N] float)``.
+
+    Example:
+        >>> forced, value = forced_decisions(2, torch.tensor([4, 4, 4]), torch.tensor([0, 1, 3]), torch.tensor([2, 3, 3]))
+        >>> forced.tolist(), value.tolist()
+        ([True, True, True], [1.0, 1.0, 0.0])
+    """
+    remaining_labels = num_labels - emitted
+    remaining_steps = num_steps - step
+    must_emit = (remaining_labels > 0) & (remaining_labels >= remaining_steps)
+    is_forced = must_emit | (remaining_labels <= 0) | (remaining_steps <= 0)
+    return is_forced, must_emit.float()
+
+
+def _count_features(step: int, num_steps: torch.Tensor, emitted: torch.Tensor, num_labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[N, 3]``: log of labels left, log of steps left, and the logit of their ratio (the uniform emit rate)."""
+    labels_left = (num_labels - emitted).clamp_min(0).to(dtype)
+    steps_left = (num_steps - step).clamp_min(1).to(dtype)
+    rate = (labels_left / steps_left).clamp(1e-3, 1 - 1e-3)
+    return torch.stack([torch.log1p(labels_left), torch.log1p(steps_left), torch.logit(rate)], dim=-1)
+
+
+class HardAlignmentRecognizer(nn.Module):
+    """Online hard-alignment phoneme recogniser with its training-time posterior and NVIL baseline.
+
+    Args:
+        input_dim: feature dimension F of a step (369 for 123-dim frames stacked by 3).
+        num_phones: n, the number of phone labels (ids ``1..n``; EOS is ``n + 1``).
+        hidden_size: H, width of both LSTM layers of p.
+        label_embedding: width of the embedding of the fed-back label *before* its gate projection
+            (the embedding is factored as ``[n + 2, E] x [E, 4H]``).
+        posterior_hidden: width of the posterior's encoders and step RNN.
+        baseline_hidden: width of the NVIL baseline network.
+        proposal: ``"posterior"`` (sample z from q(z | x, y), variational training) or ``"prior"``
+            (sample from p itself, REINFORCE on the reward ``sum_t z_t log d_t[y_next]``).
+        emit_prior: initial emit probability of p (bias of its emit head).
+
+    Forward (training): ``model(batch, estimator=..., num_samples=K, step=i)`` returns the dict the
+    trainer expects (``loss`` plus detached terms). See :meth:`forward`.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        num_phones: int,
+        *,
+        hidden_size: int = 256,
+        label_embedding: int = 64,
+        posterior_hidden: int = 128,
+        baseline_hidden: int = 64,
+        proposal: str = "posterior",
+        emit_prior: float = 0.35,
+        dropout: float = 0.0,
+        dropout_ramp_steps: int = 0,
+        entropy_weight: float = 1.0,
+        entropy_weight_final: float = 0.1,
+        entropy_decay_steps: int = 1000,
+    ):
+        super().__init__()
+        if proposal not in ("prior", "posterior"):
+            raise ValueError(f"proposal must be 'prior' or 'posterior', got {proposal!r}")
+        if num_phones < 1 or input_dim < 1 or hidden_size < 1:
+            raise ValueError(f"input_dim, num_phones and hidden_size must be >= 1, got {input_dim}, {num_phones}, {hidden_size}")
+        self.input_dim = input_dim
+        self.num_phones = num_phones
+        self.eos_id = num_phones + 1
+        self.num_classes = num_phones + 1  # softmax over labels 1..n+1
+        self.hidden_size = hidden_size
+        self.proposal = proposal
+        self.dropout = dropout
+        self.dropout_ramp_steps = dropout_ramp_steps
+        self.entropy_weight = entropy_weight
+        self.entropy_weight_final = entropy_weight_final
+        self.entropy_decay_steps = entropy_decay_steps
+        H = hidden_size
+        # --- model p ---
+        self.encoder = nn.LSTM(input_dim, H, batch_first=True)  # layer 1: no feedback, once per utterance
+        self.gate_input = nn.Linear(H, 4 * H)  # layer-1 output -> layer-2 gates (bias = LSTM bias)
+        self.gate_hidden = nn.Linear(H, 4 * H, bias=False)  # layer-2 recurrence
+        self.gate_decision = nn.Embedding(2, 4 * H)  # fed-back z_{t-1}
+        self.label_embedding = nn.Embedding(num_phones + 2, label_embedding)  # 0 = nothing emitted yet
+        self.gate_label = nn.Linear(label_embedding, 4 * H, bias=False)
+        self.emit_head = nn.Linear(H, 1)
+        self.label_head = nn.Linear(H, self.num_classes)
+        # --- posterior q(z | x, y), used only in training ---
+        self.posterior = Posterior(input_dim, num_phones, hidden_size=posterior_hidden)
+        # --- NVIL baseline: per step, reads the proposal's state (detached) and the counts ---
+        proposal_width = posterior_hidden if proposal == "posterior" else H
+        self.baseline_net = nn.Sequential(nn.Linear(proposal_width + 3, baseline_hidden), nn.Tanh(), nn.Linear(baseline_hidden, 1))
+        self._initialise(emit_prior)
+        self._dropout_now = 0.0
+
+    def _initialise(self, emit_prior: float) -> None:
+        H = self.hidden_size
+        with torch.no_grad():
+            nn.init.zeros_(self.gate_decision.weight)
+            nn.init.normal_(self.gate_label.weight, std=0.3 / math.sqrt(self.gate_label.in_features))
+            self.gate_input.bias.zero_()
+            self.gate_input.bias[H : 2 * H] = 1.0  # forget-gate bias 1: remember by default
+            self.emit_head.weight.mul_(0.1)
+            self.emit_head.bias.fill_(math.log(emit_prior / (1 - emit_prior)))
+            self.label_head.weight.mul_(0.1)
+            self.label_head.bias.zero_()
+            self.baseline_net[-1].weight.zero_()
+            self.baseline_net[-1].bias.zero_()
+
+    # ------------------------------------------------------------------ schedules
+    def dropout_at(self, step: int) -> float:
+        """Dropout rate at training step ``step``: ramped linearly from 0 over ``dropout_ramp_steps``."""
+        if self.dropout_ramp_steps <= 0:
+            return self.dropout
+        return self.dropout * min(1.0, step / self.dropout_ramp_steps)
+
+    def entropy_weight_at(self, step: int) -> float:
+        """Entropy-bonus weight at ``step``: linear from ``entropy_weight`` to ``entropy_weight_final``."""
+        if self.entropy_decay_steps <= 0:
+            return self.entropy_weight_final
+        frac = min(1.0, step / self.entropy_decay_steps)
+        return self.entropy_weight + frac * (self.entropy_weight_final - self.entropy_weight)
+
+    # ------------------------------------------------------------------ encoder (once per utterance)
+    def encode(
+        self,
+        features: torch.Tensor,
+        feature_lengths: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        target_lengths: torch.Tensor | None = None,
+        *,
+        with_posterior: bool = True,
+    ) -> dict[str, Any]:
+        """The decision-independent work, once per utterance: the memory that :func:`rollout` folds.
+
+        Args:
+            features: ``[B, T, F]``.
+            feature_lengths: ``[B]`` long, valid steps per utterance.
+            targets: ``[B, U]`` long phone ids (padded with 0), or ``None`` when decoding.
+            target_lengths: ``[B]`` long.
+            with_posterior: also encode frames and labels for q (training with the posterior).
+
+        Returns:
+            dict with ``gates`` (a tuple of T tensors ``[B, 4H]``: layer-2 gate inputs of each step),
+            ``num_steps [B]`` and, with targets, ``labels [B, U + 1]`` (EOS appended) and
+            ``num_labels [B]``, plus the posterior's memory under ``posterior``.
+        """
+        if features.dim() != 3 or features.shape[-1] != self.input_dim:
+            raise ValueError(f"features: expected [B, T, {self.input_dim}], got {list(features.shape)}")
+        B, T, _ = features.shape
+        if feature_lengths.shape != (B,):
+            raise ValueError(f"feature_lengths: expected [{B}], got {list(feature_lengths.shape)}")
+        packed = nn.utils.rnn.pack_padded_sequence(features, feature_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        encoded, _ = self.encoder(packed)
+        encoded, _ = nn.utils.rnn.pad_packed_sequence(encoded, batch_first=True, total_length=T)  # [B, T, H]
+        if self.training and self._dropout_now > 0:
+            encoded = F.dropout(encoded, self._dropout_now, training=True)
+        gates = self.gate_input(encoded)  # [B, T, 4H], once per utterance
+        # a tuple of per-step slices: indexing a [N, T, 4H] tensor per step would make autograd
+        # allocate a full-size zero gradient at every step; unbind's backward is one stack.
+        memory: dict[str, Any] = {"gates": gates.unbind(1), "num_steps": feature_lengths}
+        if targets is not None:
+            if target_lengths is None or target_lengths.shape != (B,) or targets.dim() != 2 or targets.shape[0] != B:
+                raise ValueError(f"targets [B, U] and target_lengths [B] needed with B={B}, got {list(targets.shape)}")
+            labels, num_labels = append_eos(targets, target_lengths, self.eos_id)
+            memory["labels"] = labels
+            memory["num_labels"] = num_labels
+            if with_posterior:
+                memory["posterior"] = self.posterior.encode(features, feature_lengths, labels, num_labels)
+        return memory
+
+    # ------------------------------------------------------------------ one step of p
+    def _p_step(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, z_prev: torch.Tensor, label_prev: torch.Tensor):
+        """Layer-2 LSTM step with the fed-back decision and label; returns ``(h, c, emit_logit, label_logp)``."""
+        gates = gates_in + self.gate_hidden(h) + self.gate_decision(z_prev.long()) + self.gate_label(self.label_embedding(label_prev))
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        out = h
+        if self.training and self._dropout_now > 0:
+            out = F.dropout(h, self._dropout_now, training=True)
+        emit_logit = self.emit_head(out).squeeze(-1)  # [N]
+        label_logp = torch.log_softmax(self.label_head(out), dim=-1)  # [N, n + 1]
+        return h, c, emit_logit, label_logp
+
+    # ------------------------------------------------------------------ HardAttention protocol
+    def initial_state(self, memory: dict[str, Any]) -> dict[str, Any]:
+        gates0 = memory["gates"][0]
+        N = gates0.shape[0]
+        zeros_h = gates0.new_zeros(N, self.hidden_size)
+        z_prev = gates0.new_zeros(N)
+        label_prev = torch.zeros(N, dtype=torch.long, device=gates0.device)
+        h, c, emit_logit, label_logp = self._p_step(gates0, zeros_h, zeros_h, z_prev, label_prev)
+        state = {
+            "t": 0,
+            "h": h,
+            "c": c,
+            "emit_logit": emit_logit,
+            "label_logp": label_logp,
+            "emitted": torch.zeros(N, dtype=torch.long, device=gates0.device),
+            "record": {"p_emit": [], "q_emit": [], "baseline": []},
+        }
+        if "labels" in memory:
+            state["label_next_logp"] = self._next_label_logp(state, memory)
+            if self.proposal == "posterior" and "posterior" in memory:
+                state["q"] = self.posterior.initial_state(memory["posterior"], N)
+                self._posterior_step(state, memory, z_prev)
+        return state
+
+    def _next_label_logp(self, state: dict[str, Any], memory: dict[str, Any]) -> torch.Tensor:
+        """``log d_t[y_next]`` for every row (rows with nothing left read their last label; unused)."""
+        labels = memory["labels"]
+        index = state["emitted"].clamp(max=labels.shape[1] - 1).unsqueeze(1)
+        label_next = labels.gather(1, index).squeeze(1)  # [N]
+        return state["label_logp"].gather(1, (label_next - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
+
+    def _posterior_step(self, state: dict[str, Any], memory: dict[str, Any], z_prev: torch.Tensor) -> None:
+        counts = _count_features(state["t"], memory["num_steps"], state["emitted"], memory["num_labels"], z_prev.dtype)
+        # p's view of this step (detached): q can learn to emit where p expects the next label
+        p_view = torch.stack([state["emit_logit"], state["label_next_logp"], state["label_logp"][:, -1]], dim=-1).detach()
+        state["q"], state["q_logit"] = self.posterior.step(memory["posterior"], state["q"], state["t"], state["emitted"], z_prev, counts, p_view)
+
+    def policy(self, state: dict[str, Any], memory: dict[str, Any]) -> D.Distribution:
+        if self.proposal == "posterior" and "q_logit" in state:
+            return D.Bernoulli(logits=state["q_logit"])
+        return D.Bernoulli(logits=state["emit_logit"])
+
+    def forced(self, state: dict[str, Any], memory: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        is_forced, value = forced_decisions(state["t"], memory["num_steps"], state["emitted"], memory["num_labels"])
+        return is_forced, value.to(state["emit_logit"].dtype)
+
+    def read(self, memory: dict[str, Any], location: torch.Tensor) -> torch.Tensor:
+        return location
+
+    def update(self, state: dict[str, Any], memory: dict[str, Any], location: torch.Tensor, glimpse: torch.Tensor):
+        t = state["t"]
+        z = location
+        emit = z > 0.5
+        is_forced, _ = forced_decisions(t, memory["num_steps"], state["emitted"], memory["num_labels"])
+        valid = memory["num_steps"] > t
+        # log p(z_t | past) at free steps + z_t log d_t[y_next]
+        log_p_decision = -F.binary_cross_entropy_with_logits(state["emit_logit"], z, reduction="none")
+        log_p = torch.where(is_forced, torch.zeros_like(log_p_decision), log_p_decision)
+        log_p = log_p + torch.where(emit, state["label_next_logp"], torch.zeros_like(log_p))
+        record = state["record"]
+        record["p_emit"].append(torch.sigmoid(state["emit_logit"]).detach())
+        if "q_logit" in state:
+            record["q_emit"].append(torch.sigmoid(state["q_logit"]).detach())
+        # NVIL baseline for step t from the proposal's state before the decision
+        record["baseline"].append(self._baseline(state, memory))
+        # advance to step t + 1 with the fed-back decision and label
+        labels = memory["labels"]
+        label_now = labels.gather(1, state["emitted"].clamp(max=labels.shape[1] - 1).unsqueeze(1)).squeeze(1)
+        label_prev = state.get("label_prev")
+        if label_prev is None:
+            label_prev = torch.zeros_like(label_now)
+        label_prev = torch.where(emit, label_now, label_prev)
+        emitted = state["emitted"] + emit.long()
+        gates_next = memory["gates"][min(t + 1, len(memory["gates"]) - 1)]
+        h, c, emit_logit, label_logp = self._p_step(gates_next, state["h"], state["c"], z, label_prev)
+        new_state = {
+            "t": t + 1,
+            "h": h,
+            "c": c,
+            "emit_logit": emit_logit,
+            "label_logp": label_logp,
+            "emitted": emitted,
+            "label_prev": label_prev,
+            "record": record,
+        }
+        new_state["label_next_logp"] = self._next_label_logp(new_state, memory)
+        if "q" in state:
+            new_state["q"] = state["q"]
+            self._posterior_step(new_state, memory, z)
+        return new_state, log_p, valid
+
+    def _baseline(self, state: dict[str, Any], memory: dict[str, Any]) -> torch.Tensor:
+        proposal_state = state["q"] if "q" in state else state["h"]
+        counts = _count_features(state["t"], memory["num_steps"], state["emitted"], memory["num_labels"], proposal_state.dtype)
+        return self.baseline_net(torch.cat([proposal_state.detach(), counts], dim=-1)).squeeze(-1)
+
+    # ------------------------------------------------------------------ training
+    def sample_alignments(
+        self,
+        batch: dict[str, Any],
+        *,
+        num_samples: int,
+        generator: torch.Generator | None = None,
+    ) -> Trajectory:
+        """Draw ``num_samples`` alignments per utterance from the proposal in one batched rollout.
+
+        Args:
+            batch: the speech batch (``features [B, T, F]``, ``feature_lengths [B]``, ``targets
+                [B, U]``, ``target_lengths [B]``).
+            num_samples: K.
+            generator: optional ``torch.Generator`` for the decisions.
+
+        Returns:
+            the :class:`Trajectory` (``[K, B, T]`` fields); ``final_state["record"]`` holds the
+            per-step lists ``p_emit``, ``q_emit`` (emit probabilities, ``[K * B]`` each) and
+            ``baseline`` (NVIL baseline outputs).
+
+        Raises:
+            ValueError: an utterance has fewer steps than labels + EOS (it cannot be aligned).
+        """
+        features, feature_lengths = batch["features"], batch["feature_lengths"]
+        targets, target_lengths = batch["targets"], batch["target_lengths"]
+        too_short = feature_lengths < target_lengths + 1
+        if bool(too_short.any()):
+            ids = batch.get("ids")
+            bad = [ids[i] if ids is not None else str(i) for i in too_short.nonzero().flatten().tolist()]
+            raise ValueError(f"utterances with fewer steps than labels + EOS cannot be aligned: {bad}")
+        memory = self.encode(features, feature_lengths, targets, target_lengths, with_posterior=self.proposal == "posterior")
+        return rollout(self, memory, num_samples=num_samples, num_steps=features.shape[1], generator=generator)
+
+    def forward(self, batch: dict[str, Any], *, estimator: nn.Module, num_samples: int, step: int = 0) -> dict[str, torch.Tensor]:
+        """One training loss: sample K alignments, apply the estimator, add the entropy bonus.
+
+        Returns:
+            ``loss`` (scalar to minimise) and detached terms: ``objective`` (the estimator's
+            objective, mean over the batch), ``entropy`` (proposal entropy per utterance),
+            ``entropy_weight``, ``emissions_per_label`` and, for NVIL, its baseline loss.
+        """
+        self._dropout_now = self.dropout_at(step) if self.training else 0.0
+        traj = self.sample_alignments(batch, num_samples=num_samples)
+        kwargs = {}
+        if getattr(estimator, "uses_baseline", None) or type(estimator).__name__.lower().startswith("nvil"):
+            baseline = torch.stack(traj.final_state["record"]["baseline"], dim=1)  # [K * B, T]
+            kwargs["baseline"] = baseline.reshape(num_samples, -1, baseline.shape[-1])  # [K, B, T]
+        out = estimator(traj.log_weights, traj.log_q, mask=traj.mask, **kwargs)
+        K, B, _ = traj.log_q.shape
+        entropy = traj.entropy.sum(-1).mean()  # per utterance, mean over particles and batch
+        weight = self.entropy_weight_at(step)
+        loss = out.loss - weight * entropy
+        result = {
+            "loss": loss,
+            "objective": out.objective.detach().mean(),
+            "entropy": entropy.detach(),
+            "entropy_weight": torch.tensor(weight),
+            "emit_rate": (traj.locations * traj.valid).sum().detach() / traj.valid.sum().clamp_min(1),
+        }
+        for name, value in getattr(out, "stats", {}).items():
+            if isinstance(value, torch.Tensor) and value.dim() == 0:
+                result[name] = value.detach()
+        return result
