@@ -39,6 +39,8 @@ from torch import distributions as D
 from torch import nn
 
 from hardalign.attention import Trajectory, rollout
+from hardalign.estimators import NVIL, REINFORCE, reinforce_loss, reward_to_go
+from hardalign.sampling import unfold
 from hardalign.speech.posterior import Posterior
 
 __all__ = ["HardAlignmentRecognizer", "append_eos", "forced_decisions"]
@@ -115,6 +117,13 @@ class HardAlignmentRecognizer(nn.Module):
         proposal: ``"posterior"`` (sample z from q(z | x, y), variational training) or ``"prior"``
             (sample from p itself, REINFORCE on the reward ``sum_t z_t log d_t[y_next]``).
         emit_prior: initial emit probability of p (bias of its emit head).
+        dropout: dropout rate on layer-1 outputs and on the heads' input, reached after
+            ``dropout_ramp_steps`` training steps (linear ramp from 0).
+        entropy_weight, entropy_weight_final, entropy_decay_steps: weight of the bonus on the
+            proposal's entropy (summed over steps, per utterance), decayed linearly.
+        learned_baseline: with the ``reinforce`` estimator, subtract the baseline network's output
+            (Luo et al.'s learned baseline) and train it by regression onto the reward-to-go. NVIL
+            always uses it.
 
     Forward (training): ``model(batch, estimator=..., num_samples=K, step=i)`` returns the dict the
     trainer expects (``loss`` plus detached terms). See :meth:`forward`.
@@ -136,6 +145,7 @@ class HardAlignmentRecognizer(nn.Module):
         entropy_weight: float = 1.0,
         entropy_weight_final: float = 0.1,
         entropy_decay_steps: int = 1000,
+        learned_baseline: bool = True,
     ):
         super().__init__()
         if proposal not in ("prior", "posterior"):
@@ -148,6 +158,7 @@ class HardAlignmentRecognizer(nn.Module):
         self.num_classes = num_phones + 1  # softmax over labels 1..n+1
         self.hidden_size = hidden_size
         self.proposal = proposal
+        self.learned_baseline = learned_baseline
         self.dropout = dropout
         self.dropout_ramp_steps = dropout_ramp_steps
         self.entropy_weight = entropy_weight
@@ -402,14 +413,29 @@ class HardAlignmentRecognizer(nn.Module):
         self._dropout_now = self.dropout_at(step) if self.training else 0.0
         traj = self.sample_alignments(batch, num_samples=num_samples)
         kwargs = {}
-        if getattr(estimator, "uses_baseline", None) or type(estimator).__name__.lower().startswith("nvil"):
+        regression = None
+        # Luo et al.'s REINFORCE with a learned baseline: the module form takes no baseline tensor,
+        # so the pure function is called with the network's (detached) output, trained here.
+        reinforce_learned = isinstance(estimator, REINFORCE) and self.learned_baseline and estimator.baseline == "none"
+        if isinstance(estimator, NVIL) or reinforce_learned:
             baseline = torch.stack(traj.final_state["record"]["baseline"], dim=1)  # [K * B, T]
-            kwargs["baseline"] = baseline.reshape(num_samples, -1, baseline.shape[-1])  # [K, B, T]
-        out = estimator(traj.log_weights, traj.log_q, mask=traj.mask, **kwargs)
-        K, B, _ = traj.log_q.shape
+            baseline = unfold(baseline, num_samples)  # [K, B, T]
+            if isinstance(estimator, REINFORCE):
+                # REINFORCE subtracts the given baseline; its regression onto the reward-to-go is ours
+                returns = reward_to_go(traj.log_weights.detach())
+                error = torch.where(traj.mask, (baseline - returns) ** 2, torch.zeros_like(returns))
+                regression = error.sum() / traj.mask.sum().clamp_min(1)
+                baseline = baseline.detach()
+            kwargs["baseline"] = baseline
+        if reinforce_learned:
+            out = reinforce_loss(traj.log_weights, traj.log_q, traj.mask, baseline=kwargs["baseline"], per_step=estimator.per_step)
+        else:
+            out = estimator(traj.log_weights, traj.log_q, mask=traj.mask, **kwargs)
         entropy = traj.entropy.sum(-1).mean()  # per utterance, mean over particles and batch
         weight = self.entropy_weight_at(step)
         loss = out.loss - weight * entropy
+        if regression is not None:
+            loss = loss + regression
         result = {
             "loss": loss,
             "objective": out.objective.detach().mean(),
@@ -417,6 +443,8 @@ class HardAlignmentRecognizer(nn.Module):
             "entropy_weight": torch.tensor(weight),
             "emit_rate": (traj.locations * traj.valid).sum().detach() / traj.valid.sum().clamp_min(1),
         }
+        if regression is not None:
+            result["baseline_loss"] = regression.detach()
         for name, value in getattr(out, "stats", {}).items():
             if isinstance(value, torch.Tensor) and value.dim() == 0:
                 result[name] = value.detach()
