@@ -1,0 +1,136 @@
+"""Small discrete-latent problems whose objectives can be enumerated exactly.
+
+Each problem has proposal parameters ``phi`` and model parameters ``theta`` (both ``[N, D]``
+leaves: N independent replicas of the same values, so one batched call yields N independent
+gradient estimates). ``draw`` gives per-step log weights and log q for K particles of every
+replica (``[K, N, T]``); ``exact_objective`` enumerates the objective (the ELBO for K=1 or the
+K-sample bound ``E log mean_k w^k``) for one replica, differentiably, in float64.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import distributions as D
+
+
+@dataclass
+class Problem:
+    name: str
+    phi0: torch.Tensor  # [D]
+    theta0: torch.Tensor  # [D]
+
+    def leaves(self, replicas: int, dtype=torch.float64):
+        phi = self.phi0.to(dtype).expand(replicas, -1).clone().requires_grad_(True)
+        theta = self.theta0.to(dtype).expand(replicas, -1).clone().requires_grad_(True)
+        return phi, theta
+
+
+class IndependentBernoulli(Problem):
+    """T independent Bernoulli steps; q(z_t) = sigmoid(phi_t); log p(z_t) + reward = z_t theta_t - softplus(theta_t) + r_t z_t."""
+
+    reward = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+
+    def __init__(self):
+        super().__init__("bernoulli", torch.tensor([0.3, -0.2, 0.1]), torch.tensor([-0.4, 0.5, 0.2]))
+
+    def step_terms(self, z, phi, theta):  # z [..., T] -> (log p + reward [..., T], log q [..., T])
+        log_q = D.Bernoulli(logits=phi).log_prob(z)
+        log_p = D.Bernoulli(logits=theta).log_prob(z) + self.reward.to(z) * z
+        return log_p, log_q
+
+    def draw(self, phi, theta, num_samples, generator):
+        probs = torch.sigmoid(phi).detach().expand(num_samples, *phi.shape)
+        z = torch.bernoulli(probs, generator=generator)
+        log_p, log_q = self.step_terms(z, phi, theta)
+        return log_p - log_q, log_q
+
+    def states(self):
+        return torch.tensor(list(itertools.product([0.0, 1.0], repeat=len(self.phi0))), dtype=torch.float64)
+
+    def exact_objective(self, phi, theta, num_samples):  # phi, theta [D]
+        states = self.states()  # [S, T]
+        log_p, log_q = self.step_terms(states, phi, theta)
+        return _enumerate_bound((log_p - log_q).sum(-1), log_q.sum(-1), num_samples)
+
+
+class SingleCategorical(Problem):
+    """One categorical step over C values; q = softmax(phi); log p(z) + reward = log softmax(theta)_z + r_z."""
+
+    reward = torch.tensor([0.5, -1.0, 1.5, 0.0], dtype=torch.float64)
+
+    def __init__(self):
+        super().__init__("categorical", torch.tensor([0.2, -0.3, 0.1, 0.4]), torch.tensor([0.0, 0.3, -0.2, 0.1]))
+
+    def step_terms(self, z, phi, theta):  # z [...] long -> [..., 1]
+        log_q = D.Categorical(logits=phi).log_prob(z)
+        log_p = D.Categorical(logits=theta).log_prob(z) + self.reward.to(phi)[z]
+        return log_p.unsqueeze(-1), log_q.unsqueeze(-1)
+
+    def draw(self, phi, theta, num_samples, generator):
+        probs = torch.softmax(phi.detach(), -1)
+        z = torch.multinomial(probs, num_samples, replacement=True, generator=generator).T  # [K, N]
+        log_p, log_q = self.step_terms(z, phi, theta)
+        return log_p - log_q, log_q
+
+    def exact_objective(self, phi, theta, num_samples):
+        states = torch.arange(len(self.phi0))
+        log_p, log_q = self.step_terms(states, phi, theta)
+        return _enumerate_bound((log_p - log_q).sum(-1), log_q.sum(-1), num_samples)
+
+
+class MarkovBernoulli(Problem):
+    """T Bernoulli steps where z_t depends on z_{t-1}: logits phi_t + 1.5 z_{t-1} (q), theta_t - z_{t-1} (p),
+    reward r_t z_t (1 - z_{t-1}). Per-step weights are causal, so reward-to-go is unbiased."""
+
+    reward = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+
+    def __init__(self, length: int = 3):
+        gen = torch.Generator().manual_seed(length)
+        super().__init__(
+            f"markov{length}",
+            0.5 * torch.randn(length, generator=gen, dtype=torch.float64),
+            0.5 * torch.randn(length, generator=gen, dtype=torch.float64),
+        )
+        self.length = length
+        if length != 3:
+            self.reward = torch.randn(length, generator=gen, dtype=torch.float64)
+
+    def step_terms(self, z, phi, theta):  # z [..., T]
+        z_prev = torch.cat([torch.zeros_like(z[..., :1]), z[..., :-1]], dim=-1)
+        log_q = D.Bernoulli(logits=phi + 1.5 * z_prev).log_prob(z)
+        log_p = D.Bernoulli(logits=theta - z_prev).log_prob(z) + self.reward.to(z) * z * (1 - z_prev)
+        return log_p, log_q
+
+    def draw(self, phi, theta, num_samples, generator):
+        z_prev = torch.zeros(num_samples, phi.shape[0], dtype=phi.dtype)
+        steps = []
+        for t in range(self.length):
+            probs = torch.sigmoid(phi[:, t].detach() + 1.5 * z_prev)
+            z_prev = torch.bernoulli(probs, generator=generator)
+            steps.append(z_prev)
+        z = torch.stack(steps, -1)  # [K, N, T]
+        log_p, log_q = self.step_terms(z, phi, theta)
+        return log_p - log_q, log_q
+
+    def states(self):
+        return torch.tensor(list(itertools.product([0.0, 1.0], repeat=self.length)), dtype=torch.float64)
+
+    def exact_objective(self, phi, theta, num_samples):
+        log_p, log_q = self.step_terms(self.states(), phi, theta)
+        return _enumerate_bound((log_p - log_q).sum(-1), log_q.sum(-1), num_samples)
+
+
+def _enumerate_bound(log_w: torch.Tensor, log_q: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """``E_{z^1..z^K ~ q} log mean_k w^k`` by enumerating all S^K tuples of the S states."""
+    num_states = log_w.shape[0]
+    tuples = torch.tensor(list(itertools.product(range(num_states), repeat=num_samples)))  # [S^K, K]
+    log_prob = log_q[tuples].sum(-1)
+    bound = torch.logsumexp(log_w[tuples], dim=-1) - math.log(num_samples)
+    return (log_prob.exp() * bound).sum()
+
+
+PROBLEMS = [IndependentBernoulli(), SingleCategorical(), MarkovBernoulli(3)]
