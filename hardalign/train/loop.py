@@ -1,0 +1,424 @@
+"""The training loop every hardalign model family runs, read top to bottom.
+
+config -> distributed setup -> seed -> task -> model -> estimator -> optimiser -> resume ->
+step loop (forward, backward, clip, step; log, checkpoint, evaluate) -> final checkpoint and
+evaluation. Model families plug in through the task contract (:mod:`hardalign.train.tasks`),
+never by subclassing the trainer.
+
+Outputs in ``out_dir``: ``checkpoint.pt`` (latest, written atomically) with ``config.yaml`` (the
+resolved flat config) beside it, ``metrics.jsonl`` (one JSON object per log or evaluation:
+``{"step", "split", <every loss term>, "lr", "grad_norm", ...}``) and TensorBoard events under
+``tensorboard/``.
+
+The device is synchronised with the host only at the logging interval (and at checkpoints and
+evaluations): loss terms are summed on the device between logs. A non-finite loss or gradient
+norm is recorded on the device at the step where it first occurs and raised as
+:class:`NonFiniteLossError` at the next sync point, before any checkpoint could be overwritten
+with the damaged parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from hardalign.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hardalign.train.config import ResolvedConfig, TrainConfig, save_config
+from hardalign.train.distributed import DistributedContext, cleanup_distributed, setup_distributed
+from hardalign.train.tasks import build_task
+
+__all__ = ["train", "TrainResult", "NonFiniteLossError", "seed_everything", "CHECKPOINT_NAME", "CONFIG_NAME"]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "config.yaml"
+METRICS_NAME = "metrics.jsonl"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss (or the gradient norm) became NaN or infinite; the message names the step and terms."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (on every rank; metrics are rank 0's view).
+
+    Attributes:
+        step: optimiser steps done in total (including those before a resume).
+        epoch: the epoch the run stopped in.
+        stopped_by: ``max_steps``, ``max_epochs`` or ``max_minutes``.
+        checkpoint: path of the final checkpoint.
+        train_metrics: the last logged training terms (averaged over the log interval).
+        eval_metrics: the final evaluation on ``eval_split`` (empty on ranks other than 0).
+    """
+
+    step: int
+    epoch: int
+    stopped_by: str
+    checkpoint: Path
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _build_optimizer(config: TrainConfig, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    parameters = [p for p in parameters if p.requires_grad]
+    if not parameters:
+        raise ValueError("the task's model has no trainable parameters")
+    if config.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _lr_factor(config: TrainConfig):
+    """Multiplier of the base learning rate at a given step (linear warm-up, then constant or cosine)."""
+
+    def factor(step: int) -> float:
+        if config.warmup_steps and step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        if config.lr_schedule == "cosine":
+            span = max(1, config.max_steps - config.warmup_steps)
+            progress = min(1.0, (step - config.warmup_steps) / span)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: _to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)) and any(isinstance(value, torch.Tensor) for value in batch):
+        return type(batch)(_to_device(value, device) for value in batch)
+    return batch
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _resume_path(config: TrainConfig, checkpoint_path: Path) -> Path | None:
+    if config.resume is None:
+        if checkpoint_path.exists():
+            raise FileExistsError(
+                f"out_dir {str(checkpoint_path.parent)!r} already holds {CHECKPOINT_NAME}; "
+                "continue it with --resume auto, or choose another --out-dir"
+            )
+        return None
+    if config.resume == "auto":
+        return checkpoint_path if checkpoint_path.exists() else None
+    path = Path(config.resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={config.resume!r}: no such checkpoint file")
+    return path
+
+
+class _Meter:
+    """Sums the step's loss terms on the device and remembers the first non-finite step.
+
+    Nothing here synchronises with the host; :meth:`sync` is the one sync point per log interval.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_terms: dict[str, torch.Tensor] = {}
+
+    def update(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        values = {name: value.detach().float().reshape(()) for name, value in terms.items()}
+        for name, value in values.items():
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        self.count += 1
+        finite = torch.isfinite(values["loss"]) & torch.isfinite(values.get("grad_norm", values["loss"]))
+        first = (~finite) & (self.bad_step < 0)
+        self.bad_step = torch.where(first, torch.full_like(self.bad_step, step), self.bad_step)
+        for name, value in values.items():
+            previous = self.bad_terms.get(name, torch.zeros_like(value))
+            self.bad_terms[name] = torch.where(first, value, previous)
+
+    def sync(self, ctx: DistributedContext, stop_flag: bool = False) -> tuple[dict[str, float], int, dict[str, float], bool]:
+        """Averages over the interval and ranks, the first bad step (-1: none) and its terms, and
+        whether any rank wants to stop. One device-to-host transfer (and one all-reduce)."""
+        names = sorted(self.sums)
+        means = torch.stack([self.sums[name] / max(self.count, 1) for name in names]) if names else torch.zeros(0, device=self.device)
+        means = ctx.all_reduce_mean(means)
+        flags = torch.stack([self.bad_step.to(torch.float32), torch.tensor(float(stop_flag), device=self.device)])
+        flags = ctx.all_reduce_max(flags)
+        bad_names = sorted(self.bad_terms)
+        bad_values = torch.stack([self.bad_terms[name] for name in bad_names]) if bad_names else torch.zeros(0, device=self.device)
+        # the sync point: everything above stayed on the device
+        host = torch.cat([means, flags, bad_values]).tolist()
+        averages = dict(zip(names, host[: len(names)]))
+        bad_step, stop = int(host[len(names)]), bool(host[len(names) + 1])
+        bad_terms = dict(zip(bad_names, host[len(names) + 2 :]))
+        self.sums, self.count = {}, 0
+        return averages, bad_step, bad_terms, stop
+
+
+    def first_bad(self, ctx: DistributedContext) -> tuple[int, dict[str, float]]:
+        """The first non-finite step on any rank (-1: none) and its terms (a sync point)."""
+        flag = ctx.all_reduce_max(self.bad_step.to(torch.float32).reshape(1))
+        bad_names = sorted(self.bad_terms)
+        host = torch.cat([flag] + [self.bad_terms[name].reshape(1) for name in bad_names]).tolist()
+        return int(host[0]), dict(zip(bad_names, host[1:]))
+
+
+class _Logger:
+    """metrics.jsonl, TensorBoard and console lines, on rank 0 only."""
+
+    def __init__(self, config: TrainConfig, out_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.writer = None
+        self.metrics_file = None
+        if not enabled:
+            return
+        self.metrics_file = open(out_dir / METRICS_NAME, "a", encoding="utf-8")
+        if config.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def log(self, step: int, split: str, values: dict[str, Any], echo: str | None = None) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "split": split, **values}
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        if self.writer is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(f"{split}/{name}", value, step)
+            self.writer.flush()
+        if echo is not None:
+            from tqdm import tqdm
+
+            tqdm.write(echo, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _format(values: dict[str, float]) -> str:
+    return " ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}" for name, value in values.items())
+
+
+def train(config: ResolvedConfig) -> TrainResult:
+    """Train the configured task with the configured estimator; resumable, torchrun-aware.
+
+    Args:
+        config: from :func:`hardalign.train.resolve_config`.
+
+    Returns:
+        a :class:`TrainResult`.
+
+    Raises:
+        NonFiniteLossError: the loss or gradient norm became NaN/inf; names the step and every
+            term at that step. The last checkpoint written before it is left untouched.
+        FileExistsError: ``out_dir`` already holds a checkpoint and ``resume`` is not set.
+    """
+    tc = config.train
+    ctx = setup_distributed(tc.device)
+    try:
+        return _train(config, ctx)
+    finally:
+        cleanup_distributed(ctx)
+
+
+def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
+    from hardalign.estimators import build_estimator
+
+    tc = config.train
+    out_dir = Path(tc.out_dir)
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    resume_from = _resume_path(tc, checkpoint_path)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / CONFIG_NAME)
+
+    # -- seed, task, model, estimator, optimiser (identical initialisation on every rank) --
+    seed_everything(tc.seed)
+    task = build_task(tc.task, config.task, tc, device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
+    model = task.build_model().to(ctx.device)
+    estimator = build_estimator(tc.estimator, **tc.estimator_options).to(ctx.device)
+    optimizer = _build_optimizer(tc, model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(tc))
+    parameters = [p for p in model.parameters() if p.requires_grad]
+
+    # -- resume --
+    step = epoch = batch_in_epoch = 0
+    pending_rng = None
+    last_checkpoint_step = None
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, map_location=ctx.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        estimator.load_state_dict(state["estimator"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        last_checkpoint_step = step
+        if state.get("world_size") == ctx.world_size:
+            pending_rng = state["rng"][ctx.rank]
+        else:  # a different number of ranks cannot replay the same streams; start fresh ones
+            seed_everything(tc.seed + 7919 * ctx.rank + step)
+        if ctx.is_main:
+            print(f"resumed from {resume_from} at step {step} (epoch {epoch}, batch {batch_in_epoch})", file=sys.stderr)
+    else:
+        # each rank draws its own samples; step 0 of a single process is the plain seed
+        seed_everything(tc.seed + 7919 * ctx.rank)
+    ddp_model = ctx.wrap(model)
+    ddp_model.train()
+    estimator.train()
+
+    logger = _Logger(tc, out_dir, enabled=ctx.is_main)
+
+    def save() -> None:
+        rng = ctx.gather_objects(rng_state())  # collective: every rank takes part
+        if ctx.is_main:
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "format": 1,
+                    "step": step,
+                    "epoch": epoch,
+                    "batch_in_epoch": batch_in_epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "estimator": estimator.state_dict(),
+                    "rng": rng,
+                    "world_size": ctx.world_size,
+                    "config": config.to_dict(),
+                },
+            )
+            save_config(config, out_dir / CONFIG_NAME)
+
+    def evaluate(split: str) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if ctx.is_main:
+            saved = rng_state()  # evaluation must not shift the training streams
+            model.eval()
+            with torch.no_grad():
+                metrics = dict(task.evaluate(model, split))
+            model.train()
+            set_rng_state(saved)
+            logger.log(step, split, metrics, echo=f"step {step} {split}: {_format(metrics)}")
+        ctx.barrier()
+        return metrics
+
+    def check(bad_step: int, bad_terms: dict[str, float]) -> None:
+        if bad_step >= 0:
+            kept = (
+                f"the last good checkpoint {str(checkpoint_path)!r} (step {last_checkpoint_step}) is kept"
+                if last_checkpoint_step is not None
+                else "no checkpoint had been written"
+            )
+            raise NonFiniteLossError(
+                f"non-finite loss at step {bad_step} ({_format(bad_terms)}); training stopped and {kept}. "
+                "Lower --lr, set --grad-clip, or check the model's log-probabilities for -inf."
+            )
+
+    # -- the step loop --
+    meter = _Meter(ctx.device)
+    from tqdm import tqdm
+
+    progress = tqdm(total=tc.max_steps, initial=step, disable=not (ctx.is_main and tc.progress), desc="train", dynamic_ncols=True)
+    started = time.monotonic()
+    interval_started, interval_steps = started, 0
+    train_metrics: dict[str, float] = {}
+    stopped_by = "max_steps"
+    try:
+        while step < tc.max_steps:
+            if tc.max_epochs is not None and epoch >= tc.max_epochs:
+                stopped_by = "max_epochs"
+                break
+            batches = iter(task.train_batches(epoch))
+            seen = 0
+            for _ in range(batch_in_epoch):  # resuming mid-epoch: replay the order, skip what was done
+                next(batches, None)
+                seen += 1
+            if pending_rng is not None:
+                set_rng_state(pending_rng)
+                pending_rng = None
+            out_of_time = False
+            for batch in batches:
+                seen += 1
+                batch = _to_device(batch, ctx.device)
+                terms = ddp_model(batch, estimator=estimator, num_samples=tc.num_samples, step=step)
+                if not isinstance(terms, dict) or "loss" not in terms:
+                    raise TypeError(f"task {tc.task!r}: the model must return a dict with a 'loss' entry, got {type(terms).__name__}")
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                max_norm = tc.grad_clip if tc.grad_clip else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                batch_in_epoch += 1
+                interval_steps += 1
+                meter.update(step, {**terms, "grad_norm": grad_norm})
+                progress.update(1)
+                last = step >= tc.max_steps
+                if not ctx.active and tc.max_minutes is not None:
+                    out_of_time = (time.monotonic() - started) / 60 >= tc.max_minutes
+                if step % tc.log_every == 0 or last or out_of_time:
+                    wants_stop = tc.max_minutes is not None and (time.monotonic() - started) / 60 >= tc.max_minutes
+                    averages, bad_step, bad_terms, stop = meter.sync(ctx, wants_stop)
+                    check(bad_step, bad_terms)
+                    out_of_time = out_of_time or stop
+                    now = time.monotonic()
+                    averages["lr"] = scheduler.get_last_lr()[0]
+                    averages["steps_per_s"] = interval_steps / max(now - interval_started, 1e-9)
+                    interval_started, interval_steps = now, 0
+                    train_metrics = averages
+                    logger.log(step, "train", {"epoch": epoch, **averages})
+                    if ctx.is_main and tc.progress:
+                        progress.set_postfix(loss=f"{averages['loss']:.4g}", refresh=False)
+                if tc.checkpoint_every and step % tc.checkpoint_every == 0 and not last:
+                    check(*meter.first_bad(ctx))  # never overwrite a good checkpoint with damaged parameters
+                    save()
+                    last_checkpoint_step = step
+                if tc.eval_every and step % tc.eval_every == 0 and not last:
+                    evaluate(tc.eval_split)
+                if last or out_of_time:
+                    break
+            else:
+                if seen == 0:
+                    raise ValueError(f"task {tc.task!r} yielded no training batches in epoch {epoch} (is batch_size larger than the data?)")
+                epoch += 1
+                batch_in_epoch = 0
+                continue
+            if out_of_time and step < tc.max_steps:
+                stopped_by = "max_minutes"
+            break
+    finally:
+        progress.close()
+    # -- final checkpoint and evaluation --
+    check(*meter.first_bad(ctx))
+    save()
+    eval_metrics = evaluate(tc.eval_split)
+    logger.close()
+    return TrainResult(step, epoch, stopped_by, checkpoint_path, train_metrics, eval_metrics)
