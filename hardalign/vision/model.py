@@ -1,0 +1,159 @@
+"""What every glimpse classifier shares: the multi-sample objective and single-rollout decoding.
+
+A glimpse model implements :class:`hardalign.attention.HardAttention`; its proposal is its own
+location policy pi, so the per-step log p term of step t is ``log pi(l_t | past)`` (it cancels
+the rollout's ``log q``) plus, at the last step only, the classifier's ``log p(y | x, l_{1..T})``.
+The per-step log weights are therefore 0 except the last, and the estimators see
+
+    log w^k = log p(y | x, l^k),   objective (K > 1)  log (1/K) sum_k p(y | x, l^k)
+
+(DESIGN.md section 6). Subclasses provide ``encode(batch) -> memory``, the protocol methods,
+``location_policy(state, memory)`` (the distribution, used by both ``policy`` and ``update``)
+and put the final class logits in ``state["logits"]`` and NVIL baselines in
+``state["baselines"]`` (a tuple with one ``[N]`` tensor per step).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import distributions as D
+from torch import nn
+
+from hardalign.attention import Trajectory, rollout
+from hardalign.sampling import unfold
+
+__all__ = ["GlimpseModel", "images_to_float", "greedy_rollout"]
+
+
+def images_to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 ``[B, H, W]`` / ``[B, C, H, W]`` (or float already in [0, 1]) -> float ``[B, C, H, W]``."""
+    if images.dim() == 3:
+        images = images.unsqueeze(1)  # [B, H, W] -> [B, 1, H, W]
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, H, W] or [B, C, H, W], got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images.to(dtype) / 255.0
+    if not images.is_floating_point():
+        raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
+    return images
+
+
+def greedy_rollout(model: Any, memory: Any, *, num_steps: int) -> tuple[Any, torch.Tensor]:
+    """Run the protocol with the mode of each policy (RAM: the mean; Categorical: the argmax).
+
+    Same loop as :func:`hardalign.attention.rollout` with K = 1, but deterministic decisions.
+
+    Returns:
+        ``(final_state, locations [B, T, ...])``.
+    """
+    state = model.initial_state(memory)
+    locations = []
+    for _ in range(num_steps):
+        dist = model.policy(state, memory)
+        location = dist.mode.detach()
+        glimpse = model.read(memory, location)
+        state, _, _ = model.update(state, memory, location, glimpse)
+        locations.append(location)
+    return state, torch.stack(locations, dim=1)
+
+
+class GlimpseModel(nn.Module):
+    """Base class: estimator training through :func:`rollout` and single-rollout prediction.
+
+    Subclasses set ``self.num_glimpses`` and implement ``encode``, ``initial_state``,
+    ``location_policy``, ``read``, ``step`` (``(state, memory, location, glimpse) -> state``, with
+    ``state["t"]`` advanced, ``state["logits"]`` the class logits after the step).
+    """
+
+    num_glimpses: int
+
+    # ----- the HardAttention protocol -------------------------------------------------------
+    def policy(self, state: dict, memory: dict) -> D.Distribution:
+        return self.location_policy(state, memory)
+
+    def update(self, state: dict, memory: dict, location: torch.Tensor, glimpse: torch.Tensor):
+        # log pi(l_t | past), recomputed from the state the decision was made in: with the policy
+        # as proposal it cancels log q in the log weight (value and gradient), see module docstring
+        log_pi = self.location_policy(state, memory).log_prob(location)  # [N]
+        state = self.step(state, memory, location, glimpse)
+        log_p = log_pi
+        labels = memory.get("labels")
+        if labels is not None and state["t"] == memory["num_steps"]:
+            log_p = log_p + torch.log_softmax(state["logits"], dim=-1).gather(-1, labels[:, None]).squeeze(-1)
+        return state, log_p, torch.ones_like(log_pi, dtype=torch.bool)
+
+    # ----- training -------------------------------------------------------------------------
+    def run(self, memory: dict, *, num_samples: int, num_steps: int | None = None, generator=None) -> Trajectory:
+        """One batched rollout of ``num_samples`` particles (``num_steps`` defaults to ``num_glimpses``)."""
+        num_steps = self.num_glimpses if num_steps is None else num_steps
+        memory = dict(memory, num_steps=num_steps)
+        return rollout(self, memory, num_samples=num_samples, num_steps=num_steps, generator=generator)
+
+    def estimator_loss(
+        self, memory: dict, *, estimator: nn.Module, num_samples: int, entropy_weight: float = 0.0
+    ) -> dict[str, torch.Tensor]:
+        """Roll out K particles, hand the trajectory to ``estimator``; the task's loss dictionary.
+
+        ``loss = estimator loss - entropy_weight * mean entropy of the policy`` (an optional
+        exploration bonus; 0 by default).
+        """
+        from hardalign.estimators import NVIL
+
+        traj = self.run(memory, num_samples=num_samples)
+        baseline = None
+        if isinstance(estimator, NVIL):
+            # one input-dependent baseline per step, from the state each decision was made in
+            baseline = unfold(torch.stack(traj.final_state["baselines"], dim=1), num_samples)  # [K*B, T] -> [K, B, T]
+        out = estimator(traj.log_weights, traj.log_q, mask=traj.mask, baseline=baseline)
+        logits = unfold(traj.final_state["logits"], num_samples)  # [K * B, C] -> [K, B, C]
+        correct = (logits.argmax(-1) == memory["labels"]).to(logits.dtype)
+        entropy = (traj.entropy.sum(-1) / traj.mask.sum(-1).clamp_min(1)).mean()  # per free step
+        loss = out.loss - entropy_weight * entropy if entropy_weight else out.loss
+        result = {
+            "loss": loss,
+            "entropy": entropy.detach(),
+            "objective": out.objective.mean().detach(),
+            "accuracy": correct.mean().detach(),
+        }
+        for name, value in out.stats.items():
+            if torch.is_tensor(value) and value.dim() == 0:
+                result[name] = value.detach()
+        return result
+
+    # ----- prediction -----------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self,
+        batch: dict,
+        *,
+        num_steps: int | None = None,
+        mc_samples: int = 1,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities and the glimpse locations of the first rollout.
+
+        Args:
+            batch: ``{"images": ...}`` (labels are not needed).
+            num_steps: glimpses (default ``num_glimpses``).
+            mc_samples: M rollouts whose class probabilities are averaged (M = 1: one rollout,
+                the honest single-rollout number; M > 1 is Monte Carlo averaging).
+            greedy: take the policy's mode instead of sampling (then M must be 1).
+            generator: optional generator for the sampled locations.
+
+        Returns:
+            ``(probs [B, C], locations [B, T, ...])``.
+        """
+        num_steps = self.num_glimpses if num_steps is None else num_steps
+        memory = self.encode({key: value for key, value in batch.items() if key != "labels"})
+        memory["num_steps"] = num_steps
+        if greedy:
+            if mc_samples != 1:
+                raise ValueError("predict(): greedy decisions are deterministic; use mc_samples=1")
+            state, locations = greedy_rollout(self, memory, num_steps=num_steps)
+            return torch.softmax(state["logits"], -1), locations
+        traj = self.run(memory, num_samples=mc_samples, num_steps=num_steps, generator=generator)
+        probs = torch.softmax(unfold(traj.final_state["logits"], mc_samples), -1)  # [M, B, C]
+        return probs.mean(0), traj.locations[0]

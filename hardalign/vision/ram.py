@@ -1,0 +1,155 @@
+"""The Recurrent Attention Model (RAM, Mnih et al. 2014) on the hard-attention protocol.
+
+Per step t (``N = K * B`` folded rows):
+
+* policy: ``l_t ~ Normal(tanh(W_l h_{t-1}), sigma^2 I)`` with a *fixed* sigma; the log-prob is
+  of the raw sample, which is clamped to ``[-1, 1]`` only afterwards, when it is read;
+* read: the :class:`~hardalign.vision.retina.Retina` at ``clamp(l_t)``;
+* glimpse network: ``g_t = relu(W_g relu(W_p rho) + W_gl relu(W_pl l_t))``;
+* core: ``h_t = LSTM(g_t, h_{t-1})`` (or RAM's ``relu(W_h h_{t-1} + W_x g_t)``);
+* classifier ``softmax(W_c h_T)`` at the last step only; NVIL's baseline ``b_t = w_b h_{t-1} + c``.
+
+Gradient routing: the location network reads ``h_{t-1}`` detached, and the location fed to the
+glimpse network is the (detached) sample, so the classifier's log-likelihood never reaches the
+location network and the location network's only gradient is the estimator's score-function
+term. (With ``detach_policy_input=False`` the score-function term also trains the core, as in
+the paper's end-to-end REINFORCE; the classification gradient still never reaches ``W_l``.)
+``policy="random"`` draws locations uniformly from ``[-1, 1]^2`` instead (the random-glimpse
+control: the same model with an untrained, uniform policy).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import distributions as D
+from torch import nn
+
+from hardalign.vision.model import GlimpseModel, images_to_float
+from hardalign.vision.retina import Retina
+
+__all__ = ["RAM"]
+
+POLICIES = ("learned", "random")
+CORES = ("lstm", "rnn")
+
+
+class RAM(GlimpseModel):
+    """Recurrent Attention Model.
+
+    Args:
+        in_channels: image channels (1 or 3).
+        num_classes: classifier outputs.
+        num_glimpses: T.
+        patch_size, num_scales, scale_factor: the retina.
+        glimpse_hidden: width of the what / where branches of the glimpse network.
+        hidden_size: glimpse feature and core state size.
+        core: ``lstm`` or ``rnn``.
+        location_std: fixed sigma of the Gaussian policy (in the ``[-1, 1]`` location units).
+        policy: ``learned`` or ``random``.
+        detach_policy_input: the location network (and NVIL baseline) see ``h`` detached.
+
+    Example:
+        >>> from hardalign.estimators import build_estimator
+        >>> model = RAM(num_glimpses=3, patch_size=4, num_scales=2, glimpse_hidden=8, hidden_size=16)
+        >>> batch = {"images": torch.rand(5, 1, 20, 30), "labels": torch.randint(0, 10, (5,))}
+        >>> out = model(batch, estimator=build_estimator("vimco"), num_samples=2, step=0)
+        >>> out["loss"].shape, sorted(out)[:3]
+        (torch.Size([]), ['accuracy', 'ess', 'loss'])
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        num_glimpses: int = 6,
+        patch_size: int = 12,
+        num_scales: int = 3,
+        scale_factor: int = 2,
+        glimpse_hidden: int = 128,
+        hidden_size: int = 256,
+        core: str = "lstm",
+        location_std: float = 0.15,
+        policy: str = "learned",
+        detach_policy_input: bool = True,
+    ):
+        super().__init__()
+        if policy not in POLICIES:
+            raise ValueError(f"RAM: policy must be one of {POLICIES}, got {policy!r}")
+        if core not in CORES:
+            raise ValueError(f"RAM: core must be one of {CORES}, got {core!r}")
+        if location_std <= 0:
+            raise ValueError(f"RAM: location_std must be > 0, got {location_std}")
+        if num_glimpses < 1:
+            raise ValueError(f"RAM: num_glimpses must be >= 1, got {num_glimpses}")
+        self.num_glimpses = num_glimpses
+        self.in_channels = in_channels
+        self.hidden_size = hidden_size
+        self.location_std = location_std
+        self.policy_kind = policy
+        self.core_kind = core
+        self.detach_policy_input = detach_policy_input
+        self.retina = Retina(patch_size, num_scales, scale_factor)
+        retina_size = num_scales * in_channels * patch_size * patch_size
+        # glimpse network: what (patches) and where (location) branches, then a joint layer
+        self.what = nn.Linear(retina_size, glimpse_hidden)
+        self.where = nn.Linear(2, glimpse_hidden)
+        self.glimpse_what = nn.Linear(glimpse_hidden, hidden_size)
+        self.glimpse_where = nn.Linear(glimpse_hidden, hidden_size)
+        if core == "lstm":
+            self.core = nn.LSTMCell(hidden_size, hidden_size)
+        else:
+            self.core_input = nn.Linear(hidden_size, hidden_size)
+            self.core_hidden = nn.Linear(hidden_size, hidden_size)
+        self.locator = nn.Linear(hidden_size, 2)  # the location network (mean of the policy)
+        self.baseline_net = nn.Linear(hidden_size, 1)  # NVIL's input-dependent baseline
+        self.classifier = nn.Linear(hidden_size, num_classes)
+
+    # ----- memory and state -------------------------------------------------------------------
+    def encode(self, batch: dict) -> dict:
+        """``{"images", ["labels"]}`` -> the rollout memory (float images ``[B, C, H, W]``)."""
+        images = images_to_float(batch["images"], self.what.weight.dtype)
+        if images.shape[1] != self.in_channels:
+            raise ValueError(f"RAM was built for {self.in_channels} channel(s), got images of shape {tuple(images.shape)}")
+        memory = {"images": images}
+        if batch.get("labels") is not None:
+            memory["labels"] = batch["labels"]
+        return memory
+
+    def initial_state(self, memory: dict) -> dict:
+        images = memory["images"]
+        zeros = images.new_zeros(images.shape[0], self.hidden_size)
+        return {"h": zeros, "c": zeros, "t": 0, "baselines": (), "logits": None}
+
+    # ----- protocol ---------------------------------------------------------------------------
+    def location_policy(self, state: dict, memory: dict) -> D.Distribution:
+        h = state["h"].detach() if self.detach_policy_input else state["h"]
+        if self.policy_kind == "random":
+            low = h.new_full((h.shape[0], 2), -1.0)
+            return D.Independent(D.Uniform(low, torch.ones_like(low), validate_args=False), 1)
+        mean = torch.tanh(self.locator(h))  # [N, 2]
+        return D.Independent(D.Normal(mean, torch.full_like(mean, self.location_std), validate_args=False), 1)
+
+    def read(self, memory: dict, location: torch.Tensor) -> torch.Tensor:
+        # the log-prob was taken of the raw sample; the retina sees the clamped one
+        return self.retina(memory["images"], location.clamp(-1.0, 1.0))  # [N, S, C, p, p]
+
+    def step(self, state: dict, memory: dict, location: torch.Tensor, glimpse: torch.Tensor) -> dict:
+        location = location.detach().clamp(-1.0, 1.0)  # never a path into the location network
+        what = torch.relu(self.what(glimpse.flatten(1)))
+        where = torch.relu(self.where(location))
+        features = torch.relu(self.glimpse_what(what) + self.glimpse_where(where))  # [N, hidden]
+        h_prev = state["h"]
+        baseline = self.baseline_net(h_prev.detach() if self.detach_policy_input else h_prev).squeeze(-1)  # [N]
+        if self.core_kind == "lstm":
+            h, c = self.core(features, (h_prev, state["c"]))
+        else:
+            h, c = torch.relu(self.core_input(features) + self.core_hidden(h_prev)), state["c"]
+        t = state["t"] + 1
+        logits = self.classifier(h) if t == memory["num_steps"] else None
+        return {"h": h, "c": c, "t": t, "baselines": state["baselines"] + (baseline,), "logits": logits}
+
+    # ----- training ---------------------------------------------------------------------------
+    def forward(self, batch: dict, *, estimator: nn.Module, num_samples: int, step: int = 0) -> dict[str, torch.Tensor]:
+        """The task contract: ``{"loss", "objective", "accuracy", ...estimator stats}``."""
+        return self.estimator_loss(self.encode(batch), estimator=estimator, num_samples=num_samples)
