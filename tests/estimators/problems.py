@@ -84,25 +84,26 @@ class SingleCategorical(Problem):
 
 class MarkovBernoulli(Problem):
     """T Bernoulli steps where z_t depends on z_{t-1}: logits phi_t + 1.5 z_{t-1} (q), theta_t - z_{t-1} (p),
-    reward r_t z_t (1 - z_{t-1}). Per-step weights are causal, so reward-to-go is unbiased."""
+    reward r_t z_t (1 - z_{t-1}) + offset (a constant per-step log-likelihood, as in real models where
+    log p(y | z) is far below 0). Per-step weights are causal, so reward-to-go is unbiased."""
 
     reward = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
 
-    def __init__(self, length: int = 3):
+    def __init__(self, length: int = 3, offset: float = 0.0):
         gen = torch.Generator().manual_seed(length)
         super().__init__(
             f"markov{length}",
             0.5 * torch.randn(length, generator=gen, dtype=torch.float64),
             0.5 * torch.randn(length, generator=gen, dtype=torch.float64),
         )
-        self.length = length
+        self.length, self.offset = length, offset
         if length != 3:
             self.reward = torch.randn(length, generator=gen, dtype=torch.float64)
 
     def step_terms(self, z, phi, theta):  # z [..., T]
         z_prev = torch.cat([torch.zeros_like(z[..., :1]), z[..., :-1]], dim=-1)
         log_q = D.Bernoulli(logits=phi + 1.5 * z_prev).log_prob(z)
-        log_p = D.Bernoulli(logits=theta - z_prev).log_prob(z) + self.reward.to(z) * z * (1 - z_prev)
+        log_p = D.Bernoulli(logits=theta - z_prev).log_prob(z) + self.reward.to(z) * z * (1 - z_prev) + self.offset
         return log_p, log_q
 
     def draw(self, phi, theta, num_samples, generator):

@@ -1,0 +1,146 @@
+"""Closed forms, float32 against float64 references, vectorised against loops, variance orderings."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from hardalign.estimators import build_estimator, leave_one_out_logsumexp, sequential_vimco_loss, vimco_loss
+from tests.estimators.problems import MarkovBernoulli
+
+
+# ---------------------------------------------------------------- slow, obviously correct twins
+def loop_vimco_signals(log_w, geometric=True):
+    """float64 loops over k for one example: A^k = L - L_{-k}."""
+    K = len(log_w)
+    L = math.log(sum(math.exp(v) for v in log_w) / K)
+    signals = []
+    for k in range(K):
+        rest = [log_w[j] for j in range(K) if j != k]
+        stand_in = sum(rest) / (K - 1) if geometric else math.log(sum(math.exp(v) for v in rest) / (K - 1))
+        signals.append(L - math.log((sum(math.exp(v) for v in rest) + math.exp(stand_in)) / K))
+    return signals
+
+
+def loop_vimco_seq_signals(steps):
+    """steps [K][T] per-step log weights of one example -> A[k][t] by the definition."""
+    K, T = len(steps), len(steps[0])
+    log_w = [sum(row) for row in steps]
+    L = math.log(sum(math.exp(v) for v in log_w) / K)
+    out = [[0.0] * T for _ in range(K)]
+    for k, t in itertools.product(range(K), range(T)):
+        past = sum(steps[k][:t])
+        futures = [sum(steps[j][t:]) for j in range(K) if j != k]
+        stand_in = past + sum(futures) / (K - 1)
+        rest = sum(math.exp(log_w[j]) for j in range(K) if j != k)
+        out[k][t] = L - math.log((rest + math.exp(stand_in)) / K)
+    return out
+
+
+def test_vimco_matches_loop_reference():
+    g = torch.Generator().manual_seed(0)
+    log_w = 3 * torch.randn(5, 4, generator=g, dtype=torch.float64)
+    for geometric in (True, False):
+        out = vimco_loss(log_w, torch.zeros_like(log_w), loo="geometric" if geometric else "arithmetic")
+        for b in range(4):
+            expected = torch.tensor(loop_vimco_signals(log_w[:, b].tolist(), geometric), dtype=torch.float64)
+            torch.testing.assert_close(out.signals[:, b], expected)
+
+
+def test_sequential_vimco_matches_loop_reference_and_starts_as_vimco():
+    g = torch.Generator().manual_seed(1)
+    steps = torch.randn(4, 3, 6, generator=g, dtype=torch.float64)
+    out = sequential_vimco_loss(steps, torch.zeros_like(steps))
+    for b in range(3):
+        expected = torch.tensor(loop_vimco_seq_signals(steps[:, b].tolist()), dtype=torch.float64)
+        torch.testing.assert_close(out.signals[:, b], expected)
+    plain = vimco_loss(steps, torch.zeros_like(steps))
+    torch.testing.assert_close(out.signals[..., 0], plain.signals[..., 0])  # at t = 1 it is VIMCO
+    torch.testing.assert_close(out.objective, plain.objective)
+
+
+def test_leave_one_out_logsumexp_matches_loop():
+    g = torch.Generator().manual_seed(2)
+    x = 10 * torch.randn(6, 5, generator=g, dtype=torch.float64)
+    got = leave_one_out_logsumexp(x, dim=0)
+    for k in range(6):
+        rest = torch.cat([x[:k], x[k + 1 :]])
+        torch.testing.assert_close(got[k], torch.logsumexp(rest, 0))
+
+
+def test_vimco_float32_with_a_dominant_sample_matches_float64():
+    """One particle 60 nats above the rest: float32 signals stay within 1e-3 of float64 ones.
+    The naive linear-space form log(sum_j w_j - w_k) breaks here (shown by the second check)."""
+    log_w64 = torch.tensor([[60.0], [0.0], [-1.0], [0.5], [-30.0]], dtype=torch.float64)
+    reference = torch.tensor(loop_vimco_signals(log_w64[:, 0].tolist()), dtype=torch.float64)
+    for fn in (vimco_loss, sequential_vimco_loss):
+        got = fn(log_w64.float(), torch.zeros(5, 1)).signals[:, 0]
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), reference, rtol=0, atol=1e-3)
+    lw = log_w64.float()[:, 0]
+    naive = torch.log(lw.exp().sum() - lw.exp())  # what a careless implementation computes
+    exact_others = leave_one_out_logsumexp(log_w64[:, 0])  # for the dominant particle: log(1 + e^-1 + ...)
+    assert not (naive[0].double() - exact_others[0]).abs() < 1.0  # off by more than a nat, or not finite
+
+
+def test_single_seeded_sample_equals_closed_form():
+    """K=2 Bernoulli(sigmoid(phi)), T=1: d loss / d phi = -sum_k A^k (z^k - sigmoid(phi)) for VIMCO,
+    and -(1/K) sum_k (R^k - mean_{j != k} R^j)(z^k - sigmoid(phi)) for RLOO, with R = theta * z."""
+    phi = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    z = torch.tensor([[1.0], [0.0]], dtype=torch.float64)  # the seeded draw, written out
+    theta = 1.7
+    q = torch.distributions.Bernoulli(logits=phi)
+    log_probs = q.log_prob(z)
+    reward = theta * z  # reward only: q is the policy, so log w = R
+    p = torch.sigmoid(phi).item()
+    out = vimco_loss(reward, log_probs)
+    (grad,) = torch.autograd.grad(out.loss, phi)
+    L = math.log((math.exp(theta) + 1) / 2)
+    A = [L - math.log((1 + 1) / 2), L - math.log((math.exp(theta) * 2) / 2)]  # stand-in = the other sample
+    expected = -(A[0] * (1 - p) + A[1] * (0 - p))
+    assert grad.item() == pytest.approx(expected, rel=1e-12)
+    out = build_estimator("reinforce", baseline="loo")(reward, q.log_prob(z))
+    (grad,) = torch.autograd.grad(out.loss, phi)
+    expected = -0.5 * ((theta - 0) * (1 - p) + (0 - theta) * (0 - p))
+    assert grad.item() == pytest.approx(expected, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------- variance orderings
+def proposal_gradient_variance(problem, name, options, num_samples, replicas=4000, seed=0):
+    """Total variance (summed over components) of the proposal-parameter gradient estimates."""
+    generator = torch.Generator().manual_seed(seed)
+    phi, theta = problem.leaves(replicas)
+    log_weights, log_probs = problem.draw(phi, theta, num_samples, generator)
+    build_estimator(name, **options).double()(log_weights, log_probs).loss.backward()
+    return (replicas * phi.grad).var(0).sum().item()
+
+
+def test_leave_one_out_has_lower_variance_than_no_baseline():
+    """With returns far from 0 (log-likelihood rewards); with returns centred near 0, subtracting the
+    others' noisy mean can add variance instead, which is why the problem has an offset."""
+    problem = MarkovBernoulli(3, offset=-2.0)
+    none = proposal_gradient_variance(problem, "reinforce", {}, 4)
+    loo = proposal_gradient_variance(problem, "reinforce", {"baseline": "loo"}, 4)
+    assert loo <= none, (loo, none)
+
+
+def test_vimco_has_lower_variance_than_the_naive_multi_sample_score_function():
+    problem = MarkovBernoulli(3, offset=-2.0)
+    vimco = proposal_gradient_variance(problem, "vimco", {}, 4)
+    # naive: every particle's signal is the bound itself
+    generator = torch.Generator().manual_seed(0)
+    phi, theta = problem.leaves(4000)
+    log_weights, log_probs = problem.draw(phi, theta, 4, generator)
+    bound = torch.logsumexp(log_weights.sum(-1), 0) - math.log(4)
+    surrogate = (bound.detach() * (log_probs - log_probs.detach()).sum(-1)).sum(0)
+    (-(bound + surrogate).mean()).backward()
+    naive = (4000 * phi.grad).var(0).sum().item()
+    assert vimco <= naive, (vimco, naive)
+
+
+def test_sequential_vimco_has_lower_variance_than_vimco_on_long_sequences():
+    problem = MarkovBernoulli(50, offset=-2.0)
+    plain = proposal_gradient_variance(problem, "vimco", {}, 8, replicas=2000)
+    sequential = proposal_gradient_variance(problem, "vimco-seq", {}, 8, replicas=2000)
+    assert sequential <= plain, (sequential, plain)
