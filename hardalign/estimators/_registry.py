@@ -57,4 +57,4 @@ def _lookup(name: str) -> type[nn.Module]:
 
 def describe(name: str) -> str:
     """The first line of the estimator's docstring."""
-    return (inspect.getdoc(_lookup(name)) or "").splitlines()[0]
+    return (inspect.getdoc(_lookup(name)) or "").splitlines()[0].replace("``", "")
