@@ -105,3 +105,19 @@ def test_batched_rollout_equals_one_particle_at_a_time():
 def test_rollout_rejects_zero_steps():
     with pytest.raises(ValueError, match="num_steps must be >= 1"):
         rollout(ToyAligner(), make_memory(), num_samples=1, num_steps=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_rollout_and_estimator_on_cuda_make_no_host_sync():
+    device = torch.device("cuda")
+    model = ToyAligner().to(device)
+    memory = {key: value.to(device) for key, value in make_memory().items()}
+    estimator = build_estimator("vimco-seq")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        traj = rollout(model, memory, num_samples=8, num_steps=7, generator=torch.Generator(device=device).manual_seed(0))
+        out = estimator(traj.log_weights, traj.log_q, mask=traj.mask)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    out.loss.backward()
+    assert out.objective.device.type == "cuda"
