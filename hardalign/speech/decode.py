@@ -32,6 +32,7 @@ class Hypothesis:
     steps: list[int]
     score: float = 0.0
     ended: bool = False  # EOS was emitted
+    emit_probs: list[float] | None = None  # b_t along the decoded path (greedy only), one per valid step
 
 
 def _check(model, features: torch.Tensor, feature_lengths: torch.Tensor) -> None:
@@ -64,9 +65,11 @@ def greedy_decode(model, features: torch.Tensor, feature_lengths: torch.Tensor) 
     label_prev = torch.zeros(B, dtype=torch.long, device=device)
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     emitted = torch.zeros(B, T, dtype=torch.long, device=device)  # label emitted at each step (0: none)
+    probs = features.new_zeros(B, T)
     h, c, emit_logit, label_logp = model._p_step(gates[0], h, c, z, label_prev)
     for t in range(T):
         label = label_logp.argmax(-1) + 1  # class c-1 is label c
+        probs[:, t] = torch.sigmoid(emit_logit)
         emit = (emit_logit > 0) & ~ended & (feature_lengths > t)
         emitted[:, t] = torch.where(emit, label, torch.zeros_like(label))
         ended = ended | (emit & (label == model.eos_id))
@@ -74,7 +77,11 @@ def greedy_decode(model, features: torch.Tensor, feature_lengths: torch.Tensor) 
         z = emit.to(features.dtype)
         if t + 1 < T:
             h, c, emit_logit, label_logp = model._p_step(gates[t + 1], h, c, z, label_prev)
-    return _collect(emitted, model.eos_id, ended)
+    hyps = _collect(emitted, model.eos_id, ended)
+    probs, lengths = probs.cpu(), feature_lengths.cpu()
+    for b, hyp in enumerate(hyps):
+        hyp.emit_probs = probs[b, : int(lengths[b])].tolist()
+    return hyps
 
 
 def _collect(emitted: torch.Tensor, eos_id: int, ended: torch.Tensor, scores: torch.Tensor | None = None) -> list[Hypothesis]:

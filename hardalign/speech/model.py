@@ -10,11 +10,17 @@ forced steps have ``log q = 0`` and carry no learning signal.
 Layout of the computation, chosen so that the work that does not depend on the decisions is done
 once per utterance and not once per particle:
 
-* layer 1 of p is a ``torch.nn.LSTM`` over the frames (fused kernels, no feedback), run once per
-  utterance; its outputs are projected to the gate pre-activations of layer 2 once per utterance;
-* layer 2 of p is an LSTM cell run step by step over all ``K * B`` particles at once; the fed-back
-  previous decision ``z_{t-1}`` and last emitted label enter it as embeddings added to its gates
-  (an embedding of size ``4H`` is exactly an input projection of a one-hot vector);
+* the lower layers of p form the *encoder*, a stacked unidirectional ``torch.nn.LSTM`` over the
+  frames (``encoder_layers x hidden_size``, fused kernels, no feedback: the same encoder as the CTC
+  baseline), run once per utterance; its outputs are projected to the gate pre-activations of the
+  top layer once per utterance;
+* the top layer of p, the *decision cell*, is an LSTM cell (``decision_hidden`` units) run step by
+  step over all ``K * B`` particles at once; the fed-back previous decision ``z_{t-1}`` and last
+  emitted label enter it as embeddings added to its gates (an embedding of size ``4H`` is exactly
+  an input projection of a one-hot vector). Feeding the decisions back into the top layer only,
+  rather than into the first as in Luo et al., is what lets the encoder run once per utterance;
+  the model is still a causal stacked LSTM whose state depends on x_{<=t}, z_{<t} and the labels
+  emitted so far;
 * the posterior q(z | x, y) (:mod:`hardalign.speech.posterior`) encodes frames and labels once per
   utterance with bidirectional LSTMs and runs its own small step RNN over the particles.
 
@@ -90,7 +96,7 @@ def forced_decisions(step: int, num_steps: torch.Tensor, emitted: torch.Tensor, 
     """
     remaining_labels = num_labels - emitted
     remaining_steps = num_steps - step
-    must_emit = (remaining_labels > 0) & (remaining_labels >= remaining_steps)
+    must_emit = (remaining_labels > 0) & (remaining_labels >= remaining_steps) & (remaining_steps > 0)
     is_forced = must_emit | (remaining_labels <= 0) | (remaining_steps <= 0)
     return is_forced, must_emit.float()
 
@@ -109,7 +115,9 @@ class HardAlignmentRecognizer(nn.Module):
     Args:
         input_dim: feature dimension F of a step (369 for 123-dim frames stacked by 3).
         num_phones: n, the number of phone labels (ids ``1..n``; EOS is ``n + 1``).
-        hidden_size: H, width of both LSTM layers of p.
+        hidden_size: width of the encoder LSTM layers of p.
+        encoder_layers: number of encoder layers (below the decision cell).
+        decision_hidden: H, width of the decision cell (the top layer, which reads the feedback).
         label_embedding: width of the embedding of the fed-back label *before* its gate projection
             (the embedding is factored as ``[n + 2, E] x [E, 4H]``).
         posterior_hidden: width of the posterior's encoders and step RNN.
@@ -117,7 +125,7 @@ class HardAlignmentRecognizer(nn.Module):
         proposal: ``"posterior"`` (sample z from q(z | x, y), variational training) or ``"prior"``
             (sample from p itself, REINFORCE on the reward ``sum_t z_t log d_t[y_next]``).
         emit_prior: initial emit probability of p (bias of its emit head).
-        dropout: dropout rate on layer-1 outputs and on the heads' input, reached after
+        dropout: dropout rate on encoder outputs and on the heads' input, reached after
             ``dropout_ramp_steps`` training steps (linear ramp from 0).
         entropy_weight, entropy_weight_final, entropy_decay_steps: weight of the bonus on the
             proposal's entropy (summed over steps, per utterance), decayed linearly.
@@ -135,6 +143,8 @@ class HardAlignmentRecognizer(nn.Module):
         num_phones: int,
         *,
         hidden_size: int = 256,
+        encoder_layers: int = 2,
+        decision_hidden: int = 128,
         label_embedding: int = 64,
         posterior_hidden: int = 128,
         baseline_hidden: int = 64,
@@ -156,7 +166,8 @@ class HardAlignmentRecognizer(nn.Module):
         self.num_phones = num_phones
         self.eos_id = num_phones + 1
         self.num_classes = num_phones + 1  # softmax over labels 1..n+1
-        self.hidden_size = hidden_size
+        self.hidden_size = decision_hidden
+        self.encoder_hidden = hidden_size
         self.proposal = proposal
         self.learned_baseline = learned_baseline
         self.dropout = dropout
@@ -164,11 +175,14 @@ class HardAlignmentRecognizer(nn.Module):
         self.entropy_weight = entropy_weight
         self.entropy_weight_final = entropy_weight_final
         self.entropy_decay_steps = entropy_decay_steps
-        H = hidden_size
+        if encoder_layers < 1 or decision_hidden < 1:
+            raise ValueError(f"encoder_layers and decision_hidden must be >= 1, got {encoder_layers}, {decision_hidden}")
+        H = decision_hidden
         # --- model p ---
-        self.encoder = nn.LSTM(input_dim, H, batch_first=True)  # layer 1: no feedback, once per utterance
-        self.gate_input = nn.Linear(H, 4 * H)  # layer-1 output -> layer-2 gates (bias = LSTM bias)
-        self.gate_hidden = nn.Linear(H, 4 * H, bias=False)  # layer-2 recurrence
+        # encoder: no feedback, once per utterance (dropout between layers is applied by hand below)
+        self.encoder = nn.ModuleList(nn.LSTM(input_dim if i == 0 else hidden_size, hidden_size, batch_first=True) for i in range(encoder_layers))
+        self.gate_input = nn.Linear(hidden_size, 4 * H)  # encoder output -> decision-cell gates (its bias)
+        self.gate_hidden = nn.Linear(H, 4 * H, bias=False)  # decision-cell recurrence
         self.gate_decision = nn.Embedding(2, 4 * H)  # fed-back z_{t-1}
         self.label_embedding = nn.Embedding(num_phones + 2, label_embedding)  # 0 = nothing emitted yet
         self.gate_label = nn.Linear(label_embedding, 4 * H, bias=False)
@@ -177,7 +191,7 @@ class HardAlignmentRecognizer(nn.Module):
         # --- posterior q(z | x, y), used only in training ---
         self.posterior = Posterior(input_dim, num_phones, hidden_size=posterior_hidden)
         # --- NVIL baseline: per step, reads the proposal's state (detached) and the counts ---
-        proposal_width = posterior_hidden if proposal == "posterior" else H
+        proposal_width = posterior_hidden if proposal == "posterior" else decision_hidden
         self.baseline_net = nn.Sequential(nn.Linear(proposal_width + 3, baseline_hidden), nn.Tanh(), nn.Linear(baseline_hidden, 1))
         self._initialise(emit_prior)
         self._dropout_now = 0.0
@@ -230,7 +244,7 @@ class HardAlignmentRecognizer(nn.Module):
             with_posterior: also encode frames and labels for q (training with the posterior).
 
         Returns:
-            dict with ``gates`` (a tuple of T tensors ``[B, 4H]``: layer-2 gate inputs of each step),
+            dict with ``gates`` (a tuple of T tensors ``[B, 4H]``: decision-cell gate inputs of each step),
             ``num_steps [B]`` and, with targets, ``labels [B, U + 1]`` (EOS appended) and
             ``num_labels [B]``, plus the posterior's memory under ``posterior``.
         """
@@ -239,11 +253,14 @@ class HardAlignmentRecognizer(nn.Module):
         B, T, _ = features.shape
         if feature_lengths.shape != (B,):
             raise ValueError(f"feature_lengths: expected [{B}], got {list(feature_lengths.shape)}")
-        packed = nn.utils.rnn.pack_padded_sequence(features, feature_lengths.cpu(), batch_first=True, enforce_sorted=False)
-        encoded, _ = self.encoder(packed)
-        encoded, _ = nn.utils.rnn.pad_packed_sequence(encoded, batch_first=True, total_length=T)  # [B, T, H]
-        if self.training and self._dropout_now > 0:
-            encoded = F.dropout(encoded, self._dropout_now, training=True)
+        encoded = features
+        lengths = feature_lengths.cpu()
+        for layer in self.encoder:
+            packed = nn.utils.rnn.pack_padded_sequence(encoded, lengths, batch_first=True, enforce_sorted=False)
+            encoded, _ = layer(packed)
+            encoded, _ = nn.utils.rnn.pad_packed_sequence(encoded, batch_first=True, total_length=T)  # [B, T, hidden]
+            if self.training and self._dropout_now > 0:
+                encoded = F.dropout(encoded, self._dropout_now, training=True)
         gates = self.gate_input(encoded)  # [B, T, 4H], once per utterance
         # a tuple of per-step slices: indexing a [N, T, 4H] tensor per step would make autograd
         # allocate a full-size zero gradient at every step; unbind's backward is one stack.
@@ -260,7 +277,7 @@ class HardAlignmentRecognizer(nn.Module):
 
     # ------------------------------------------------------------------ one step of p
     def _p_step(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, z_prev: torch.Tensor, label_prev: torch.Tensor):
-        """Layer-2 LSTM step with the fed-back decision and label; returns ``(h, c, emit_logit, label_logp)``."""
+        """Decision-cell LSTM step with the fed-back decision and label; returns ``(h, c, emit_logit, label_logp)``."""
         gates = gates_in + self.gate_hidden(h) + self.gate_decision(z_prev.long()) + self.gate_label(self.label_embedding(label_prev))
         i, f, g, o = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)

@@ -1,0 +1,290 @@
+"""The ``timit`` training task: TIMIT (or the offline synthetic corpus) phoneme recognition.
+
+Plugs the hard-alignment recogniser (:mod:`hardalign.speech.model`) and the CTC baseline
+(:mod:`hardalign.speech.ctc`) into the one training loop (:mod:`hardalign.train`) through the task
+contract of :mod:`hardalign.train.tasks`. Data come from a directory of manifests written by
+``hardalign prepare timit`` or ``hardalign prepare synth`` (:mod:`hardalign.data`); evaluation
+decodes online (greedy or beam search) and scores on the 39-phone set, clean and under each
+requested noise condition (frozen per utterance, so numbers are reproducible).
+
+Example config (flat YAML; the trainer's keys and these share one namespace)::
+
+    task: timit
+    data_dir: exp/timit/data
+    estimator: vimco-seq
+    num_samples: 4
+    proposal: posterior
+    eval_noise: "white:10,white:0"
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+import torch
+
+from hardalign.speech.ctc import CTCRecognizer
+from hardalign.speech.decode import Hypothesis, beam_search, greedy_decode
+from hardalign.speech.model import HardAlignmentRecognizer
+
+__all__ = ["SpeechTask", "SpeechTaskConfig", "decode_batch", "parse_noise_conditions"]
+
+_MODELS = ("hardalign", "ctc")
+_DECODERS = ("greedy", "beam")
+
+
+@dataclass
+class SpeechTaskConfig:
+    """Options of the speech task (flat scalars; YAML keys and ``--kebab-case`` overrides).
+
+    Attributes:
+        data_dir: directory with ``train/dev/test.jsonl`` manifests.
+        model: ``hardalign`` (online hard alignment) or ``ctc`` (unidirectional CTC baseline).
+        phone_set: training phone set, 61 (60 after deleting ``q``), 48 or 39; scoring is on 39.
+        cmvn: ``global`` or ``speaker`` mean/variance normalisation (or ``none``).
+        frame_stack: frames stacked per model step (3: 30 ms steps).
+        hidden_size: width of the encoder LSTM layers (shared with the CTC baseline).
+        encoder_layers: depth of p's encoder (below the decision cell).
+        decision_hidden: width of p's top LSTM cell, the one that reads the fed-back decisions.
+        ctc_layers: LSTM layers of the CTC baseline (0: ``encoder_layers``, the same encoder as p).
+        label_embedding, posterior_hidden, baseline_hidden: sizes of the fed-back label
+            embedding, of q's encoders and step RNN, and of the NVIL baseline network.
+        proposal: ``posterior`` (q(z | x, y)) or ``prior`` (p's own policy, Luo-style REINFORCE).
+        emit_prior: initial emit probability of p.
+        learned_baseline: REINFORCE subtracts the learned per-step baseline (NVIL always does).
+        entropy_weight, entropy_weight_final, entropy_decay_steps: schedule of the bonus on the
+            proposal's entropy.
+        dropout, dropout_ramp_steps: dropout rate and its linear ramp from 0.
+        decoder: ``greedy`` or ``beam``; beam_size: its width.
+        train_noise: noise added on the fly to training audio, ``TYPE:LOW:HIGH`` dB (e.g.
+            ``pink:0:15``) or empty for clean training.
+        eval_noise: comma-separated test conditions ``TYPE:SNR`` (``white:10,white:0``) scored
+            besides clean.
+        mix_scale: two-speaker mixing (MultiTIMIT): scale of the interfering speaker (0: off).
+        eval_limit: score only the first N utterances of a split (0: all; quick checks).
+        eval_batch_size: utterances per decoding batch.
+        preload: keep the training features in memory (clean training only).
+        num_threads: ``torch.set_num_threads`` (0: leave torch's default).
+    """
+
+    data_dir: str = "exp/timit/data"
+    model: str = "hardalign"
+    phone_set: int = 61
+    cmvn: str = "global"
+    frame_stack: int = 3
+    hidden_size: int = 256
+    encoder_layers: int = 2
+    decision_hidden: int = 128
+    ctc_layers: int = 0
+    label_embedding: int = 64
+    posterior_hidden: int = 128
+    baseline_hidden: int = 64
+    proposal: str = "posterior"
+    emit_prior: float = 0.35
+    learned_baseline: bool = True
+    entropy_weight: float = 1.0
+    entropy_weight_final: float = 0.1
+    entropy_decay_steps: int = 1000
+    dropout: float = 0.0
+    dropout_ramp_steps: int = 0
+    decoder: str = "greedy"
+    beam_size: int = 4
+    train_noise: str = ""
+    eval_noise: str = ""
+    mix_scale: float = 0.0
+    eval_limit: int = 0
+    eval_batch_size: int = 64
+    preload: bool = True
+    num_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model not in _MODELS:
+            raise ValueError(f"model={self.model!r}: must be one of {_MODELS}")
+        if self.decoder not in _DECODERS:
+            raise ValueError(f"decoder={self.decoder!r}: must be one of {_DECODERS}")
+        if self.proposal not in ("prior", "posterior"):
+            raise ValueError(f"proposal={self.proposal!r}: must be prior or posterior")
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size={self.beam_size}: must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout}: must be in [0, 1)")
+        parse_noise_conditions(self.eval_noise)
+
+
+def parse_noise_conditions(text: str) -> list[tuple[str, float]]:
+    """Parse ``"white:10,pink:0"`` into ``[("white", 10.0), ("pink", 0.0)]``.
+
+    Example:
+        >>> parse_noise_conditions("white:10, babble:0")
+        [('white', 10.0), ('babble', 0.0)]
+        >>> parse_noise_conditions("")
+        []
+    """
+    conditions = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        kind, sep, snr = item.partition(":")
+        try:
+            value = float(snr)
+        except ValueError:
+            value = math.nan
+        if not sep or not kind or math.isnan(value):
+            raise ValueError(f"eval_noise: {item!r} is not TYPE:SNR (e.g. white:10)")
+        conditions.append((kind, value))
+    return conditions
+
+
+def decode_batch(model: torch.nn.Module, batch: dict[str, Any], *, decoder: str = "greedy", beam_size: int = 4) -> list[Hypothesis]:
+    """Decode one batch with either model family; returns one :class:`Hypothesis` per utterance."""
+    features, lengths = batch["features"], batch["feature_lengths"]
+    if isinstance(model, CTCRecognizer):
+        return model.decode(features, lengths)
+    if decoder == "beam":
+        return beam_search(model, features, lengths, beam_size=beam_size)
+    return greedy_decode(model, features, lengths)
+
+
+class SpeechTask:
+    """The ``timit`` task (see :mod:`hardalign.train.tasks` for the contract)."""
+
+    Config = SpeechTaskConfig
+    metrics_to_minimize = ("per",)
+
+    def __init__(self, config: SpeechTaskConfig, train_config: Any, *, device: torch.device, rank: int = 0, world_size: int = 1):
+        from hardalign.data import FeatureConfig, Vocabulary
+
+        self.config = config
+        self.train_config = train_config
+        self.device = device
+        self.rank = rank
+        self.world_size = world_size
+        if config.num_threads > 0:
+            torch.set_num_threads(config.num_threads)
+        self.features = FeatureConfig(stack=config.frame_stack, cmvn=config.cmvn)
+        self.vocab = Vocabulary.phones(config.phone_set)
+        self._train = None
+        self._train_items: list[dict] | None = None
+        self._eval_cache: dict[tuple, Any] = {}
+
+    # ------------------------------------------------------------------ data
+    def _noise_config(self, spec: str, *, snr: float | None = None):
+        from hardalign.data.noise import NoiseConfig
+
+        if self.config.mix_scale > 0:
+            return NoiseConfig(kind="speaker", mix_scale=self.config.mix_scale)
+        if snr is not None:
+            return NoiseConfig(kind=spec, snr=f"{snr:g}")
+        kind, _, snr_range = spec.partition(":")
+        return NoiseConfig(kind=kind, snr=snr_range)
+
+    def dataset(self, split: str, noise=None):
+        """The :class:`hardalign.data.SpeechDataset` of ``split`` (with a noise config or None)."""
+        from hardalign.data import load_speech_dataset
+
+        return load_speech_dataset(self.config.data_dir, split, features=self.features, noise=noise, phone_set=self.config.phone_set)
+
+    @property
+    def train_set(self):
+        if self._train is None:
+            noise = self._noise_config(self.config.train_noise) if (self.config.train_noise or self.config.mix_scale > 0) else None
+            self._train = self.dataset("train", noise)
+        return self._train
+
+    # ------------------------------------------------------------------ contract
+    def build_model(self) -> torch.nn.Module:
+        c = self.config
+        input_dim = self.features.dim
+        num_phones = len(self.vocab.symbols)
+        if c.model == "ctc":
+            return CTCRecognizer(
+                input_dim, num_phones, hidden_size=c.hidden_size, num_layers=c.ctc_layers or c.encoder_layers,
+                dropout=c.dropout, dropout_ramp_steps=c.dropout_ramp_steps,
+            )
+        return HardAlignmentRecognizer(
+            input_dim,
+            num_phones,
+            hidden_size=c.hidden_size,
+            encoder_layers=c.encoder_layers,
+            decision_hidden=c.decision_hidden,
+            label_embedding=c.label_embedding,
+            posterior_hidden=c.posterior_hidden,
+            baseline_hidden=c.baseline_hidden,
+            proposal=c.proposal,
+            emit_prior=c.emit_prior,
+            dropout=c.dropout,
+            dropout_ramp_steps=c.dropout_ramp_steps,
+            entropy_weight=c.entropy_weight,
+            entropy_weight_final=c.entropy_weight_final,
+            entropy_decay_steps=c.entropy_decay_steps,
+            learned_baseline=c.learned_baseline,
+        )
+
+    def train_batches(self, epoch: int) -> Iterator[dict]:
+        from hardalign.data import BucketBatchSampler, collate_speech
+
+        ds = self.train_set
+        ds.set_epoch(epoch)
+        per_rank = self.train_config.batch_size // self.world_size
+        if per_rank < 1:
+            raise ValueError(f"batch_size={self.train_config.batch_size} is smaller than world_size={self.world_size}")
+        sampler = BucketBatchSampler(
+            ds.lengths, per_rank, shuffle=True, seed=self.train_config.seed, drop_last=True,
+            num_replicas=self.world_size, rank=self.rank,
+        )
+        sampler.set_epoch(epoch)
+        clean = ds.mixer is None
+        if clean and self.config.preload and self._train_items is None:
+            self._train_items = [ds[i] for i in range(len(ds))]
+        for indices in sampler:
+            items = [self._train_items[i] for i in indices] if (clean and self._train_items is not None) else [ds[i] for i in indices]
+            yield collate_speech(items)
+
+    def _eval_batches(self, split: str, noise) -> list[dict]:
+        from hardalign.data import collate_speech
+
+        key = (split, repr(noise))
+        if key not in self._eval_cache:
+            ds = self.dataset(split, noise)
+            n = len(ds) if self.config.eval_limit <= 0 else min(len(ds), self.config.eval_limit)
+            order = sorted(range(n), key=lambda i: ds.lengths[i])  # similar lengths: little padding
+            size = self.config.eval_batch_size
+            batches = [collate_speech([ds[i] for i in order[s : s + size]]) for s in range(0, n, size)]
+            self._eval_cache = {k: v for k, v in self._eval_cache.items() if k[0] == split}  # bound memory
+            self._eval_cache[key] = batches
+        return self._eval_cache[key]
+
+    def decode(self, model: torch.nn.Module, split: str, noise=None) -> tuple[list[str], list[Hypothesis], list[list[str]]]:
+        """Decode a split: returns ``(ids, hypotheses, reference phone sequences)``."""
+        ids, hyps, refs = [], [], []
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for batch in self._eval_batches(split, noise):
+                moved = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+                hyps.extend(decode_batch(model, moved, decoder=self.config.decoder, beam_size=self.config.beam_size))
+                ids.extend(batch["ids"])
+                for row, length in zip(batch["targets"], batch["target_lengths"]):
+                    refs.append(self.vocab.decode(row[: int(length)].tolist()))
+        model.train(was_training)
+        return ids, hyps, refs
+
+    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
+        """PER (39 phones) and its substitution / deletion / insertion rates, clean and per noise condition."""
+        from hardalign.data import phone_error_rate
+
+        results: dict[str, float] = {}
+        conditions: list[tuple[str, Any]] = [("", None)]
+        for kind, snr in parse_noise_conditions(self.config.eval_noise):
+            conditions.append((f"_{kind}{snr:g}db", self._noise_config(kind, snr=snr)))
+        for suffix, noise in conditions:
+            _, hyps, refs = self.decode(model, split, noise)
+            counts = phone_error_rate([self.vocab.decode(h.labels) for h in hyps], refs)
+            results[f"per{suffix}"] = counts.per
+            if not suffix:
+                tokens = max(1, counts.ref_tokens)
+                results["sub"] = counts.substitutions / tokens
+                results["del"] = counts.deletions / tokens
+                results["ins"] = counts.insertions / tokens
+                results["ref_tokens"] = float(counts.ref_tokens)
+        return results

@@ -1,0 +1,207 @@
+"""The hard-alignment recogniser: forced emission, masks, log-probabilities, decoding, CTC baseline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchaudio.functional as AF
+
+from hardalign.estimators import ESTIMATORS, build_estimator
+from hardalign.speech.ctc import CTCRecognizer
+from hardalign.speech.decode import beam_search, greedy_decode
+from hardalign.speech.model import HardAlignmentRecognizer, forced_decisions
+from tests.speech.toy import toy_batch, toy_utterances
+
+DIM, PHONES = 12, 8
+
+
+def small_model(**kwargs) -> HardAlignmentRecognizer:
+    options = dict(hidden_size=16, encoder_layers=1, decision_hidden=16, label_embedding=8, posterior_hidden=16, baseline_hidden=8)
+    options.update(kwargs)
+    return HardAlignmentRecognizer(DIM, PHONES, **options)
+
+
+def tight_batch() -> dict:
+    """Lengths chosen to exercise the edge cases: T == U + 1 (every step forced), slack, padding."""
+    batch = toy_batch(toy_utterances(6, num_phones=PHONES, dim=DIM))
+    batch["feature_lengths"][0] = batch["target_lengths"][0] + 1  # no freedom at all
+    return batch
+
+
+@pytest.mark.parametrize("proposal", ["posterior", "prior"])
+def test_forced_emission_and_masks_are_exact(proposal):
+    model = small_model(proposal=proposal)
+    batch = tight_batch()
+    # large emit bias either way: forcing, not the policy, must produce the counts
+    for bias in (-8.0, 8.0):
+        with torch.no_grad():
+            model.emit_head.bias.fill_(bias)
+            model.posterior.out.bias.fill_(bias)
+        traj = model.sample_alignments(batch, num_samples=5)
+        K, B, T = traj.log_q.shape
+        steps = torch.arange(T)
+        valid = steps < batch["feature_lengths"].unsqueeze(1)  # [B, T]
+        assert torch.equal(traj.valid, valid.expand(K, B, T))
+        emissions = (traj.locations * traj.valid).sum(-1)  # [K, B]
+        assert torch.equal(emissions, (batch["target_lengths"] + 1).to(emissions.dtype).expand(K, B))
+        assert not (traj.locations.bool() & ~traj.valid).any()  # nothing in the padding
+        # after EOS nothing is emitted: the last emission is the (U+1)-th and no later step emits
+        # forced steps and padding have log q = 0, no entropy, no mask
+        assert (traj.log_q[~traj.mask] == 0).all()
+        assert (traj.entropy[~traj.mask] == 0).all()
+        assert (traj.log_weights[~traj.valid] == 0).all()
+        # the fully constrained utterance has no free step
+        assert not traj.mask[:, 0].any()
+
+
+def test_forced_decisions_rules():
+    is_forced, value = forced_decisions(
+        3,
+        num_steps=torch.tensor([10, 5, 5, 3, 6]),
+        emitted=torch.tensor([0, 0, 2, 1, 4]),
+        num_labels=torch.tensor([4, 2, 2, 2, 4]),
+    )
+    # free; remaining 2 labels in 2 steps -> emit; all emitted -> skip; padding -> skip; done -> skip
+    assert is_forced.tolist() == [False, True, True, True, True]
+    assert value.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_log_p_of_forced_decisions_is_zero():
+    """At forced steps log p holds only the label term z_t log d_t[y_next]; at free steps also log p(z_t)."""
+    model = small_model(proposal="posterior")
+    batch = tight_batch()
+    traj = model.sample_alignments(batch, num_samples=3)
+    z = traj.locations
+    forced = traj.valid & ~traj.mask
+    skipped_forced = forced & (z == 0)
+    assert (traj.log_p[skipped_forced] == 0).all()
+    # utterance 0 is fully forced: its log p is exactly the sum of label log-probabilities (<= 0, nonzero)
+    assert (traj.log_p[:, 0][z[:, 0] == 1] < 0).all()
+    free_skip = traj.mask & (z == 0)
+    assert (traj.log_p[free_skip] < 0).all()  # log p(z_t = 0) of a free skip
+
+
+def test_prior_proposal_reduces_to_the_reward():
+    """With q = p the per-step log weight is z_t log d_t[y_next] (the decision terms cancel)."""
+    model = small_model(proposal="prior")
+    batch = tight_batch()
+    traj = model.sample_alignments(batch, num_samples=2)
+    assert (traj.log_weights[traj.locations == 0].abs() < 1e-6).all()
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+@pytest.mark.parametrize("proposal", ["posterior", "prior"])
+def test_training_step_gives_finite_gradients(name, proposal):
+    model = small_model(proposal=proposal, dropout=0.2, dropout_ramp_steps=10)
+    batch = tight_batch()
+    out = model(batch, estimator=build_estimator(name), num_samples=3, step=5)
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    for key, value in out.items():
+        assert value.dim() == 0, key
+        if key != "loss":
+            assert not value.requires_grad, key
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    proposal_params = model.posterior.parameters() if proposal == "posterior" else model.emit_head.parameters()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in proposal_params)
+    if name == "nvil" or (name == "reinforce" and proposal == "prior"):
+        assert model.baseline_net[-1].bias.grad.abs() > 0  # the learned baseline is trained
+
+
+def test_encoder_runs_once_per_utterance_not_per_particle():
+    model = small_model()
+    calls = []
+    hook = model.encoder[0].register_forward_hook(lambda module, args, out: calls.append(args[0]))
+    batch = tight_batch()
+    model.sample_alignments(batch, num_samples=7)
+    hook.remove()
+    assert len(calls) == 1
+    assert int(calls[0].batch_sizes[0]) == batch["features"].shape[0]  # packed: B rows, not K * B
+
+
+def test_too_short_utterance_is_reported_by_id():
+    model = small_model()
+    batch = tight_batch()
+    batch["feature_lengths"][2] = batch["target_lengths"][2]  # one step short of labels + EOS
+    with pytest.raises(ValueError, match="utt2"):
+        model.sample_alignments(batch, num_samples=1)
+
+
+def test_entropy_and_dropout_schedules():
+    model = small_model(entropy_weight=1.0, entropy_weight_final=0.1, entropy_decay_steps=100, dropout=0.3, dropout_ramp_steps=10)
+    assert model.entropy_weight_at(0) == 1.0
+    assert model.entropy_weight_at(50) == pytest.approx(0.55)
+    assert model.entropy_weight_at(1000) == pytest.approx(0.1)
+    assert model.dropout_at(0) == 0.0 and model.dropout_at(5) == pytest.approx(0.15) and model.dropout_at(99) == 0.3
+
+
+def _confident_model() -> HardAlignmentRecognizer:
+    """A trivial model: emits with probability 0.9 at every step, always the same phone, no EOS."""
+    model = small_model().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.emit_head.bias.fill_(2.2)
+        model.label_head.bias[2] = 6.0  # label 3
+    return model
+
+
+def test_greedy_and_beam_agree_on_a_trivial_model():
+    model = _confident_model()
+    batch = tight_batch()
+    greedy = greedy_decode(model, batch["features"], batch["feature_lengths"])
+    for width in (1, 3):
+        beam = beam_search(model, batch["features"], batch["feature_lengths"], beam_size=width)
+        for g, b, length in zip(greedy, beam, batch["feature_lengths"].tolist()):
+            assert g.labels == b.labels == [3] * length
+            assert g.steps == b.steps == list(range(length))
+
+
+def test_greedy_and_beam_stop_after_eos():
+    model = small_model().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.emit_head.bias.fill_(3.0)
+        model.label_head.bias[PHONES] = 6.0  # EOS (label n + 1, class n)
+    batch = tight_batch()
+    for hyps in (greedy_decode(model, batch["features"], batch["feature_lengths"]), beam_search(model, batch["features"], batch["feature_lengths"], beam_size=2)):
+        assert all(h.labels == [] and h.ended for h in hyps)
+
+
+def test_beam_search_finds_a_better_scoring_path_than_greedy():
+    torch.manual_seed(3)
+    model = small_model().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)
+    batch = tight_batch()
+    greedy = greedy_decode(model, batch["features"], batch["feature_lengths"])
+    beam = beam_search(model, batch["features"], batch["feature_lengths"], beam_size=8)
+    # score greedy paths with the beam's scoring through a width-1 search of the same rule: beam >= width 1
+    narrow = beam_search(model, batch["features"], batch["feature_lengths"], beam_size=1)
+    assert all(b.score >= n.score - 1e-5 for b, n in zip(beam, narrow))
+    assert len(greedy) == len(beam)
+
+
+def test_ctc_baseline_trains_and_decodes():
+    torch.manual_seed(0)
+    model = CTCRecognizer(DIM, PHONES, hidden_size=32, num_layers=1)
+    train = toy_utterances(64, num_phones=PHONES, dim=DIM)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for step in range(40):
+        batch = toy_batch(train[(step % 4) * 16 : (step % 4 + 1) * 16])
+        out = model(batch, step=step)
+        optimiser.zero_grad()
+        out["loss"].backward()
+        optimiser.step()
+        first = first if first is not None else float(out["loss"].detach())
+    assert float(out["loss"].detach()) < 0.5 * first
+    model.eval()
+    batch = toy_batch(train[:8])
+    hyps = model.decode(batch["features"], batch["feature_lengths"])
+    errors = sum(AF.edit_distance(h.labels, y[: int(n)].tolist()) for h, y, n in zip(hyps, batch["targets"], batch["target_lengths"]))
+    assert errors / int(batch["target_lengths"].sum()) < 0.5
+    assert all(all(s1 < s2 for s1, s2 in zip(h.steps, h.steps[1:])) for h in hyps)
