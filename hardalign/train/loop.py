@@ -176,9 +176,12 @@ class _Meter:
         return averages, bad_step, bad_terms, stop
 
 
-    def first_bad(self, ctx: DistributedContext) -> tuple[int, dict[str, float]]:
-        """The first non-finite step on any rank (-1: none) and its terms (a sync point)."""
-        flag = ctx.all_reduce_max(self.bad_step.to(torch.float32).reshape(1))
+    def first_bad(self, ctx: DistributedContext | None) -> tuple[int, dict[str, float]]:
+        """The first non-finite step on any rank (-1: none) and its terms (a sync point; with
+        ``ctx=None`` this rank's only, without a collective)."""
+        flag = self.bad_step.to(torch.float32).reshape(1)
+        if ctx is not None:
+            flag = ctx.all_reduce_max(flag)
         bad_names = sorted(self.bad_terms)
         host = torch.cat([flag] + [self.bad_terms[name].reshape(1) for name in bad_names]).tolist()
         return int(host[0]), dict(zip(bad_names, host[1:]))
@@ -329,7 +332,7 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
         ctx.barrier()
         return metrics
 
-    def check(bad_step: int, bad_terms: dict[str, float]) -> None:
+    def check(bad_step: int, bad_terms: dict[str, float], cause: BaseException | None = None) -> None:
         if bad_step >= 0:
             kept = (
                 f"the last good checkpoint {str(checkpoint_path)!r} (step {last_checkpoint_step}) is kept"
@@ -339,7 +342,7 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
             raise NonFiniteLossError(
                 f"non-finite loss at step {bad_step} ({_format(bad_terms)}); training stopped and {kept}. "
                 "Lower --lr, set --grad-clip, or check the model's log-probabilities for -inf."
-            )
+            ) from cause
 
     # -- the step loop --
     meter = _Meter(ctx.device)
@@ -367,11 +370,17 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
             for batch in batches:
                 seen += 1
                 batch = _to_device(batch, ctx.device)
-                terms = ddp_model(batch, estimator=estimator, num_samples=tc.num_samples, step=step)
-                if not isinstance(terms, dict) or "loss" not in terms:
-                    raise TypeError(f"task {tc.task!r}: the model must return a dict with a 'loss' entry, got {type(terms).__name__}")
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
+                try:
+                    terms = ddp_model(batch, estimator=estimator, num_samples=tc.num_samples, step=step)
+                    if not isinstance(terms, dict) or "loss" not in terms:
+                        raise TypeError(f"task {tc.task!r}: the model must return a dict with a 'loss' entry, got {type(terms).__name__}")
+                    optimizer.zero_grad(set_to_none=True)
+                    terms["loss"].backward()
+                except Exception as error:
+                    # NaN parameters from an earlier non-finite step often fail here first (e.g. a
+                    # distribution rejecting NaN logits): report the root cause, not the symptom
+                    check(*meter.first_bad(None), cause=error)
+                    raise
                 max_norm = tc.grad_clip if tc.grad_clip else float("inf")
                 grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
                 optimizer.step()
@@ -414,11 +423,12 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
             if out_of_time and step < tc.max_steps:
                 stopped_by = "max_minutes"
             break
+        progress.close()
+        # -- final checkpoint and evaluation --
+        check(*meter.first_bad(ctx))
+        save()
+        eval_metrics = evaluate(tc.eval_split)
     finally:
         progress.close()
-    # -- final checkpoint and evaluation --
-    check(*meter.first_bad(ctx))
-    save()
-    eval_metrics = evaluate(tc.eval_split)
-    logger.close()
+        logger.close()
     return TrainResult(step, epoch, stopped_by, checkpoint_path, train_metrics, eval_metrics)

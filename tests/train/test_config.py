@@ -1,0 +1,112 @@
+"""Config: YAML + kebab-case overrides, errors that name the nearest key, wrong types, round trip."""
+
+from dataclasses import dataclass
+from typing import Union
+
+import pytest
+import yaml
+
+from hardalign.train import TRAIN_KEYS, ConfigError, TrainConfig, resolve_config, save_config
+from hardalign.train.config import load_yaml, parse_overrides
+
+
+@dataclass
+class TaskOptions:
+    hidden: int = 16
+    dropout: float = 0.1
+    layers: str = "200,200"
+    root: Union[str, None] = None
+    bidirectional: bool = False
+
+
+def write(tmp_path, text):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = write(tmp_path, "task: sbn\nestimator: reinforce\nnum_samples: 4\nlr: 3e-4\nhidden: 32\n"
+                           "estimator_options: {baseline: loo}\n")
+    cfg = resolve_config(path, ["--estimator", "vimco", "--num-samples", "16", "--dropout=0.25",
+                                "--bidirectional", "--root", "/data/timit", "--grad-clip", "5"],
+                         task_config_class=TaskOptions)
+    assert cfg.train.estimator == "vimco" and cfg.train.num_samples == 16
+    assert cfg.train.lr == pytest.approx(3e-4)  # YAML 1.1 reads 3e-4 as a string: accepted as a float
+    assert cfg.train.grad_clip == 5.0 and isinstance(cfg.train.grad_clip, float)
+    assert cfg.train.estimator_options == {"baseline": "loo"}
+    assert (cfg.task.hidden, cfg.task.dropout, cfg.task.bidirectional, cfg.task.root) == (32, 0.25, True, "/data/timit")
+
+
+def test_defaults_and_real_sbn_task():
+    cfg = resolve_config(None, ["--estimator-options", "baseline=ema,decay=0.5", "--no-progress"])
+    assert cfg.train.task == "sbn" and cfg.task.layers == "200,200"
+    assert cfg.train.estimator_options == {"baseline": "ema", "decay": 0.5}
+    assert cfg.train.progress is False
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--num-sample", "3"], "unknown key 'num_sample'; did you mean 'num_samples'"),
+        (["--hiden", "3"], "did you mean 'hidden'"),
+        (["--learning-rate", "3"], "unknown key 'learning_rate'"),
+        (["--num-samples", "3.5"], "num_samples must be int, got 3.5"),
+        (["--lr", "fast"], "lr must be float, got 'fast'"),
+        (["--bidirectional", "maybe"], "bidirectional must be bool"),
+        (["--max-minutes", "soon"], "max_minutes must be float or null"),
+        (["--num-samples", "0"], "num_samples=0: must be >= 1"),
+        (["--optimizer", "adagrad"], "optimizer='adagrad': must be one of adam, adamw, sgd"),
+        (["--estimator-options", "baseline"], "must look like name=value"),
+        (["estimator", "vimco"], "expected --key value"),
+    ],
+)
+def test_override_errors_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        resolve_config({}, overrides, task_config_class=TaskOptions)
+    assert message in str(info.value)
+
+
+def test_yaml_errors_name_the_file_and_key(tmp_path):
+    path = write(tmp_path, "task: sbn\nbatchsize: 8\n")
+    with pytest.raises(ConfigError, match=r"exp.yaml.*unknown key 'batchsize'; did you mean 'batch_size'"):
+        resolve_config(path, task_config_class=TaskOptions)
+    path = write(tmp_path, "hidden: [1, 2]\n")
+    with pytest.raises(ConfigError, match="hidden must be a scalar"):
+        resolve_config(path, task_config_class=TaskOptions)
+    path = write(tmp_path, "hidden: '12'\n")
+    with pytest.raises(ConfigError, match="hidden must be int, got '12'"):
+        resolve_config(path, task_config_class=TaskOptions)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_config(tmp_path / "missing.yaml", task_config_class=TaskOptions)
+    path = write(tmp_path, "- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_yaml(path)
+
+
+def test_unknown_task_and_clashing_task_keys():
+    with pytest.raises(ValueError, match="unknown task 'sbm'.*did you mean 'sbn'"):
+        resolve_config({"task": "sbm"})
+
+    @dataclass
+    class Clashing:
+        lr: float = 0.1
+
+    with pytest.raises(ConfigError, match=r"reuses trainer keys \['lr'\]"):
+        resolve_config({}, task_config_class=Clashing)
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = resolve_config({"estimator": "reinforce", "estimator_options": {"baseline": "loo"}},
+                         ["--max-minutes", "2.5", "--hidden", "7"], task_config_class=TaskOptions)
+    save_config(cfg, tmp_path / "config.yaml")
+    flat = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert list(flat)[: len(TRAIN_KEYS)] == list(TRAIN_KEYS)
+    again = resolve_config(tmp_path / "config.yaml", task_config_class=TaskOptions)
+    assert again == cfg
+
+
+def test_parse_overrides_forms():
+    assert parse_overrides(["--resume", "null", "--seed=3", "--tensorboard", "--out-dir", "exp/a"]) == {
+        "resume": None, "seed": 3, "tensorboard": True, "out_dir": "exp/a"}
+    assert TrainConfig().estimator in ("reinforce", "nvil", "vimco", "vimco-seq")
