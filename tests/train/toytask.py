@@ -90,3 +90,22 @@ class ToyTask:
         # draws from the global RNG on purpose: the trainer must shield training from it
         z = (torch.rand(len(self.x), self.config.latents) < torch.sigmoid(model.encoder(self.x))).float()
         return {"mse": float(((self.x - model.decoder(z)) ** 2).mean())}
+
+
+def distributed_worker(rank: int, world_size: int, port: int, configs: list) -> None:
+    """Entry point of a spawned rank: join a gloo group and train each config in turn."""
+    import os
+
+    import torch.distributed as dist
+
+    from hardalign.train import TASKS, resolve_config, train
+
+    torch.set_num_threads(1)
+    TASKS["toy"] = "toytask:ToyTask"
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        for values in configs:
+            train(resolve_config(values))
+    finally:
+        dist.destroy_process_group()
