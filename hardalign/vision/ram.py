@@ -153,3 +153,16 @@ class RAM(GlimpseModel):
     def forward(self, batch: dict, *, estimator: nn.Module, num_samples: int, step: int = 0) -> dict[str, torch.Tensor]:
         """The task contract: ``{"loss", "objective", "accuracy", ...estimator stats}``."""
         return self.estimator_loss(self.encode(batch), estimator=estimator, num_samples=num_samples)
+
+    # ----- pictures ---------------------------------------------------------------------------
+    def glimpse_boxes(self, locations: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Pixel boxes of every scale of every glimpse, ``[B, T, S, 4]`` as (top, left, bottom, right).
+
+        Args:
+            locations: raw locations ``[B, T, 2]`` (clamped here, as the retina does).
+        """
+        from hardalign.vision.retina import glimpse_boxes
+
+        flat = locations.clamp(-1.0, 1.0).reshape(-1, 2)
+        boxes = [glimpse_boxes(flat, height, width, size) for size in self.retina.sizes()]
+        return torch.stack(boxes, dim=1).reshape(*locations.shape[:-1], len(boxes), 4)

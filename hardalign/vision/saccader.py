@@ -164,6 +164,10 @@ class Saccader(GlimpseModel):
         covered = (in_rows[..., :, None] & in_cols[..., None, :]).any(dim=1)  # [B, H, W]
         return covered.flatten(1).float().mean(-1)
 
+    def glimpse_boxes(self, locations: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """The receptive-field box of each chosen cell, ``[B, T, 1, 4]`` (the pictures' convention)."""
+        return self.cell_boxes(locations.long(), height, width).unsqueeze(-2)
+
     # ----- representation ---------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-cell features ``[B, F, R, C]`` and class logits ``[B, classes, R, C]``."""
