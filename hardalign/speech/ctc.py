@@ -57,12 +57,10 @@ class CTCRecognizer(nn.Module):
         """``[B, T, n + 1]`` per-step log-probabilities over blank and phones."""
         if features.dim() != 3 or features.shape[-1] != self.input_dim:
             raise ValueError(f"features: expected [B, T, {self.input_dim}], got {list(features.shape)}")
-        T = features.shape[1]
         x = features
         for layer in self.layers:
-            packed = nn.utils.rnn.pack_padded_sequence(x, feature_lengths.cpu(), batch_first=True, enforce_sorted=False)
-            x, _ = layer(packed)
-            x, _ = nn.utils.rnn.pad_packed_sequence(x, batch_first=True, total_length=T)
+            # unidirectional: end padding never reaches valid steps, so no packing (faster on CPU)
+            x, _ = layer(x)
             if self.training and self._dropout_now > 0:
                 x = F.dropout(x, self._dropout_now, training=True)
         return torch.log_softmax(self.output(x), dim=-1)

@@ -254,11 +254,10 @@ class HardAlignmentRecognizer(nn.Module):
         if feature_lengths.shape != (B,):
             raise ValueError(f"feature_lengths: expected [{B}], got {list(feature_lengths.shape)}")
         encoded = features
-        lengths = feature_lengths.cpu()
         for layer in self.encoder:
-            packed = nn.utils.rnn.pack_padded_sequence(encoded, lengths, batch_first=True, enforce_sorted=False)
-            encoded, _ = layer(packed)
-            encoded, _ = nn.utils.rnn.pad_packed_sequence(encoded, batch_first=True, total_length=T)  # [B, T, hidden]
+            # unidirectional: padding at the end cannot reach valid steps, so no packing (on CPU the
+            # packed LSTM's backward is several times slower)
+            encoded, _ = layer(encoded)  # [B, T, hidden]
             if self.training and self._dropout_now > 0:
                 encoded = F.dropout(encoded, self._dropout_now, training=True)
         gates = self.gate_input(encoded)  # [B, T, 4H], once per utterance

@@ -20,9 +20,46 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Posterior"]
+__all__ = ["Posterior", "reverse_within_length"]
+
+
+def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence of ``x`` ``[B, T, D]`` within its own length (padding stays at the end).
+
+    Example:
+        >>> reverse_within_length(torch.tensor([[1, 2, 3], [4, 5, 0]]).unsqueeze(-1), torch.tensor([3, 2]))[..., 0].tolist()
+        [[3, 2, 1], [5, 4, 0]]
+    """
+    T = x.shape[1]
+    steps = torch.arange(T, device=x.device).unsqueeze(0)  # [1, T]
+    index = torch.where(steps < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - steps, steps)  # [B, T]
+    return x.gather(1, index.unsqueeze(-1).expand_as(x))
+
+
+class _Bidirectional(nn.Module):
+    """A bidirectional LSTM over padded sequences without packing: the backward direction runs a
+    unidirectional LSTM over each sequence reversed within its length (on CPU the packed LSTM's
+    backward pass is several times slower)."""
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.forward_lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
+        self.backward_lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        ahead, _ = self.forward_lstm(x)
+        behind, _ = self.backward_lstm(reverse_within_length(x, lengths))
+        return torch.cat([ahead, reverse_within_length(behind, lengths)], dim=-1)  # [B, T, 2 * hidden]
+
+
+class _Unfolded:
+    """Holds a tensor that :func:`hardalign.sampling.fold_tree` must not copy K times (a non-tensor leaf)."""
+
+    def __init__(self, value: torch.Tensor):
+        self.value = value
 
 
 class Posterior(nn.Module):
@@ -38,9 +75,9 @@ class Posterior(nn.Module):
         super().__init__()
         half = max(1, hidden_size // 2)
         self.hidden_size = hidden_size
-        self.frames = nn.LSTM(input_dim, half, batch_first=True, bidirectional=True)
+        self.frames = _Bidirectional(input_dim, half)
         self.label_embedding = nn.Embedding(num_phones + 2, hidden_size // 2 or 1, padding_idx=0)
-        self.labels = nn.LSTM(self.label_embedding.embedding_dim, half, batch_first=True, bidirectional=True)
+        self.labels = _Bidirectional(self.label_embedding.embedding_dim, half)
         self.frame_proj = nn.Linear(2 * half, hidden_size)
         self.label_proj = nn.Linear(2 * half, hidden_size, bias=False)
         self.recurrent = nn.Linear(hidden_size, hidden_size, bias=False)
@@ -56,17 +93,15 @@ class Posterior(nn.Module):
             self.direct.weight[0, 2] = 1.0  # logit(labels left / steps left)
 
     def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor, labels: torch.Tensor, num_labels: torch.Tensor) -> dict[str, Any]:
-        """Once per utterance: ``frames`` (tuple of T ``[B, Hq]``) and ``labels [B, L, Hq]``."""
-        T = features.shape[1]
-        packed = nn.utils.rnn.pack_padded_sequence(features, feature_lengths.cpu(), batch_first=True, enforce_sorted=False)
-        frames, _ = self.frames(packed)
-        frames, _ = nn.utils.rnn.pad_packed_sequence(frames, batch_first=True, total_length=T)
-        frames = self.frame_proj(frames)  # [B, T, Hq]
-        L = labels.shape[1]
-        packed = nn.utils.rnn.pack_padded_sequence(self.label_embedding(labels), num_labels.cpu(), batch_first=True, enforce_sorted=False)
-        encoded, _ = self.labels(packed)
-        encoded, _ = nn.utils.rnn.pad_packed_sequence(encoded, batch_first=True, total_length=L)
-        return {"frames": frames.unbind(1), "labels": self.label_proj(encoded)}
+        """Once per utterance: ``frames`` (tuple of T ``[B, Hq]``) and the label encodings.
+
+        The label encodings ``[B * L, Hq]`` are kept unfolded (one copy, not K): a step looks up
+        row ``b * L + emitted`` for particle row ``k * B + b``.
+        """
+        frames = self.frame_proj(self.frames(features, feature_lengths))  # [B, T, Hq]
+        B, L = labels.shape
+        encoded = self.label_proj(self.labels(self.label_embedding(labels), num_labels))  # [B, L, Hq]
+        return {"frames": frames.unbind(1), "labels": _Unfolded(encoded.reshape(B * L, -1)), "num_labels_max": L, "batch": B}
 
     def initial_state(self, memory: dict[str, Any], num_rows: int) -> torch.Tensor:
         first = memory["frames"][0]
@@ -94,9 +129,10 @@ class Posterior(nn.Module):
             p_view: ``[N, 3]`` detached features of model p at this step.
         """
         frames = memory["frames"][min(t, len(memory["frames"]) - 1)]
-        labels = memory["labels"]
-        index = emitted.clamp(max=labels.shape[1] - 1)
-        label_next = labels[torch.arange(labels.shape[0], device=labels.device), index]  # [N, Hq]
+        L, B = memory["num_labels_max"], memory["batch"]
+        example = torch.arange(emitted.shape[0], device=emitted.device) % B  # row k * B + b -> b
+        rows = example * L + emitted.clamp(max=L - 1)
+        label_next = F.embedding(rows, memory["labels"].value)  # [N, Hq]; backward is an index_add
         side = torch.cat([counts, p_view.clamp(-30, 30)], dim=-1)
         hidden = torch.tanh(frames + label_next + self.recurrent(hidden) + self.decision(z_prev.long()) + self.side(side))
         logit = self.out(hidden).squeeze(-1) + self.direct(side).squeeze(-1)
