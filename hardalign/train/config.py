@@ -380,7 +380,31 @@ def resolve_config(
         raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f"task {task_name!r} config: {error}") from error
+    _check_estimator(train)
     return ResolvedConfig(train=train, task=task)
+
+
+def _check_estimator(train: TrainConfig) -> None:
+    """Catch a misspelt estimator or option now, not after the data are loaded."""
+    from hardalign.estimators import ESTIMATORS, estimator_options
+
+    if train.estimator not in ESTIMATORS:
+        raise _unknown_value("estimator", train.estimator, list(ESTIMATORS))
+    valid = estimator_options(train.estimator)
+    for option in train.estimator_options:
+        if option not in valid:
+            close = difflib.get_close_matches(option, list(valid), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"estimator_options: {train.estimator!r} has no option {option!r}{hint} "
+                f"(its options: {', '.join(sorted(valid)) or 'none'}; clear them with --estimator-options '')"
+            )
+
+
+def _unknown_value(key: str, value: str, valid: Sequence[str]) -> ConfigError:
+    close = difflib.get_close_matches(value, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"{key}={value!r} is not registered{hint} (valid: {', '.join(valid)})")
 
 
 def save_config(config: ResolvedConfig, path: str | os.PathLike) -> None:

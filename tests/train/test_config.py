@@ -26,12 +26,12 @@ def write(tmp_path, text):
 
 
 def test_yaml_then_overrides(tmp_path):
-    path = write(tmp_path, "task: sbn\nestimator: reinforce\nnum_samples: 4\nlr: 3e-4\nhidden: 32\n"
+    path = write(tmp_path, "task: sbn\nestimator: vimco\nnum_samples: 4\nlr: 3e-4\nhidden: 32\n"
                            "estimator_options: {baseline: loo}\n")
-    cfg = resolve_config(path, ["--estimator", "vimco", "--num-samples", "16", "--dropout=0.25",
+    cfg = resolve_config(path, ["--estimator", "reinforce", "--num-samples", "16", "--dropout=0.25",
                                 "--bidirectional", "--root", "/data/timit", "--grad-clip", "5"],
                          task_config_class=TaskOptions)
-    assert cfg.train.estimator == "vimco" and cfg.train.num_samples == 16
+    assert cfg.train.estimator == "reinforce" and cfg.train.num_samples == 16
     assert cfg.train.lr == pytest.approx(3e-4)  # YAML 1.1 reads 3e-4 as a string: accepted as a float
     assert cfg.train.grad_clip == 5.0 and isinstance(cfg.train.grad_clip, float)
     assert cfg.train.estimator_options == {"baseline": "loo"}
@@ -39,7 +39,7 @@ def test_yaml_then_overrides(tmp_path):
 
 
 def test_defaults_and_real_sbn_task():
-    cfg = resolve_config(None, ["--estimator-options", "baseline=ema,decay=0.5", "--no-progress"])
+    cfg = resolve_config(None, ["--estimator", "reinforce", "--estimator-options", "baseline=ema,decay=0.5", "--no-progress"])
     assert cfg.train.task == "sbn" and cfg.task.layers == "200,200"
     assert cfg.train.estimator_options == {"baseline": "ema", "decay": 0.5}
     assert cfg.train.progress is False
@@ -59,12 +59,22 @@ def test_defaults_and_real_sbn_task():
         (["--optimizer", "adagrad"], "optimizer='adagrad': must be one of adam, adamw, sgd"),
         (["--estimator-options", "baseline"], "must look like name=value"),
         (["estimator", "vimco"], "expected --key value"),
+        (["--estimator", "vimcoo"], "estimator='vimcoo' is not registered; did you mean 'vimco'?"),
+        (["--estimator", "vimco", "--estimator-options", "baseline=loo"],
+         "'vimco' has no option 'baseline'"),
+        (["--estimator", "reinforce", "--estimator-options", "baselin=loo"], "did you mean 'baseline'?"),
     ],
 )
 def test_override_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as info:
         resolve_config({}, overrides, task_config_class=TaskOptions)
     assert message in str(info.value)
+
+
+def test_options_cleared_when_switching_estimator(tmp_path):
+    path = write(tmp_path, "estimator: reinforce\nestimator_options: {baseline: loo}\n")
+    cfg = resolve_config(path, ["--estimator", "vimco", "--estimator-options", ""], task_config_class=TaskOptions)
+    assert cfg.train.estimator == "vimco" and cfg.train.estimator_options == {}
 
 
 def test_yaml_errors_name_the_file_and_key(tmp_path):
