@@ -14,20 +14,59 @@ Public surface (everything a recipe needs)::
 * :func:`phone_error_rate` scores on 39 phones (Kaldi policy) with S/D/I counts.
 """
 
-from hardalign.data.audio import AudioError, audio_info, read_audio, write_sphere
-from hardalign.data.cache import FeatureCache
-from hardalign.data.dataset import (
-    BucketBatchSampler,
-    SpeechDataset,
-    UnalignableError,
-    collate_speech,
-    load_speech_dataset,
-    speech_dataloader,
-)
-from hardalign.data.features import CMVN, FeatureConfig, compute_cmvn, extract_features, num_frames, stack_frames
-from hardalign.data.phones import PHONE_SETS, Vocabulary, fold_phones, load_speaker_list, phone_map, phone_set
-from hardalign.data.scoring import ErrorCounts, phone_error_rate, reference_token_count
-from hardalign.data.timit import PrepareError, PrepareResult, Problem, prepare_timit, read_manifest, scan_timit
+# Names are imported lazily (PEP 562) so that light users such as the synthesis worker process
+# do not pay for importing torch/torchaudio.
+_EXPORTS = {
+    "AudioError": "hardalign.data.audio",
+    "BucketBatchSampler": "hardalign.data.dataset",
+    "CMVN": "hardalign.data.features",
+    "ErrorCounts": "hardalign.data.scoring",
+    "FeatureCache": "hardalign.data.cache",
+    "FeatureConfig": "hardalign.data.features",
+    "PHONE_SETS": "hardalign.data.phones",
+    "PrepareError": "hardalign.data.timit",
+    "PrepareResult": "hardalign.data.timit",
+    "Problem": "hardalign.data.timit",
+    "SpeechDataset": "hardalign.data.dataset",
+    "SynthResult": "hardalign.data.synth",
+    "UnalignableError": "hardalign.data.dataset",
+    "Vocabulary": "hardalign.data.phones",
+    "audio_info": "hardalign.data.audio",
+    "build_synth_corpus": "hardalign.data.synth",
+    "collate_speech": "hardalign.data.dataset",
+    "compute_cmvn": "hardalign.data.features",
+    "extract_features": "hardalign.data.features",
+    "fold_phones": "hardalign.data.phones",
+    "load_speaker_list": "hardalign.data.phones",
+    "load_speech_dataset": "hardalign.data.dataset",
+    "num_frames": "hardalign.data.features",
+    "phone_error_rate": "hardalign.data.scoring",
+    "phone_map": "hardalign.data.phones",
+    "phone_set": "hardalign.data.phones",
+    "prepare_timit": "hardalign.data.timit",
+    "read_audio": "hardalign.data.audio",
+    "read_manifest": "hardalign.data.timit",
+    "reference_token_count": "hardalign.data.scoring",
+    "scan_timit": "hardalign.data.timit",
+    "speech_dataloader": "hardalign.data.dataset",
+    "stack_frames": "hardalign.data.features",
+    "write_sphere": "hardalign.data.audio",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hardalign.data' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))
+
 
 __all__ = [
     "AudioError",
@@ -41,9 +80,11 @@ __all__ = [
     "PrepareResult",
     "Problem",
     "SpeechDataset",
+    "SynthResult",
     "UnalignableError",
     "Vocabulary",
     "audio_info",
+    "build_synth_corpus",
     "collate_speech",
     "compute_cmvn",
     "extract_features",

@@ -25,6 +25,36 @@ def _prepare_timit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_synth(args: argparse.Namespace) -> int:
+    import time
+
+    from hardalign.data.dataset import load_speech_dataset
+    from hardalign.data.features import FeatureConfig
+    from hardalign.data.synth import build_synth_corpus
+
+    try:
+        result = build_synth_corpus(args.out, speakers=args.speakers, utterances=args.utterances,
+                                    eval_speakers=args.eval_speakers, eval_utterances=args.eval_utterances,
+                                    seed=args.seed, progress=not args.quiet)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    c = result.counts
+    print(f"wrote {result.corpus_dir} and manifests in {args.out}: train {c['train']}, dev {c['dev']}, test {c['test']} "
+          f"utterances, {result.audio_seconds / 60:.1f} min of audio, {len(result.speakers)} speakers, "
+          f"built in {result.seconds:.1f} s")
+    if not args.no_features:
+        started = time.perf_counter()
+        for split in ("train", "dev", "test"):
+            ds = load_speech_dataset(args.out, split, features=FeatureConfig(), on_short="skip")
+            for i in range(len(ds)):  # fills the feature cache (and CMVN statistics) for the default front end
+                ds.raw_features(ds.records[i])
+            if ds.skipped:
+                print(f"note: {len(ds.skipped)} {split} utterance(s) have fewer steps than labels + EOS", file=sys.stderr)
+        print(f"cached default features in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
 def register(commands) -> None:
     """Add ``prepare timit`` (and ``prepare synth``) to the ``hardalign`` command."""
     p = commands.add_to_group("prepare", "timit", _prepare_timit,
@@ -36,3 +66,17 @@ def register(commands) -> None:
     p.add_argument("--out", required=True, help="output directory for the manifests")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out (and list) utterances with problems instead of failing")
+    s = commands.add_to_group("prepare", "synth", _prepare_synth,
+                              help="synthesise the offline TIMIT-layout corpus with espeak-ng and prepare it",
+                              description="Synthesise a TIMIT-layout corpus offline (libespeak-ng from espeakng-loader) "
+                                          "into OUT/corpus, write train/dev/test manifests into OUT and cache the "
+                                          "default features. Dev/test speakers use voices unseen in training; "
+                                          "dev/test sentences never occur in the training text.")
+    s.add_argument("--out", required=True, help="output directory (manifests; the corpus goes to OUT/corpus)")
+    s.add_argument("--speakers", type=int, default=20, help="training speakers (default 20)")
+    s.add_argument("--utterances", type=int, default=80, help="utterances per training speaker (default 80)")
+    s.add_argument("--eval-speakers", type=int, default=4, help="speakers in each of dev and test (default 4)")
+    s.add_argument("--eval-utterances", type=int, default=30, help="utterances per dev/test speaker (default 30)")
+    s.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    s.add_argument("--no-features", action="store_true", help="do not precompute the default features")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,0 +1,112 @@
+"""The offline espeak-ng corpus: TIMIT layout, SPHERE headers, labels, determinism, held-out speakers/text."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+
+import pytest
+
+from hardalign.data import load_speech_dataset, phone_set, read_manifest
+from hardalign.data.audio import audio_info
+from hardalign.data.synth import (
+    ESPEAK_TO_TIMIT,
+    VOICES,
+    build_synth_corpus,
+    espeak_synthesize,
+    synth_speakers,
+)
+from hardalign.data.synth_text import TEMPLATES, lexicon
+
+SMALL = dict(speakers=2, utterances=3, eval_speakers=2, eval_utterances=2)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    return build_synth_corpus(out, seed=7, **SMALL)
+
+
+def _digest(corpus_dir):
+    h = hashlib.sha1()
+    for p in sorted(corpus_dir.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(corpus_dir)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_layout_is_read_by_prepare_timit(small_corpus):
+    out = small_corpus.out_dir
+    assert small_corpus.counts == {"train": 6, "dev": 4, "test": 4}
+    train = read_manifest(out / "train.jsonl")
+    dev, test = read_manifest(out / "dev.jsonl"), read_manifest(out / "test.jsonl")
+    assert {r["gender"] for r in train} == {"f", "m"} and {r["gender"] for r in dev} == {"f", "m"}
+    wavs = sorted(small_corpus.corpus_dir.rglob("*.WAV"))
+    assert len(wavs) == 14 and all(p.parts[-4] in ("TRAIN", "TEST") and p.parts[-3].startswith("DR") for p in wavs)
+    for p in wavs:
+        head = p.read_bytes()[:1024]
+        assert head.startswith(b"NIST_1A\n   1024\n") and b"end_head" in head
+        info = audio_info(p)
+        assert info.sample_rate == 16000 and p.stat().st_size == 1024 + 2 * info.num_samples
+    for rec in train + dev + test:
+        assert set(rec["phones"]) <= set(phone_set(61))
+        assert rec["phones"][0] == rec["phones"][-1] == "h#"
+        assert rec["phone_starts"][0] == 0 and rec["phone_ends"][-1] == rec["num_samples"]
+        assert rec["phone_starts"][1:] == rec["phone_ends"][:-1]  # contiguous, no gaps
+        assert all(e > s for s, e in zip(rec["phone_starts"], rec["phone_ends"]))
+        assert rec["words"] == rec["text"].rstrip(".").lower().split()
+        assert all(s < e for s, e in zip(rec["word_starts"], rec["word_ends"]))
+
+
+def test_held_out_speakers_and_sentences(small_corpus):
+    out = small_corpus.out_dir
+    train = read_manifest(out / "train.jsonl")
+    held = read_manifest(out / "dev.jsonl") + read_manifest(out / "test.jsonl")
+    assert not {r["text"] for r in train} & {r["text"] for r in held}
+    settings = {s.name.lower(): (s.voice, s.pitch, s.rate) for s in small_corpus.speakers}
+    train_voices = {settings[r["speaker"]][0] for r in train}
+    assert not train_voices & {settings[r["speaker"]][0] for r in held}
+    assert not {settings[r["speaker"]] for r in train} & {settings[r["speaker"]] for r in held}
+
+
+def test_deterministic_per_seed(small_corpus, tmp_path):
+    again = build_synth_corpus(tmp_path / "again", seed=7, **SMALL)
+    assert _digest(again.corpus_dir) == _digest(small_corpus.corpus_dir)
+    other = build_synth_corpus(tmp_path / "other", seed=8, **SMALL)
+    assert _digest(other.corpus_dir) != _digest(small_corpus.corpus_dir)
+
+
+def test_dataset_on_synth_corpus(small_corpus):
+    ds = load_speech_dataset(small_corpus.out_dir, "test", cache_dir=None)
+    item = ds[0]
+    assert item["features"].shape[1] == 369 and item["features"].shape[0] > len(item["targets"]) + 1
+
+
+def test_default_size_and_speaker_settings():
+    sig = inspect.signature(build_synth_corpus).parameters
+    assert sig["speakers"].default * sig["utterances"].default >= 1500 and sig["speakers"].default >= 10
+    spk = synth_speakers(sig["speakers"].default, sig["eval_speakers"].default, sig["eval_speakers"].default, seed=0)
+    train = [s for s in spk if s.split == "train"]
+    assert len({(s.voice, s.pitch, s.rate) for s in train}) == len(train)
+    assert len({s.voice for s in train}) >= 10 and {s.gender for s in train} == {"f", "m"}
+    for split in ("dev", "test"):
+        assert not set(VOICES[split]["f"] + VOICES[split]["m"]) & set(VOICES["train"]["f"] + VOICES["train"]["m"])
+    assert len({s.name for s in spk}) == len(spk)
+
+
+def test_every_lexicon_word_maps_to_timit_phones():
+    words = sorted({w for ws in lexicon().values() for w in ws} |
+                   {w for t in TEMPLATES for w in t.split() if not w.startswith("{")})
+    for voice in ("en-us+m3", "en-us+f4"):
+        audio, events = espeak_synthesize(" ".join(words), voice)
+        mnemonics = {m.replace("'", "").replace(",", "") for t, _, _, m in events if t == 7}
+        unknown = {m for m in mnemonics if not m.startswith("_") and m not in ESPEAK_TO_TIMIT}
+        assert not unknown, unknown
+        assert len(audio) > 16000
+    assert all(set(v) <= set(phone_set(61)) for v in ESPEAK_TO_TIMIT.values())
+
+
+def test_bad_sizes_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="at least 2"):
+        build_synth_corpus(tmp_path, speakers=1)
