@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
     before = test_bound(model, test_x, args.eval_samples)
-    print(f"{args.estimator} {dict(args.option) or ''} K={args.num_samples}: test bound before training {before:.2f}")
+    options = "".join(f" {name}={value}" for name, value in args.option)
+    print(f"{args.estimator}{options} K={args.num_samples}: test bound before training {before:.2f}")
     started = time.monotonic()
     for step in range(1, args.steps + 1):
         x = train_x[torch.randint(len(train_x), (args.batch_size,))]  # [B, 784]

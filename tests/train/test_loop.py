@@ -94,3 +94,10 @@ def test_nan_found_when_the_next_step_fails_first(tmp_path, toy_task):
     the error still reports the root cause."""
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 3 .*no checkpoint had been written"):
         train(toy_config(tmp_path, "nan2", max_steps=20, log_every=100, nan_at_step=2))
+
+
+def test_evaluation_does_not_perturb_training(tmp_path, toy_task):
+    """The toy evaluate draws from the global RNG; training must not notice how often it runs."""
+    train(toy_config(tmp_path, "rare", global_noise=True, max_steps=9, eval_every=0))
+    train(toy_config(tmp_path, "often", global_noise=True, max_steps=9, eval_every=2))
+    assert_same_state(load_checkpoint(tmp_path / "rare" / "checkpoint.pt"), load_checkpoint(tmp_path / "often" / "checkpoint.pt"))
