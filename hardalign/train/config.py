@@ -213,6 +213,8 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # `--layers 200` or `out_dir: 2024` read as numbers by YAML
     elif annotation is dict or origin is dict:
         if isinstance(value, Mapping):
             return dict(value)

@@ -116,6 +116,13 @@ def test_saved_config_round_trips(tmp_path):
     assert again == cfg
 
 
+def test_numbers_given_for_text_keys_are_text():
+    cfg = resolve_config({"out_dir": 2024}, ["--layers", "200"], task_config_class=TaskOptions)
+    assert cfg.train.out_dir == "2024" and cfg.task.layers == "200"
+    with pytest.raises(ConfigError, match="layers must be str, got True"):
+        resolve_config({}, ["--layers", "true"], task_config_class=TaskOptions)
+
+
 def test_parse_overrides_forms():
     assert parse_overrides(["--resume", "null", "--seed=3", "--tensorboard", "--out-dir", "exp/a"]) == {
         "resume": None, "seed": 3, "tensorboard": True, "out_dir": "exp/a"}
