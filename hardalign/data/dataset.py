@@ -104,17 +104,24 @@ class SpeechDataset(Dataset):
         return wav
 
     def raw_features(self, record: dict, condition: dict | None = None) -> torch.Tensor:
-        """Unnormalised, unstacked ``[T, base_dim]`` features under a noise ``condition`` (None = clean)."""
-        if self.cache is not None:
-            feats = self.cache.get(record["audio"], self.features, condition)
+        """Unnormalised, unstacked ``[T, base_dim]`` features under a noise ``condition`` (None = clean).
+
+        Clean features and fixed conditions (dev/test, the mix partner) are cached; training noise
+        drawn afresh every epoch is not (each entry would be used once).
+        """
+        cache = self.cache
+        if condition is not None and self.mixer is not None and self.mixer.varies_per_epoch:
+            cache = None
+        if cache is not None:
+            feats = cache.get(record["audio"], self.features, condition)
             if feats is not None:
                 return feats
         wav = self.load_waveform(record)
         if condition is not None:
             wav = torch.from_numpy(self.mixer.apply(wav.numpy(), record, condition))
         feats = extract_features(wav, self.features)
-        if self.cache is not None:
-            self.cache.put(record["audio"], self.features, feats, condition)
+        if cache is not None:
+            cache.put(record["audio"], self.features, feats, condition)
         return feats
 
     def __getitem__(self, index: int) -> dict:
