@@ -7,7 +7,7 @@
   60x60 with 4 crops of 8x8, 100x100 with 8). Overlaps combine by pixel-wise maximum.
 
 Everything is vectorised over the batch (a Python loop over the few distractor *layers* only),
-so 10,000 60x60 canvases take well under a second. The same seed gives the same canvases.
+so 10,000 60x60 cluttered canvases take about half a second. The same seed gives the same canvases.
 """
 
 from __future__ import annotations

@@ -62,5 +62,5 @@ def test_fast_enough_for_on_the_fly_generation():
     digits = _digits(n=10_000)
     started = time.perf_counter()
     make_canvas(digits, "cluttered", seed=0, size=60, num_distractors=4)
-    # measured ~0.2 s on one core; the bound is loose because the test machine is shared
+    # measured 0.5 s on one core of the busy shared machine; the bound is loose on purpose
     assert time.perf_counter() - started < 5.0
