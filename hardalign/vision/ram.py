@@ -53,8 +53,8 @@ class RAM(GlimpseModel):
         >>> model = RAM(num_glimpses=3, patch_size=4, num_scales=2, glimpse_hidden=8, hidden_size=16)
         >>> batch = {"images": torch.rand(5, 1, 20, 30), "labels": torch.randint(0, 10, (5,))}
         >>> out = model(batch, estimator=build_estimator("vimco"), num_samples=2, step=0)
-        >>> out["loss"].shape, sorted(out)[:3]
-        (torch.Size([]), ['accuracy', 'ess', 'loss'])
+        >>> out["loss"].shape, sorted(out)[:4]
+        (torch.Size([]), ['accuracy', 'entropy', 'ess', 'loss'])
     """
 
     def __init__(

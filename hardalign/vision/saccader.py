@@ -62,13 +62,13 @@ class Saccader(GlimpseModel):
 
     Example:
         >>> from hardalign.estimators import build_estimator
-        >>> model = Saccader(num_glimpses=2, channels=8, hidden_size=8)
+        >>> model = Saccader(num_glimpses=2, channels=8, hidden_size=8, representation_steps=10)
         >>> batch = {"images": torch.rand(3, 1, 24, 20), "labels": torch.tensor([0, 1, 2])}
         >>> model.grid_shape(24, 20)
         (6, 5)
         >>> out = model(batch, estimator=build_estimator("reinforce"), num_samples=1, step=0)
-        >>> out["stage"].item()
-        1
+        >>> out["stage"].item(), model.stage(10)
+        (1.0, 3)
     """
 
     def __init__(
