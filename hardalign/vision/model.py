@@ -150,6 +150,8 @@ class GlimpseModel(nn.Module):
         memory = self.encode({key: value for key, value in batch.items() if key != "labels"})
         memory["num_steps"] = num_steps
         if greedy:
+            if getattr(self, "policy_kind", None) == "random":
+                raise ValueError("predict(): a random-location policy has no mode; evaluate it with greedy=False")
             if mc_samples != 1:
                 raise ValueError("predict(): greedy decisions are deterministic; use mc_samples=1")
             state, locations = greedy_rollout(self, memory, num_steps=num_steps)
