@@ -142,15 +142,18 @@ def colored_noise(kind: str, num_samples: int, rng: np.random.Generator) -> np.n
     """
     if kind not in NOISE_KINDS:
         raise ValueError(f"noise colour must be one of {sorted(NOISE_KINDS)}, got {kind!r}")
-    white = rng.standard_normal(num_samples)
     exponent = NOISE_KINDS[kind]
     if exponent:
-        spec = np.fft.rfft(white)
+        # shape a power-of-two block (fast FFT whatever num_samples is), then crop
+        size = 1 << max(1, (num_samples - 1).bit_length())
+        spec = np.fft.rfft(rng.standard_normal(size))
         freqs = np.arange(len(spec), dtype=np.float64)
         freqs[0] = 1.0  # keep DC finite; it is removed below
         spec /= freqs ** (exponent / 2)
         spec[0] = 0.0
-        white = np.fft.irfft(spec, n=num_samples)
+        white = np.fft.irfft(spec, n=size)[:num_samples]
+    else:
+        white = rng.standard_normal(num_samples)
     white -= white.mean()
     rms = np.sqrt(np.mean(white ** 2))
     return white / rms if rms > 0 else white
