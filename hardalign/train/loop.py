@@ -146,6 +146,10 @@ class _Meter:
         self.bad_terms: dict[str, torch.Tensor] = {}
 
     def update(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():  # metadata only: no sync
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TypeError(f"the model's term {name!r} must be a 0-dim tensor (the trainer logs it as a scalar), got {shape}")
         values = {name: value.detach().float().reshape(()) for name, value in terms.items()}
         for name, value in values.items():
             self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()

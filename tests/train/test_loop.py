@@ -101,3 +101,8 @@ def test_evaluation_does_not_perturb_training(tmp_path, toy_task):
     train(toy_config(tmp_path, "rare", global_noise=True, max_steps=9, eval_every=0))
     train(toy_config(tmp_path, "often", global_noise=True, max_steps=9, eval_every=2))
     assert_same_state(load_checkpoint(tmp_path / "rare" / "checkpoint.pt"), load_checkpoint(tmp_path / "often" / "checkpoint.pt"))
+
+
+def test_non_scalar_term_is_named(tmp_path, toy_task):
+    with pytest.raises(TypeError, match=r"term 'per_example' must be a 0-dim tensor .* got \[8\]"):
+        train(toy_config(tmp_path, "v", max_steps=2, vector_term=True))

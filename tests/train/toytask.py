@@ -25,6 +25,7 @@ class ToyConfig:
     nan_at_step: Union[int, None] = None  # model step index (0-based) whose loss is NaN
     crash_at_step: Union[int, None] = None  # model step index at which forward raises
     global_noise: bool = False  # draw the noise from the global torch RNG instead of the batch
+    vector_term: bool = False  # wrongly return a per-example term
 
 
 class ToyModel(nn.Module):
@@ -60,6 +61,8 @@ class ToyModel(nn.Module):
             loss = loss * torch.tensor(float("nan"))
         terms = {"loss": loss, "objective": out.objective.mean().detach(), "log_lik": log_lik.mean().detach()}
         terms.update({name: value for name, value in out.stats.items() if value.dim() == 0})
+        if self.config.vector_term:
+            terms["per_example"] = log_lik.mean(0).detach()
         return terms
 
 
