@@ -237,10 +237,32 @@ class BucketBatchSampler(Sampler[list[int]]):
         return len(self._batches())
 
 
-def _phone_targets(vocab: Vocabulary, phone_set: int) -> Callable[[dict], list[int]]:
-    def targets(record: dict) -> list[int]:
-        return vocab.encode(fold_phones(record["phones"], phone_set))
-    return targets
+class _PhoneTargets:
+    """record -> phone ids (a class, not a closure, so datasets pickle into spawned workers)."""
+
+    def __init__(self, vocab: Vocabulary, phone_set: int):
+        self.vocab, self.phone_set = vocab, phone_set
+
+    def __call__(self, record: dict) -> list[int]:
+        return self.vocab.encode(fold_phones(record["phones"], self.phone_set))
+
+
+class _TextTargets:
+    """record -> sentencepiece ids of its text."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, record: dict) -> list[int]:
+        return self.tokenizer.encode(record["text"])
+
+    def __getstate__(self):
+        return {"model_file": str(self.tokenizer.model_file)}
+
+    def __setstate__(self, state):
+        from hardalign.data.tokenizer import TextTokenizer
+
+        self.tokenizer = TextTokenizer(state["model_file"])
 
 
 def load_speech_dataset(manifest_dir: str | os.PathLike, split: str, *, features: FeatureConfig | None = None,
@@ -292,13 +314,13 @@ def load_speech_dataset(manifest_dir: str | os.PathLike, split: str, *, features
         raise ValueError(f"{manifest_dir / (split + '.jsonl')} holds no utterances")
     if targets == "phones":
         vocab = Vocabulary.phones(phone_set)
-        target_fn = _phone_targets(vocab, phone_set)
+        target_fn = _PhoneTargets(vocab, phone_set)
     else:
         from hardalign.data.tokenizer import load_or_train_tokenizer
 
         tok = load_or_train_tokenizer(manifest_dir, targets, vocab_size=bpe_vocab_size)
         vocab = tok.vocab
-        target_fn = lambda record: tok.encode(record["text"])  # noqa: E731
+        target_fn = _TextTargets(tok)
 
     cache = None
     if cache_dir == "auto":

@@ -145,3 +145,15 @@ def test_bad_arguments_are_named(prepared, tmp_path):
     with pytest.raises(ValueError, match="frontend"):
         FeatureConfig(frontend="mfcc")
     assert len(read_manifest(prepared / "train.jsonl")) == 3
+
+
+def test_dataset_pickles_for_worker_processes(prepared):
+    import pickle
+
+    from hardalign.data import NoiseConfig
+
+    for kwargs in ({}, {"targets": "chars"}, {"noise": NoiseConfig("white", 5)}):
+        ds = load_speech_dataset(prepared, "train", cache_dir=None, **kwargs)
+        again = pickle.loads(pickle.dumps(ds))
+        assert torch.equal(again[1]["features"], ds[1]["features"])
+        assert torch.equal(again[1]["targets"], ds[1]["targets"])

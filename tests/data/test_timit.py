@@ -146,3 +146,33 @@ def test_reference_token_count(prepared):
     recs = read_manifest(prepared / "train.jsonl")
     # 11 labels per utterance, one q deleted
     assert reference_token_count(recs) == 3 * 10
+
+
+def test_full_test_side_gives_kaldi_split_sizes(tmp_path):
+    """All 168 TEST speakers x 10 sentences (2 SA, 3 SI, 5 SX) -> dev 400 and core test 192."""
+    import numpy as np
+
+    from hardalign.data.audio import write_sphere
+
+    dev, core = load_speaker_list("dev"), load_speaker_list("test")
+    others = [f"{'fm'[k % 2]}zz{k:02d}" for k in range(168 - len(dev) - len(core))]
+    root = tmp_path / "TIMIT"
+    wav = np.zeros(480, np.float32)
+    for k, spk in enumerate(list(dev) + list(core) + others):
+        d = root / "TEST" / f"DR{1 + k % 8}" / spk.upper()
+        d.mkdir(parents=True)
+        for stem in ["SA1", "SA2", "SI1", "SI2", "SI3", "SX1", "SX2", "SX3", "SX4", "SX5"]:
+            write_sphere(d / f"{stem}.WAV", wav)
+            (d / f"{stem}.PHN").write_text("0 480 h#\n")
+            (d / f"{stem}.WRD").write_text("0 480 x\n")
+            (d / f"{stem}.TXT").write_text("0 480 x.\n")
+    train = root / "TRAIN" / "DR1" / "MTRN0"
+    train.mkdir(parents=True)
+    for stem in ["SA1", "SI1", "SX1"]:
+        write_sphere(train / f"{stem}.WAV", wav)
+        (train / f"{stem}.PHN").write_text("0 480 h#\n")
+        (train / f"{stem}.WRD").write_text("0 480 x\n")
+        (train / f"{stem}.TXT").write_text("0 480 x.\n")
+    result = prepare_timit(root, tmp_path / "out")
+    assert result.counts() == {"train": 2, "dev": 400, "test": 192}
+    assert result.excluded_sa == 2 * 168 + 1 and result.unused_test == 8 * len(others)
