@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,7 +53,8 @@ def test_killed_writer_leaves_previous_intact(tmp_path):
         save_checkpoint({str(path)!r}, {{"step": 2, "weights": torch.zeros(100_000)}})
         """
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    root = Path(__file__).resolve().parents[2]  # the repository, for an uninstalled checkout
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env) as process:
         try:
             assert process.stdout.readline().strip() == b"half written"
