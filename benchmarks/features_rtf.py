@@ -107,6 +107,8 @@ def main(argv=None) -> int:
         "Feature extraction real-time factor (seconds of audio per second of wall clock, one thread, best of "
         f"{args.repeats}); {note}; {platform.processor() or platform.machine()}, torch {torch.__version__}.",
         "",
+        f"{os.cpu_count()} CPU cores shared with other jobs: repeated runs differ by up to ~2x per row.",
+        "",
         "| path | audio (s) | time (s) | real-time factor |",
         "|---|---|---|---|",
     ]
