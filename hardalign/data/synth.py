@@ -25,14 +25,16 @@ directory itself, so it can be passed straight to :func:`hardalign.data.load_spe
 
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
-import multiprocessing
+import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -368,16 +370,34 @@ def build_synth_corpus(out_dir: str | Path, *, speakers: int = 20, utterances: i
     # libespeak-ng carries wave-generator state (e.g. its pitch-flutter phase) from one utterance to
     # the next, and Terminate/Initialize does not reset it: the same text comes out a few samples
     # different after different histories. A fresh process that synthesises the jobs in a fixed
-    # order makes the corpus a function of the seed alone.
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        seconds = pool.submit(_synthesize_jobs, jobs, seed, progress).result()
+    # order makes the corpus a function of the seed alone. (A plain subprocess rather than a
+    # multiprocessing "spawn" pool, which would re-run an unguarded calling script.)
+    payload = json.dumps({"seed": seed, "progress": progress,
+                          "jobs": [[str(d), stem, text, asdict(spk)] for d, stem, text, spk in jobs]})
+    proc = subprocess.run([sys.executable, "-c", "from hardalign.data.synth import _worker_main; _worker_main()"],
+                          input=payload, stdout=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")]))})
+    if proc.returncode != 0:
+        raise RuntimeError(f"the espeak-ng synthesis worker failed (exit status {proc.returncode}); see its error above")
+    seconds = float(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
     result = prepare_timit(corpus, out_dir)
     return SynthResult(out_dir, corpus, spk_list, result.counts(), seconds, time.perf_counter() - started)
 
 
+def _package_root() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+def _worker_main() -> None:
+    """Entry point of the synthesis subprocess: jobs as JSON on stdin, ``{"seconds": ...}`` on stdout."""
+    request = json.loads(sys.stdin.read())
+    jobs = [(Path(d), stem, text, SynthSpeaker(**spk)) for d, stem, text, spk in request["jobs"]]
+    seconds = _synthesize_jobs(jobs, request["seed"], request["progress"])
+    print(json.dumps({"seconds": seconds}))
+
+
 def _synthesize_jobs(jobs, seed: int, progress: bool) -> float:
-    """Worker: synthesise and write every job in order; returns seconds of audio."""
+    """Synthesise and write every job in order; returns seconds of audio."""
     iterator = jobs
     if progress:
         from tqdm import tqdm
