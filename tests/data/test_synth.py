@@ -110,3 +110,22 @@ def test_every_lexicon_word_maps_to_timit_phones():
 def test_bad_sizes_are_errors(tmp_path):
     with pytest.raises(ValueError, match="at least 2"):
         build_synth_corpus(tmp_path, speakers=1)
+
+
+def test_prepare_synth_command(tmp_path, capsys):
+    import argparse
+
+    from hardalign.cli import Commands
+    from hardalign.data.cli import register
+
+    parser = argparse.ArgumentParser(prog="hardalign")
+    register(Commands(parser))
+    args = parser.parse_args(["prepare", "synth", "--out", str(tmp_path), "--speakers", "2", "--utterances", "2",
+                              "--eval-speakers", "2", "--eval-utterances", "1", "--seed", "3", "--quiet"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "train 4, dev 2, test 2" in out and "cached default features" in out
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 8
+    assert (tmp_path / "corpus" / "TRAIN").is_dir() and (tmp_path / "train.jsonl").is_file()
+    bad = parser.parse_args(["prepare", "synth", "--out", str(tmp_path), "--speakers", "1", "--quiet"])
+    assert bad.func(bad) == 1 and "at least 2" in capsys.readouterr().err
