@@ -16,6 +16,7 @@ setup(
         "torch",
         "torchaudio",
         "numpy",
+        "scipy",
         "librosa",
         "soundfile",
         "sentencepiece",
