@@ -129,6 +129,8 @@ class HardAlignmentRecognizer(nn.Module):
             ``dropout_ramp_steps`` training steps (linear ramp from 0).
         entropy_weight, entropy_weight_final, entropy_decay_steps: weight of the bonus on the
             proposal's entropy (summed over steps, per utterance), decayed linearly.
+        posterior_coupling: initial coefficient of p's ``log d_t[y_next]`` (relative to a uniform
+            softmax) in q's emit logit: q starts out emitting where p expects the next label.
         learned_baseline: with the ``reinforce`` estimator, subtract the baseline network's output
             (Luo et al.'s learned baseline) and train it by regression onto the reward-to-go. NVIL
             always uses it.
@@ -156,6 +158,7 @@ class HardAlignmentRecognizer(nn.Module):
         entropy_weight_final: float = 0.1,
         entropy_decay_steps: int = 1000,
         learned_baseline: bool = True,
+        posterior_coupling: float = 1.0,
     ):
         super().__init__()
         if proposal not in ("prior", "posterior"):
@@ -189,7 +192,7 @@ class HardAlignmentRecognizer(nn.Module):
         self.emit_head = nn.Linear(H, 1)
         self.label_head = nn.Linear(H, self.num_classes)
         # --- posterior q(z | x, y), used only in training ---
-        self.posterior = Posterior(input_dim, num_phones, hidden_size=posterior_hidden)
+        self.posterior = Posterior(input_dim, num_phones, hidden_size=posterior_hidden, coupling=posterior_coupling)
         # --- NVIL baseline: per step, reads the proposal's state (detached) and the counts ---
         proposal_width = posterior_hidden if proposal == "posterior" else decision_hidden
         self.baseline_net = nn.Sequential(nn.Linear(proposal_width + 3, baseline_hidden), nn.Tanh(), nn.Linear(baseline_hidden, 1))
@@ -322,7 +325,9 @@ class HardAlignmentRecognizer(nn.Module):
     def _posterior_step(self, state: dict[str, Any], memory: dict[str, Any], z_prev: torch.Tensor) -> None:
         counts = _count_features(state["t"], memory["num_steps"], state["emitted"], memory["num_labels"], z_prev.dtype)
         # p's view of this step (detached): q can learn to emit where p expects the next label
-        p_view = torch.stack([state["emit_logit"], state["label_next_logp"], state["label_logp"][:, -1]], dim=-1).detach()
+        # log-probabilities relative to a uniform softmax: 0 at initialisation
+        log_classes = math.log(self.num_classes)
+        p_view = torch.stack([state["emit_logit"], state["label_next_logp"] + log_classes, state["label_logp"][:, -1] + log_classes], dim=-1).detach()
         state["q"], state["q_logit"] = self.posterior.step(memory["posterior"], state["q"], state["t"], state["emitted"], z_prev, counts, p_view)
 
     def policy(self, state: dict[str, Any], memory: dict[str, Any]) -> D.Distribution:

@@ -8,7 +8,10 @@ DESIGN.md section 4: q sees the whole utterance and the whole label sequence. He
   alignment) which enters the output logit with coefficient 1 at initialisation, so that an
   untrained q already spreads emissions evenly instead of piling them at the start or the end,
 * p's own view of the step, detached: its emit logit, ``log d_t[y_next]`` and ``log d_t[EOS]``
-  (q may condition on anything that is a function of x, y and z_{<t}; p's state is one),
+  relative to a uniform softmax (q may condition on anything that is a function of x, y and
+  z_{<t}; p's state is one); ``log d_t[y_next]`` enters the logit with coefficient ``coupling``
+  at initialisation, so that q emits where p expects the next label (a soft form of the
+  hard-EM alignment step), while still free to learn otherwise,
 * its own step RNN (a tanh RNN cell) fed z_{t-1}.
 
 Everything that does not depend on the decisions is projected once per utterance; the step only
@@ -69,9 +72,10 @@ class Posterior(nn.Module):
         input_dim: frame feature dimension F.
         num_phones: n (labels ``1..n``, EOS ``n + 1``, 0 padding).
         hidden_size: width of the encoders (each direction: half) and of the step RNN.
+        coupling: initial coefficient of p's relative ``log d_t[y_next]`` in the logit.
     """
 
-    def __init__(self, input_dim: int, num_phones: int, *, hidden_size: int = 128):
+    def __init__(self, input_dim: int, num_phones: int, *, hidden_size: int = 128, coupling: float = 1.0):
         super().__init__()
         half = max(1, hidden_size // 2)
         self.hidden_size = hidden_size
@@ -91,6 +95,7 @@ class Posterior(nn.Module):
             self.out.bias.zero_()
             self.direct.weight.zero_()
             self.direct.weight[0, 2] = 1.0  # logit(labels left / steps left)
+            self.direct.weight[0, 4] = coupling  # p's log d_t[y_next] + log(classes)
 
     def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor, labels: torch.Tensor, num_labels: torch.Tensor) -> dict[str, Any]:
         """Once per utterance: ``frames`` (tuple of T ``[B, Hq]``) and the label encodings.

@@ -20,6 +20,7 @@ Example config (flat YAML; the trainer's keys and these share one namespace)::
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -53,6 +54,7 @@ class SpeechTaskConfig:
             embedding, of q's encoders and step RNN, and of the NVIL baseline network.
         proposal: ``posterior`` (q(z | x, y)) or ``prior`` (p's own policy, Luo-style REINFORCE).
         emit_prior: initial emit probability of p.
+        posterior_coupling: initial weight of p's ``log d_t[y_next]`` in q's emit logit.
         learned_baseline: REINFORCE subtracts the learned per-step baseline (NVIL always does).
         entropy_weight, entropy_weight_final, entropy_decay_steps: schedule of the bonus on the
             proposal's entropy.
@@ -62,7 +64,8 @@ class SpeechTaskConfig:
             ``pink:0:15``) or empty for clean training.
         eval_noise: comma-separated test conditions ``TYPE:SNR`` (``white:10,white:0``) scored
             besides clean.
-        mix_scale: two-speaker mixing (MultiTIMIT): scale of the interfering speaker (0: off).
+        mix_scale: two-speaker mixing (MultiTIMIT): scale of the opposite-gender partner
+            utterance added to every utterance, training and test (0: off; 0.1 / 0.25 / 0.5).
         eval_limit: score only the first N utterances of a split (0: all; quick checks).
         eval_batch_size: utterances per decoding batch.
         preload: keep the training features in memory (clean training only).
@@ -84,6 +87,7 @@ class SpeechTaskConfig:
     proposal: str = "posterior"
     emit_prior: float = 0.35
     learned_baseline: bool = True
+    posterior_coupling: float = 1.0
     entropy_weight: float = 1.0
     entropy_weight_final: float = 0.1
     entropy_decay_steps: int = 1000
@@ -124,7 +128,7 @@ def parse_noise_conditions(text: str) -> list[tuple[str, float]]:
     """
     conditions = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        kind, sep, snr = item.partition(":")
+        kind, sep, snr = item.rpartition(":")
         try:
             value = float(snr)
         except ValueError:
@@ -166,17 +170,36 @@ class SpeechTask:
         self._train = None
         self._train_items: list[dict] | None = None
         self._eval_cache: dict[tuple, Any] = {}
+        # wall-clock bookkeeping for "time to reach a target PER": seconds since the task was
+        # built (the start of training) minus the seconds spent evaluating
+        self._created = time.monotonic()
+        self._eval_seconds = 0.0
 
     # ------------------------------------------------------------------ data
-    def _noise_config(self, spec: str, *, snr: float | None = None):
+    def _noise_config(self, kind: str | None = None, snr: str | float | None = None):
+        """A :class:`hardalign.data.noise.NoiseConfig` (``None`` when it adds nothing): noise ``kind``
+        at ``snr`` dB (a number or ``"lo:hi"``), plus the two-speaker mix when ``mix_scale > 0``."""
         from hardalign.data.noise import NoiseConfig
 
-        if self.config.mix_scale > 0:
-            return NoiseConfig(kind="speaker", mix_scale=self.config.mix_scale)
-        if snr is not None:
-            return NoiseConfig(kind=spec, snr=f"{snr:g}")
-        kind, _, snr_range = spec.partition(":")
-        return NoiseConfig(kind=kind, snr=snr_range)
+        noise = NoiseConfig(noise=kind or "none", snr=snr if snr is not None else "10", mix_speaker=self.config.mix_scale)
+        return noise if noise.active else None
+
+    def _train_noise(self):
+        spec = self.config.train_noise.strip()
+        if not spec:
+            return self._noise_config()
+        parts = spec.rsplit(":", 2)
+        try:
+            if len(parts) == 3:
+                lo, hi = float(parts[1]), float(parts[2])
+                return self._noise_config(parts[0], f"{lo:g}:{hi:g}")
+        except ValueError:
+            pass
+        kind, _, snr = spec.rpartition(":")
+        try:
+            return self._noise_config(kind, float(snr))
+        except ValueError:
+            raise ValueError(f"train_noise={spec!r}: expected TYPE:LOW:HIGH or TYPE:SNR in dB (e.g. pink:0:15)") from None
 
     def dataset(self, split: str, noise=None):
         """The :class:`hardalign.data.SpeechDataset` of ``split`` (with a noise config or None)."""
@@ -187,8 +210,7 @@ class SpeechTask:
     @property
     def train_set(self):
         if self._train is None:
-            noise = self._noise_config(self.config.train_noise) if (self.config.train_noise or self.config.mix_scale > 0) else None
-            self._train = self.dataset("train", noise)
+            self._train = self.dataset("train", self._train_noise())
         return self._train
 
     # ------------------------------------------------------------------ contract
@@ -218,6 +240,7 @@ class SpeechTask:
             entropy_weight_final=c.entropy_weight_final,
             entropy_decay_steps=c.entropy_decay_steps,
             learned_baseline=c.learned_baseline,
+            posterior_coupling=c.posterior_coupling,
         )
 
     def train_batches(self, epoch: int) -> Iterator[dict]:
@@ -270,11 +293,16 @@ class SpeechTask:
         return ids, hyps, refs
 
     def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
-        """PER (39 phones) and its substitution / deletion / insertion rates, clean and per noise condition."""
+        """PER (39 phones) and its substitution / deletion / insertion rates, clean and per noise condition.
+
+        Also ``train_wall_s``: seconds since the task was built, less the time spent in evaluation
+        (during training: the training wall-clock so far).
+        """
         from hardalign.data import phone_error_rate
 
-        results: dict[str, float] = {}
-        conditions: list[tuple[str, Any]] = [("", None)]
+        started = time.monotonic()
+        results: dict[str, float] = {"train_wall_s": started - self._created - self._eval_seconds}
+        conditions: list[tuple[str, Any]] = [("", self._noise_config())]  # clean (or the speaker mix alone)
         for kind, snr in parse_noise_conditions(self.config.eval_noise):
             conditions.append((f"_{kind}{snr:g}db", self._noise_config(kind, snr=snr)))
         for suffix, noise in conditions:
@@ -287,4 +315,5 @@ class SpeechTask:
                 results["del"] = counts.deletions / tokens
                 results["ins"] = counts.insertions / tokens
                 results["ref_tokens"] = float(counts.ref_tokens)
+        self._eval_seconds += time.monotonic() - started
         return results

@@ -1,0 +1,195 @@
+"""Compare the estimators on the speech task with an equal wall-clock budget per run.
+
+One script produces the recipe README's comparison table. For each run it trains with
+``max_minutes`` = the budget (the trainer stops cleanly and checkpoints), evaluating dev every
+``--eval-every`` steps, then scores the core test clean and under each frozen noise condition:
+
+* ``reinforce``: prior proposal (p samples its own alignments), learned per-step baseline
+  (Luo et al.); ``nvil``, ``vimco``, ``vimco-seq``: posterior proposal q(z | x, y);
+* ``ctc``: the unidirectional CTC baseline with the same encoder.
+
+Columns: test PER clean and per noise condition; training seconds to reach ``--target-per`` on
+dev (first dev evaluation at or below it; evaluation time excluded); steps done; and the gradient
+variance of the proposal's parameters at initialisation (trace of the covariance of
+``--variance-draws`` gradient estimates on one fixed batch, same initial weights for every
+estimator; the posterior's parameters for posterior proposals, p's emit head for the prior).
+
+    python benchmarks/speech_compare.py --data-dir exp/timit/data --minutes 6 \\
+        --out recipes/timit/results/compare.md
+
+Runs are independent processes (``--jobs`` at a time). On a shared machine the wall-clock budget
+buys different numbers of steps in different runs; the table reports the steps done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RECIPE_CONF = Path(__file__).resolve().parent.parent / "recipes" / "timit" / "conf"
+RUNS = ("reinforce", "nvil", "vimco", "vimco-seq", "ctc")
+LABELS = {
+    "reinforce": "reinforce (prior proposal, learned baseline)",
+    "nvil": "nvil (posterior proposal)",
+    "vimco": "vimco (posterior proposal)",
+    "vimco-seq": "vimco-seq (posterior proposal)",
+    "ctc": "CTC baseline (unidirectional, same encoder)",
+}
+
+
+def train_command(run: str, args: argparse.Namespace, out_dir: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "hardalign.cli", "train", "--config", str(RECIPE_CONF / f"{run}.yaml"),
+        "--data-dir", args.data_dir, "--out-dir", str(out_dir), "--max-minutes", str(args.minutes),
+        "--eval-every", str(args.eval_every), "--eval-noise", "", "--progress", "false", "--resume", "auto",
+        "--seed", str(args.seed), *args.overrides,
+    ]
+
+
+def run_all(args: argparse.Namespace, runs: list[str]) -> None:
+    """Train every run (``args.jobs`` processes at a time); logs go to ``OUT_DIR/train.log``."""
+    pending = list(runs)
+    active: list[tuple[str, subprocess.Popen, object]] = []
+    while pending or active:
+        while pending and len(active) < args.jobs:
+            run = pending.pop(0)
+            out_dir = Path(args.exp) / run
+            out_dir.mkdir(parents=True, exist_ok=True)
+            log = open(out_dir / "train.log", "w")
+            print(f"[speech_compare] training {run} for {args.minutes} min -> {out_dir}", flush=True)
+            active.append((run, subprocess.Popen(train_command(run, args, out_dir), stdout=log, stderr=subprocess.STDOUT), log))
+        time.sleep(2)
+        for item in list(active):
+            run, process, log = item
+            if process.poll() is not None:
+                log.close()
+                active.remove(item)
+                if process.returncode:
+                    raise SystemExit(f"[speech_compare] {run} failed (exit {process.returncode}); see {Path(args.exp) / run / 'train.log'}")
+                print(f"[speech_compare] {run} finished", flush=True)
+
+
+def time_to_target(metrics_file: Path, target: float) -> tuple[float | None, int | None]:
+    """Training seconds and step of the first dev evaluation with PER <= target."""
+    if not metrics_file.is_file():
+        return None, None
+    for line in metrics_file.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("split") == "dev" and "per" in record and record["per"] <= target:
+            return record.get("train_wall_s"), record.get("step")
+    return None, None
+
+
+def last_train_step(metrics_file: Path) -> int | None:
+    steps = [json.loads(line)["step"] for line in metrics_file.read_text().splitlines() if '"split": "train"' in line]
+    return steps[-1] if steps else None
+
+
+def gradient_variance(run: str, args: argparse.Namespace) -> float | None:
+    """Trace of the covariance of the proposal's gradient over repeated estimates at initialisation."""
+    if run == "ctc":
+        return None
+    from hardalign.data import collate_speech
+    from hardalign.estimators import build_estimator
+    from hardalign.train.config import resolve_config
+    from hardalign.train.tasks import build_task
+
+    config = resolve_config(str(RECIPE_CONF / f"{run}.yaml"), ["--data-dir", args.data_dir, *args.overrides])
+    task = build_task("timit", config.task, config.train, device=torch.device("cpu"))
+    torch.manual_seed(args.seed)  # the same initial weights for every estimator
+    model = task.build_model()
+    dataset = task.train_set
+    batch = collate_speech([dataset[i] for i in range(min(args.variance_batch, len(dataset)))])
+    estimator = build_estimator(config.train.estimator, **config.train.estimator_options)
+    params = list(model.posterior.parameters()) if model.proposal == "posterior" else list(model.emit_head.parameters())
+    draws = []
+    for _ in range(args.variance_draws):
+        model.zero_grad(set_to_none=True)
+        out = model(batch, estimator=estimator, num_samples=config.train.num_samples, step=0)
+        out["loss"].backward()
+        draws.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]))
+    stacked = torch.stack(draws)  # [draws, params]
+    return float(stacked.var(dim=0).sum())
+
+
+def format_table(rows: list[dict], noise: list[str], args: argparse.Namespace) -> str:
+    head = ["run", "test PER clean"] + [f"test PER {n}" for n in noise] + [f"s to dev PER <= {100 * args.target_per:g}%", "steps", "grad. variance at init"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def pct(x):
+        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+    for row in rows:
+        cells = [row["label"], pct(row["per"])] + [pct(row["noise"].get(n)) for n in noise]
+        cells.append("not reached" if row["time_to_target"] is None else f"{row['time_to_target']:.0f}")
+        cells.append(str(row["steps"]))
+        cells.append("n/a (no latent)" if row["variance"] is None else f"{row['variance']:.3g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help="prepared manifests (recipes/timit/run.sh --stop-stage 1)")
+    parser.add_argument("--exp", default="exp/speech_compare", help="where the runs go")
+    parser.add_argument("--minutes", type=float, default=6.0, help="wall-clock training budget per run")
+    parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}")
+    parser.add_argument("--eval-noise", default="white:10,white:0", help="test noise conditions TYPE:SNR,...")
+    parser.add_argument("--target-per", type=float, default=0.3, help="dev PER target for the time-to-target column")
+    parser.add_argument("--eval-every", type=int, default=50, help="steps between dev evaluations")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variance-draws", type=int, default=16)
+    parser.add_argument("--variance-batch", type=int, default=16)
+    parser.add_argument("--skip-training", action="store_true", help="only evaluate existing runs in --exp")
+    parser.add_argument("--out", default="recipes/timit/results/compare.md", help="Markdown table (JSON beside it)")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides for every run, after --")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    unknown = sorted(set(runs) - set(RUNS))
+    if unknown:
+        parser.error(f"--runs: unknown {unknown}; choose from {list(RUNS)}")
+    noise = [c.strip() for c in args.eval_noise.split(",") if c.strip()]
+    if not args.skip_training:
+        run_all(args, runs)
+    from hardalign.train.evaluate import evaluate_checkpoint
+
+    rows = []
+    for run in runs:
+        out_dir = Path(args.exp) / run
+        result = evaluate_checkpoint(None, checkpoint=out_dir / "checkpoint.pt", split="test", overrides=["--eval-noise", args.eval_noise, "--data-dir", args.data_dir])
+        metrics = result["metrics"]
+        noisy = {}
+        for condition in noise:
+            kind, _, snr = condition.rpartition(":")
+            noisy[condition] = metrics.get(f"per_{kind}{float(snr):g}db")
+        seconds, _ = time_to_target(out_dir / "metrics.jsonl", args.target_per)
+        rows.append({
+            "run": run, "label": LABELS[run], "per": metrics["per"], "noise": noisy, "time_to_target": seconds,
+            "steps": last_train_step(out_dir / "metrics.jsonl"), "variance": gradient_variance(run, args),
+        })
+        print(f"[speech_compare] {run}: test PER {100 * metrics['per']:.1f}%", flush=True)
+    table = format_table(rows, noise, args)
+    header = (f"Equal wall-clock budget: {args.minutes:g} min of training per run ({args.jobs} at a time, "
+              f"{os.cpu_count()} CPU cores visible, torch threads per run from the configs), data `{args.data_dir}`, "
+              f"seed {args.seed}. PER in %, 39 phones, core test.\n\n")
+    print(header + table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(header + table)
+    out.with_suffix(".json").write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
