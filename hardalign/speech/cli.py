@@ -129,7 +129,7 @@ def plot_alignment(task: Any, model: torch.nn.Module, utt: str | None, split: st
             decoded_phones = [(_seconds(s, task), p) for s, p in zip(hyp.steps, task.vocab.decode(hyp.labels))]
             if model.proposal == "posterior":
                 generator = torch.Generator(device=task.device).manual_seed(seed)
-                traj = model.sample_alignments(batch, num_samples=1, generator=generator)
+                traj = model.sample_alignments(batch, num_samples=1, generator=generator, record=True)
                 record_ = traj.final_state["record"]
                 p_emit = torch.stack(record_["p_emit"], 1)[0, :T].cpu()
                 q_emit = torch.stack(record_["q_emit"], 1)[0, :T].cpu()

@@ -131,6 +131,8 @@ class HardAlignmentRecognizer(nn.Module):
             proposal's entropy (summed over steps, per utterance), decayed linearly.
         posterior_coupling: initial coefficient of p's ``log d_t[y_next]`` (relative to a uniform
             softmax) in q's emit logit: q starts out emitting where p expects the next label.
+        posterior_aligner: give q its CTC aligner (:mod:`hardalign.speech.aligner`).
+        aligner_weight: weight of the aligner's CTC loss (trains q's aligner only).
         learned_baseline: with the ``reinforce`` estimator, subtract the baseline network's output
             (Luo et al.'s learned baseline) and train it by regression onto the reward-to-go. NVIL
             always uses it.
@@ -158,7 +160,9 @@ class HardAlignmentRecognizer(nn.Module):
         entropy_weight_final: float = 0.1,
         entropy_decay_steps: int = 1000,
         learned_baseline: bool = True,
-        posterior_coupling: float = 1.0,
+        posterior_coupling: float = 0.0,
+        posterior_aligner: bool = True,
+        aligner_weight: float = 1.0,
     ):
         super().__init__()
         if proposal not in ("prior", "posterior"):
@@ -192,12 +196,15 @@ class HardAlignmentRecognizer(nn.Module):
         self.emit_head = nn.Linear(H, 1)
         self.label_head = nn.Linear(H, self.num_classes)
         # --- posterior q(z | x, y), used only in training ---
-        self.posterior = Posterior(input_dim, num_phones, hidden_size=posterior_hidden, coupling=posterior_coupling)
+        self.posterior = Posterior(input_dim, num_phones, hidden_size=posterior_hidden, coupling=posterior_coupling, aligner=posterior_aligner)
+        self.aligner_weight = aligner_weight
         # --- NVIL baseline: per step, reads the proposal's state (detached) and the counts ---
         proposal_width = posterior_hidden if proposal == "posterior" else decision_hidden
         self.baseline_net = nn.Sequential(nn.Linear(proposal_width + 3, baseline_hidden), nn.Tanh(), nn.Linear(baseline_hidden, 1))
         self._initialise(emit_prior)
         self._dropout_now = 0.0
+        self._need_baseline = False  # set per call: only NVIL / learned-baseline REINFORCE read it
+        self._record_probs = False  # set per call: emit probabilities per step (pictures)
 
     def _initialise(self, emit_prior: float) -> None:
         H = self.hidden_size
@@ -337,6 +344,7 @@ class HardAlignmentRecognizer(nn.Module):
 
     def forced(self, state: dict[str, Any], memory: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         is_forced, value = forced_decisions(state["t"], memory["num_steps"], state["emitted"], memory["num_labels"])
+        state["is_forced"] = is_forced  # reused by update() at this step
         return is_forced, value.to(state["emit_logit"].dtype)
 
     def read(self, memory: dict[str, Any], location: torch.Tensor) -> torch.Tensor:
@@ -346,18 +354,22 @@ class HardAlignmentRecognizer(nn.Module):
         t = state["t"]
         z = location
         emit = z > 0.5
-        is_forced, _ = forced_decisions(t, memory["num_steps"], state["emitted"], memory["num_labels"])
+        is_forced = state.get("is_forced")
+        if is_forced is None:
+            is_forced, _ = forced_decisions(t, memory["num_steps"], state["emitted"], memory["num_labels"])
         valid = memory["num_steps"] > t
         # log p(z_t | past) at free steps + z_t log d_t[y_next]
         log_p_decision = -F.binary_cross_entropy_with_logits(state["emit_logit"], z, reduction="none")
         log_p = torch.where(is_forced, torch.zeros_like(log_p_decision), log_p_decision)
         log_p = log_p + torch.where(emit, state["label_next_logp"], torch.zeros_like(log_p))
         record = state["record"]
-        record["p_emit"].append(torch.sigmoid(state["emit_logit"]).detach())
-        if "q_logit" in state:
-            record["q_emit"].append(torch.sigmoid(state["q_logit"]).detach())
-        # NVIL baseline for step t from the proposal's state before the decision
-        record["baseline"].append(self._baseline(state, memory))
+        if self._record_probs:
+            record["p_emit"].append(torch.sigmoid(state["emit_logit"]).detach())
+            if "q_logit" in state:
+                record["q_emit"].append(torch.sigmoid(state["q_logit"]).detach())
+        if self._need_baseline:
+            # NVIL baseline for step t from the proposal's state before the decision
+            record["baseline"].append(self._baseline(state, memory))
         # advance to step t + 1 with the fed-back decision and label
         labels = memory["labels"]
         label_now = labels.gather(1, state["emitted"].clamp(max=labels.shape[1] - 1).unsqueeze(1)).squeeze(1)
@@ -396,6 +408,7 @@ class HardAlignmentRecognizer(nn.Module):
         *,
         num_samples: int,
         generator: torch.Generator | None = None,
+        record: bool = False,
     ) -> Trajectory:
         """Draw ``num_samples`` alignments per utterance from the proposal in one batched rollout.
 
@@ -404,24 +417,35 @@ class HardAlignmentRecognizer(nn.Module):
                 [B, U]``, ``target_lengths [B]``).
             num_samples: K.
             generator: optional ``torch.Generator`` for the decisions.
+            record: also record p's and q's emit probabilities per step (for pictures).
 
         Returns:
             the :class:`Trajectory` (``[K, B, T]`` fields); ``final_state["record"]`` holds the
-            per-step lists ``p_emit``, ``q_emit`` (emit probabilities, ``[K * B]`` each) and
-            ``baseline`` (NVIL baseline outputs).
+            per-step lists ``p_emit``, ``q_emit`` (emit probabilities, ``[K * B]`` each; with
+            ``record``) and ``baseline`` (baseline network outputs, when an estimator needs them).
 
         Raises:
             ValueError: an utterance has fewer steps than labels + EOS (it cannot be aligned).
         """
-        features, feature_lengths = batch["features"], batch["feature_lengths"]
-        targets, target_lengths = batch["targets"], batch["target_lengths"]
-        too_short = feature_lengths < target_lengths + 1
-        if bool(too_short.any()):
+        self._check_alignable(batch)
+        return self._rollout(batch, num_samples, generator, record)[0]
+
+    @staticmethod
+    def _check_alignable(batch: dict[str, Any]) -> None:
+        too_short = batch["feature_lengths"] < batch["target_lengths"] + 1
+        if bool(too_short.any()):  # one host sync per batch, outside the step loop
             ids = batch.get("ids")
             bad = [ids[i] if ids is not None else str(i) for i in too_short.nonzero().flatten().tolist()]
             raise ValueError(f"utterances with fewer steps than labels + EOS cannot be aligned: {bad}")
-        memory = self.encode(features, feature_lengths, targets, target_lengths, with_posterior=self.proposal == "posterior")
-        return rollout(self, memory, num_samples=num_samples, num_steps=features.shape[1], generator=generator)
+
+    def _rollout(self, batch, num_samples, generator=None, record=False) -> tuple[Trajectory, dict[str, Any]]:
+        features, feature_lengths = batch["features"], batch["feature_lengths"]
+        memory = self.encode(features, feature_lengths, batch["targets"], batch["target_lengths"], with_posterior=self.proposal == "posterior")
+        self._record_probs = record
+        try:
+            return rollout(self, memory, num_samples=num_samples, num_steps=features.shape[1], generator=generator), memory
+        finally:
+            self._record_probs = False
 
     def forward(self, batch: dict[str, Any], *, estimator: nn.Module, num_samples: int, step: int = 0) -> dict[str, torch.Tensor]:
         """One training loss: sample K alignments, apply the estimator, add the entropy bonus.
@@ -432,12 +456,17 @@ class HardAlignmentRecognizer(nn.Module):
             ``entropy_weight``, ``emissions_per_label`` and, for NVIL, its baseline loss.
         """
         self._dropout_now = self.dropout_at(step) if self.training else 0.0
-        traj = self.sample_alignments(batch, num_samples=num_samples)
-        kwargs = {}
-        regression = None
         # Luo et al.'s REINFORCE with a learned baseline: the module form takes no baseline tensor,
         # so the pure function is called with the network's (detached) output, trained here.
         reinforce_learned = isinstance(estimator, REINFORCE) and self.learned_baseline and estimator.baseline == "none"
+        self._need_baseline = isinstance(estimator, NVIL) or reinforce_learned
+        try:
+            self._check_alignable(batch)
+            traj, memory = self._rollout(batch, num_samples)
+        finally:
+            self._need_baseline = False
+        kwargs = {}
+        regression = None
         if isinstance(estimator, NVIL) or reinforce_learned:
             baseline = torch.stack(traj.final_state["record"]["baseline"], dim=1)  # [K * B, T]
             baseline = unfold(baseline, num_samples)  # [K, B, T]
@@ -457,6 +486,9 @@ class HardAlignmentRecognizer(nn.Module):
         loss = out.loss - weight * entropy
         if regression is not None:
             loss = loss + regression
+        aligner_loss = memory.get("posterior", {}).get("aligner_loss")
+        if aligner_loss is not None:
+            loss = loss + self.aligner_weight * aligner_loss.value
         result = {
             "loss": loss,
             "objective": out.objective.detach().mean(),
@@ -466,6 +498,8 @@ class HardAlignmentRecognizer(nn.Module):
         }
         if regression is not None:
             result["baseline_loss"] = regression.detach()
+        if aligner_loss is not None:
+            result["aligner_ctc"] = aligner_loss.value.detach()
         for name, value in getattr(out, "stats", {}).items():
             if isinstance(value, torch.Tensor) and value.dim() == 0:
                 result[name] = value.detach()

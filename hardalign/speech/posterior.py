@@ -12,7 +12,15 @@ DESIGN.md section 4: q sees the whole utterance and the whole label sequence. He
   z_{<t}; p's state is one); ``log d_t[y_next]`` enters the logit with coefficient ``coupling``
   at initialisation, so that q emits where p expects the next label (a soft form of the
   hard-EM alignment step), while still free to learn otherwise,
-* its own step RNN (a tanh RNN cell) fed z_{t-1}.
+* its own step RNN (a tanh RNN cell) fed z_{t-1},
+* an *aligner* (:mod:`hardalign.speech.aligner`): a small unidirectional CTC model over the
+  frames, trained by its own CTC loss on the targets (an auxiliary loss on q's parameters only;
+  q is used only in training, so this changes which proposal is used, never what p optimises).
+  The CTC alignment posterior gives, for the next label and step t, the probability that the
+  label's CTC run starts now given that it has not started yet; its logit enters q's logit with
+  coefficient 1 at initialisation. A unidirectional CTC model spikes once it has heard a phone,
+  which is when an online recogniser can emit it, so q proposes acoustically grounded
+  alignments long before the estimator's score-function signal alone would find them.
 
 Everything that does not depend on the decisions is projected once per utterance; the step only
 gathers, adds and runs one small recurrent matrix product for all particles.
@@ -25,6 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hardalign.speech.aligner import emission_hazard, label_start_posteriors
 
 __all__ = ["Posterior", "reverse_within_length"]
 
@@ -73,9 +83,11 @@ class Posterior(nn.Module):
         num_phones: n (labels ``1..n``, EOS ``n + 1``, 0 padding).
         hidden_size: width of the encoders (each direction: half) and of the step RNN.
         coupling: initial coefficient of p's relative ``log d_t[y_next]`` in the logit.
+        aligner: include the CTC aligner (:mod:`hardalign.speech.aligner`); its emission hazard
+            enters the logit with coefficient 1 at initialisation (otherwise the uniform rate does).
     """
 
-    def __init__(self, input_dim: int, num_phones: int, *, hidden_size: int = 128, coupling: float = 1.0):
+    def __init__(self, input_dim: int, num_phones: int, *, hidden_size: int = 128, coupling: float = 0.0, aligner: bool = True):
         super().__init__()
         half = max(1, hidden_size // 2)
         self.hidden_size = hidden_size
@@ -86,27 +98,54 @@ class Posterior(nn.Module):
         self.label_proj = nn.Linear(2 * half, hidden_size, bias=False)
         self.recurrent = nn.Linear(hidden_size, hidden_size, bias=False)
         self.decision = nn.Embedding(2, hidden_size)
-        self.side = nn.Linear(6, hidden_size, bias=False)  # 3 counts + 3 values of p's view
+        self.side = nn.Linear(7, hidden_size, bias=False)  # 3 counts + 3 values of p's view + aligner
         self.out = nn.Linear(hidden_size, 1)
-        self.direct = nn.Linear(6, 1, bias=False)  # counts and p's view straight into the logit
+        self.direct = nn.Linear(7, 1, bias=False)  # the same features straight into the logit
+        self.use_aligner = aligner
+        self.eos_id = num_phones + 1
+        if aligner:
+            self.aligner = nn.LSTM(input_dim, hidden_size, batch_first=True)  # unidirectional CTC inside q
+            self.aligner_out = nn.Linear(hidden_size, num_phones + 1)  # blank + phones
         with torch.no_grad():
             nn.init.zeros_(self.decision.weight)
             self.out.weight.mul_(0.1)
             self.out.bias.zero_()
             self.direct.weight.zero_()
-            self.direct.weight[0, 2] = 1.0  # logit(labels left / steps left)
+            if aligner:
+                self.direct.weight[0, 6] = 1.0  # logit of the aligner's emission hazard
+            else:
+                self.direct.weight[0, 2] = 1.0  # logit(labels left / steps left): a uniform alignment
             self.direct.weight[0, 4] = coupling  # p's log d_t[y_next] + log(classes)
 
     def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor, labels: torch.Tensor, num_labels: torch.Tensor) -> dict[str, Any]:
-        """Once per utterance: ``frames`` (tuple of T ``[B, Hq]``) and the label encodings.
+        """Once per utterance: ``frames`` (tuple of T ``[B, Hq]``), the label encodings and, with
+        the aligner, its CTC loss and the emission-hazard logits.
 
         The label encodings ``[B * L, Hq]`` are kept unfolded (one copy, not K): a step looks up
-        row ``b * L + emitted`` for particle row ``k * B + b``.
+        row ``b * L + emitted`` for particle row ``k * B + b``. ``labels [B, L]`` end with EOS.
         """
         frames = self.frame_proj(self.frames(features, feature_lengths))  # [B, T, Hq]
         B, L = labels.shape
+        T = features.shape[1]
         encoded = self.label_proj(self.labels(self.label_embedding(labels), num_labels))  # [B, L, Hq]
-        return {"frames": frames.unbind(1), "labels": _Unfolded(encoded.reshape(B * L, -1)), "num_labels_max": L, "batch": B}
+        memory = {"frames": frames.unbind(1), "labels": _Unfolded(encoded.reshape(B * L, -1)), "num_labels_max": L, "batch": B}
+        if self.use_aligner:
+            targets = labels.masked_fill(labels == self.eos_id, 0)[:, : L - 1]  # EOS dropped
+            target_lengths = num_labels - 1
+            hidden, _ = self.aligner(features)
+            log_probs = torch.log_softmax(self.aligner_out(hidden), dim=-1)  # [B, T, n + 1]
+            ctc = F.ctc_loss(log_probs.transpose(0, 1), targets, feature_lengths, target_lengths, blank=0, reduction="none", zero_infinity=True)
+            memory["aligner_loss"] = _Unfolded(ctc.mean())
+            start = label_start_posteriors(log_probs.detach(), feature_lengths, targets, target_lengths)  # [B, T, L - 1]
+            hazard = emission_hazard(start)
+            # EOS (and padding slots): uniform over the steps left, 1 / (T_b - t)
+            steps = torch.arange(T, device=features.device).unsqueeze(0)
+            uniform = 1.0 / (feature_lengths.unsqueeze(1) - steps).clamp_min(1).to(hazard.dtype)  # [B, T]
+            hazard = torch.cat([hazard, uniform.unsqueeze(-1)], dim=-1)  # [B, T, L]
+            slot = torch.arange(L, device=features.device).view(1, 1, L)
+            hazard = torch.where(slot >= target_lengths.view(B, 1, 1), uniform.unsqueeze(-1).clamp(1e-4, 1 - 1e-4), hazard)
+            memory["hazard"] = torch.logit(hazard).unbind(1)  # T x [B, L]
+        return memory
 
     def initial_state(self, memory: dict[str, Any], num_rows: int) -> torch.Tensor:
         first = memory["frames"][0]
@@ -138,7 +177,12 @@ class Posterior(nn.Module):
         example = torch.arange(emitted.shape[0], device=emitted.device) % B  # row k * B + b -> b
         rows = example * L + emitted.clamp(max=L - 1)
         label_next = F.embedding(rows, memory["labels"].value)  # [N, Hq]; backward is an index_add
-        side = torch.cat([counts, p_view.clamp(-30, 30)], dim=-1)
+        if "hazard" in memory:
+            hazard = memory["hazard"][min(t, len(memory["hazard"]) - 1)]  # [N, L]
+            aligner = hazard.gather(1, emitted.clamp(max=L - 1).unsqueeze(1))  # [N, 1]
+        else:
+            aligner = counts[:, 2:3]
+        side = torch.cat([counts, p_view.clamp(-30, 30), aligner], dim=-1)
         hidden = torch.tanh(frames + label_next + self.recurrent(hidden) + self.decision(z_prev.long()) + self.side(side))
         logit = self.out(hidden).squeeze(-1) + self.direct(side).squeeze(-1)
         return hidden, logit

@@ -55,6 +55,9 @@ class SpeechTaskConfig:
         proposal: ``posterior`` (q(z | x, y)) or ``prior`` (p's own policy, Luo-style REINFORCE).
         emit_prior: initial emit probability of p.
         posterior_coupling: initial weight of p's ``log d_t[y_next]`` in q's emit logit.
+        posterior_aligner: q includes a small unidirectional CTC aligner whose alignment
+            posterior proposes emission times (trained by its own CTC loss, training only).
+        aligner_weight: weight of that CTC loss.
         learned_baseline: REINFORCE subtracts the learned per-step baseline (NVIL always does).
         entropy_weight, entropy_weight_final, entropy_decay_steps: schedule of the bonus on the
             proposal's entropy.
@@ -87,7 +90,9 @@ class SpeechTaskConfig:
     proposal: str = "posterior"
     emit_prior: float = 0.35
     learned_baseline: bool = True
-    posterior_coupling: float = 1.0
+    posterior_coupling: float = 0.0
+    posterior_aligner: bool = True
+    aligner_weight: float = 1.0
     entropy_weight: float = 1.0
     entropy_weight_final: float = 0.1
     entropy_decay_steps: int = 1000
@@ -241,6 +246,8 @@ class SpeechTask:
             entropy_decay_steps=c.entropy_decay_steps,
             learned_baseline=c.learned_baseline,
             posterior_coupling=c.posterior_coupling,
+            posterior_aligner=c.posterior_aligner,
+            aligner_weight=c.aligner_weight,
         )
 
     def train_batches(self, epoch: int) -> Iterator[dict]:

@@ -1,0 +1,47 @@
+"""The CTC label-start posteriors against brute-force enumeration of every CTC path."""
+
+import itertools
+
+import torch
+
+from hardalign.speech.aligner import emission_hazard, label_start_posteriors
+
+
+def brute_force(log_probs, length, targets):
+    C = log_probs.shape[-1]
+    total, starts_mass = 0.0, torch.zeros(length, len(targets), dtype=torch.float64)
+    for path in itertools.product(range(C), repeat=length):
+        collapsed, starts, previous = [], [], None
+        for t, c in enumerate(path):
+            if c != 0 and c != previous:
+                collapsed.append(c)
+                starts.append(t)
+            previous = c
+        if collapsed == targets:
+            p = torch.exp(sum(log_probs[t, c] for t, c in enumerate(path)))
+            total += p
+            for u, s in enumerate(starts):
+                starts_mass[s, u] += p
+    return starts_mass / total
+
+
+def test_start_posteriors_match_enumeration_with_repeats_and_padding():
+    torch.manual_seed(0)
+    log_probs = torch.log_softmax(torch.randn(3, 5, 3, dtype=torch.float64), -1)
+    targets = torch.tensor([[1, 1], [2, 1], [2, 0]])
+    target_lengths = torch.tensor([2, 2, 1])
+    lengths = torch.tensor([5, 4, 3])
+    post = label_start_posteriors(log_probs, lengths, targets, target_lengths)
+    for b in range(3):
+        T, U = int(lengths[b]), int(target_lengths[b])
+        expected = brute_force(log_probs[b], T, targets[b, :U].tolist())
+        torch.testing.assert_close(post[b, :T, :U], expected, rtol=1e-9, atol=1e-9)
+        assert (post[b, T:] == 0).all() and (post[b, :, U:] == 0).all()
+    hazard = emission_hazard(post)
+    assert ((hazard > 0) & (hazard < 1)).all()
+
+
+def test_unalignable_targets_give_zero_posteriors():
+    log_probs = torch.log_softmax(torch.randn(1, 2, 3), -1)
+    post = label_start_posteriors(log_probs, torch.tensor([2]), torch.tensor([[1, 1]]), torch.tensor([2]))  # needs 3 steps
+    assert (post == 0).all()
