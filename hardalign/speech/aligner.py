@@ -10,7 +10,8 @@ model spikes once it has heard a phone, which is when an online recogniser shoul
   ``t_u`` is the first step of label u's run, by the forward-backward recursions in log space,
   vectorised over the batch and the ``2U + 1`` extended states (a loop over steps only).
 * :func:`emission_hazard`: ``P(t_u = t | t_u >= t) = P(t_u = t) / sum_{t' >= t} P(t_u = t')``, the
-  probability of emitting label u now given that it has not been emitted yet.
+  probability of emitting label u now given that it has not been emitted yet (smoothed so that a
+  label whose start has passed is emitted at once).
 """
 
 from __future__ import annotations
@@ -99,12 +100,16 @@ def label_start_posteriors(log_probs: torch.Tensor, lengths: torch.Tensor, targe
     return torch.where(feasible & (steps < lengths.view(B, 1, 1)), post, torch.zeros_like(post))
 
 
-def emission_hazard(start: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+def emission_hazard(start: torch.Tensor, eps: float = 1e-4, smoothing: float = 1e-3) -> torch.Tensor:
     """``P(t_u = t | t_u >= t)`` from start posteriors ``[B, T, U]``, clamped to ``[eps, 1 - eps]``.
 
+    The ratio is smoothed, ``(P(t_u = t) + s) / (sum_{t' >= t} P(t_u = t') + s)``, so that once a
+    label's likely start lies in the past (a sampled alignment fell behind) the hazard tends to 1
+    and the label is emitted at once instead of being pushed to the forced emissions at the end.
+
     Example:
-        >>> emission_hazard(torch.tensor([[[0.25], [0.25], [0.5]]]))[0, :, 0].tolist()
-        [0.25, 0.3333333432674408, 0.9998999834060669]
+        >>> [round(v, 3) for v in emission_hazard(torch.tensor([[[0.25], [0.25], [0.5], [0.0]]]))[0, :, 0].tolist()]
+        [0.251, 0.334, 1.0, 1.0]
     """
     survival = start.flip(1).cumsum(1).flip(1)  # sum_{t' >= t}
-    return (start / survival.clamp_min(1e-12)).clamp(eps, 1 - eps)
+    return ((start + smoothing) / (survival + smoothing)).clamp(eps, 1 - eps)

@@ -138,12 +138,10 @@ class Posterior(nn.Module):
             memory["aligner_loss"] = _Unfolded(ctc.mean())
             start = label_start_posteriors(log_probs.detach(), feature_lengths, targets, target_lengths)  # [B, T, L - 1]
             hazard = emission_hazard(start)
-            # EOS (and padding slots): uniform over the steps left, 1 / (T_b - t)
-            steps = torch.arange(T, device=features.device).unsqueeze(0)
-            uniform = 1.0 / (feature_lengths.unsqueeze(1) - steps).clamp_min(1).to(hazard.dtype)  # [B, T]
-            hazard = torch.cat([hazard, uniform.unsqueeze(-1)], dim=-1)  # [B, T, L]
+            # EOS (and padding slots): 0.5 per step, so that EOS follows the last phone closely
+            hazard = F.pad(hazard, (0, 1), value=0.5)  # [B, T, L]
             slot = torch.arange(L, device=features.device).view(1, 1, L)
-            hazard = torch.where(slot >= target_lengths.view(B, 1, 1), uniform.unsqueeze(-1).clamp(1e-4, 1 - 1e-4), hazard)
+            hazard = torch.where(slot >= target_lengths.view(B, 1, 1), torch.full_like(hazard, 0.5), hazard)
             memory["hazard"] = torch.logit(hazard).unbind(1)  # T x [B, L]
         return memory
 
