@@ -49,7 +49,7 @@ def train_command(run: str, args: argparse.Namespace, out_dir: Path) -> list[str
     return [
         sys.executable, "-m", "hardalign.cli", "train", "--config", str(RECIPE_CONF / f"{run}.yaml"),
         "--data-dir", args.data_dir, "--out-dir", str(out_dir), "--max-minutes", str(args.minutes),
-        "--eval-every", str(args.eval_every), "--eval-noise", "", "--progress", "false", "--resume", "auto",
+        "--eval-every", str(args.eval_every), "--progress", "false", "--resume", "auto",
         "--seed", str(args.seed), *args.overrides,
     ]
 
@@ -121,7 +121,7 @@ def gradient_variance(run: str, args: argparse.Namespace) -> float | None:
 
 
 def format_table(rows: list[dict], noise: list[str], args: argparse.Namespace) -> str:
-    head = ["run", "test PER clean"] + [f"test PER {n}" for n in noise] + [f"s to dev PER <= {100 * args.target_per:g}%", "steps", "grad. variance at init"]
+    head = ["run", "test PER clean"] + [f"test PER {n.rpartition(':')[0]} {n.rpartition(':')[2]} dB" for n in noise] + [f"s to dev PER <= {100 * args.target_per:g}%", "steps", "grad. variance at init"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def pct(x):

@@ -125,16 +125,18 @@ fi
 if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
   t=$SECONDS
   echo "[run.sh] stage 2 train: $config -> $run ${overrides[*]:-}"
-  "${hardalign[@]}" train --config "$config" --data-dir "$data" --out-dir "$run" --eval-noise "$eval_noise" \
-    --resume auto "${overrides[@]}"
+  # dev evaluations during training are clean; the noisy conditions are scored in stage 3
+  "${hardalign[@]}" train --config "$config" --data-dir "$data" --out-dir "$run" --resume auto "${overrides[@]}"
   elapsed "stage 2" "$t"
 fi
 
 if [[ $stage -le 3 && $stop_stage -ge 3 ]]; then
   t=$SECONDS
   echo "[run.sh] stage 3 evaluate: $run"
+  noise_args=()
+  [[ -z $eval_noise ]] || noise_args=(--eval-noise "$eval_noise")
   for split in dev test; do
-    "${hardalign[@]}" evaluate --checkpoint "$run/checkpoint.pt" --split "$split" --data-dir "$data" --eval-noise "$eval_noise"
+    "${hardalign[@]}" evaluate --checkpoint "$run/checkpoint.pt" --split "$split" --data-dir "$data" "${noise_args[@]}"
   done
   "${hardalign[@]}" decode --checkpoint "$run/checkpoint.pt" --split test --data-dir "$data" --out "$run/hyp-test"
   mkdir -p "$run/plots"
