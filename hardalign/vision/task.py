@@ -59,6 +59,9 @@ class GlimpseConfig:
         saccader_channels: width of the Saccader representation network.
         representation_steps, pretrain_steps: Saccader stages 1 and 2 (trainer steps).
         entropy_weight: entropy bonus on the location policy (Saccader).
+        representation_loss: Saccader stage 1: ``cells`` (each cell's own cross-entropy) or
+            ``mean`` (cross-entropy of the mean of all cells' logits, BagNet-style).
+        label_smoothing: Saccader stage 1: label smoothing of its cross-entropy.
         eval_samples: M; M > 1 adds Monte Carlo averaged metrics (labelled ``_mc{M}``).
         eval_greedy: evaluate with the policy's mode instead of a sampled rollout.
         eval_batch_size: images per evaluation batch.
@@ -86,6 +89,8 @@ class GlimpseConfig:
     representation_steps: int = 0
     pretrain_steps: int = 0
     entropy_weight: float = 0.0
+    representation_loss: str = "cells"
+    label_smoothing: float = 0.1
     eval_samples: int = 1
     eval_greedy: bool = False
     eval_batch_size: int = 500
@@ -135,6 +140,8 @@ def build_glimpse_model(config: GlimpseConfig, in_channels: int = 1, num_classes
         representation_steps=config.representation_steps,
         pretrain_steps=config.pretrain_steps,
         entropy_weight=config.entropy_weight,
+        representation_loss=config.representation_loss,
+        label_smoothing=config.label_smoothing,
     )
 
 

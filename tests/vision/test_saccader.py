@@ -108,6 +108,22 @@ def test_pretraining_targets_the_best_cells_of_the_predicted_class():
     assert losses[-1] < 0.9 * losses[0]
 
 
+def test_representation_losses():
+    batch = _batch()
+    for kind in ("cells", "mean"):
+        model = _model(representation_steps=1, representation_loss=kind, label_smoothing=0.0)
+        out = model(batch, estimator=build_estimator("reinforce"), num_samples=1, step=0)
+        memory = model.encode(batch, frozen=False)
+        cells = memory["cell_logits"]
+        if kind == "mean":
+            expected = torch.nn.functional.cross_entropy(cells.mean(1), batch["labels"])
+        else:
+            expected = torch.nn.functional.cross_entropy(cells.flatten(0, 1), batch["labels"].repeat_interleave(cells.shape[1]))
+        torch.testing.assert_close(out["loss"], expected)
+    with pytest.raises(ValueError, match="representation_loss"):
+        _model(representation_loss="max")
+
+
 def test_too_many_glimpses_is_an_error():
     with pytest.raises(ValueError, match="cells"):
         _model(num_glimpses=200).encode(_batch(height=12, width=12))
