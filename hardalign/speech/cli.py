@@ -138,8 +138,10 @@ def plot_alignment(task: Any, model: torch.nn.Module, utt: str | None, split: st
                 emit_steps = traj.locations[0, 0, :T].nonzero().flatten().tolist()
                 labels = task.vocab.decode(batch["targets"][0, : int(batch["target_lengths"][0])].tolist()) + ["</s>"]
                 drawn_phones = [(_seconds(s, task), p) for s, p in zip(emit_steps, labels)]
-        else:
+        else:  # CTC: the probability of a non-blank output per step stands in for "emit"
             hyp = model.decode(batch["features"], batch["feature_lengths"])[0]
+            non_blank = 1.0 - model.log_probs(batch["features"], batch["feature_lengths"])[0, :T, 0].exp()
+            axes[1].plot(steps_x, non_blank.cpu().tolist(), label="CTC: 1 - P(blank)", color="C0")
             decoded_phones = [(_seconds(s, task), p) for s, p in zip(hyp.steps, task.vocab.decode(hyp.labels))]
     axes[1].set_ylim(-0.02, 1.02)
     axes[1].set_ylabel("emit prob.")

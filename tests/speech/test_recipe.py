@@ -106,3 +106,21 @@ def test_every_recipe_config_trains_one_step(conf, tiny_corpus):
     out = model(batch, estimator=estimator, num_samples=config.train.num_samples, step=0)
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
+
+
+def test_ctc_run_decodes_and_plots(tiny_corpus, tmp_path):
+    from hardalign.cli import main as hardalign
+    from hardalign.train.config import resolve_config
+    from hardalign.train.loop import train
+
+    run = tmp_path / "ctc"
+    config = resolve_config(
+        str(REPO / "recipes/timit/conf/ctc.yaml"),
+        ["--data-dir", str(tiny_corpus), "--out-dir", str(run), "--max-steps", "2", "--hidden-size", "16", "--batch-size", "4",
+         "--progress", "false", "--tensorboard", "false", "--max-minutes", "null"],
+    )
+    train(config)
+    assert hardalign(["decode", "--checkpoint", str(run / "checkpoint.pt"), "--split", "dev"]) == 0
+    assert (run / "hyp-dev.jsonl").is_file()
+    assert hardalign(["plot", "alignment", "--checkpoint", str(run / "checkpoint.pt"), "--split", "dev", "--out", str(run / "a.png")]) == 0
+    assert (run / "a.png").stat().st_size > 0
