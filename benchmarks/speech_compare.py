@@ -12,7 +12,8 @@ Columns: test PER clean and per noise condition; training seconds to reach ``--t
 dev (first dev evaluation at or below it; evaluation time excluded); steps done; and the gradient
 variance of the proposal's parameters at initialisation (trace of the covariance of
 ``--variance-draws`` gradient estimates on one fixed batch, same initial weights for every
-estimator; the posterior's parameters for posterior proposals, p's emit head for the prior).
+estimator; the posterior's parameters for posterior proposals, p's emit head for the prior; the
+trace divided by the squared norm of the mean gradient makes the two comparable).
 
     python benchmarks/speech_compare.py --data-dir exp/timit/data --minutes 6 \\
         --out recipes/timit/results/compare.md
@@ -93,8 +94,9 @@ def last_train_step(metrics_file: Path) -> int | None:
     return steps[-1] if steps else None
 
 
-def gradient_variance(run: str, args: argparse.Namespace) -> float | None:
-    """Trace of the covariance of the proposal's gradient over repeated estimates at initialisation."""
+def gradient_variance(run: str, args: argparse.Namespace) -> tuple[float, float] | None:
+    """Trace of the covariance of the proposal's gradient over repeated estimates at initialisation,
+    and that trace divided by the squared norm of the mean gradient (comparable across parameter sets)."""
     if run == "ctc":
         return None
     from hardalign.data import collate_speech
@@ -117,11 +119,12 @@ def gradient_variance(run: str, args: argparse.Namespace) -> float | None:
         out["loss"].backward()
         draws.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]))
     stacked = torch.stack(draws)  # [draws, params]
-    return float(stacked.var(dim=0).sum())
+    trace = float(stacked.var(dim=0).sum())
+    return trace, trace / max(float(stacked.mean(0).square().sum()), 1e-30)
 
 
 def format_table(rows: list[dict], noise: list[str], args: argparse.Namespace) -> str:
-    head = ["run", "test PER clean"] + [f"test PER {n.rpartition(':')[0]} {n.rpartition(':')[2]} dB" for n in noise] + [f"s to dev PER <= {100 * args.target_per:g}%", "steps", "grad. variance at init"]
+    head = ["run", "test PER clean"] + [f"test PER {n.rpartition(':')[0]} {n.rpartition(':')[2]} dB" for n in noise] + [f"s to dev PER <= {100 * args.target_per:g}%", "steps", "grad. variance at init (trace)", "variance / mean^2"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def pct(x):
@@ -131,7 +134,7 @@ def format_table(rows: list[dict], noise: list[str], args: argparse.Namespace) -
         cells = [row["label"], pct(row["per"])] + [pct(row["noise"].get(n)) for n in noise]
         cells.append("not reached" if row["time_to_target"] is None else f"{row['time_to_target']:.0f}")
         cells.append(str(row["steps"]))
-        cells.append("n/a (no latent)" if row["variance"] is None else f"{row['variance']:.3g}")
+        cells += ["n/a (no latent)"] * 2 if row["variance"] is None else [f"{row['variance'][0]:.3g}", f"{row['variance'][1]:.3g}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
