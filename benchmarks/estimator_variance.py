@@ -75,7 +75,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", type=int, default=4000)
     parser.add_argument("--out", default="benchmarks/results/estimator_variance.md")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1: stable timings on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     short, long = MarkovBernoulli(3, offset=-2.0), MarkovBernoulli(50, offset=-2.0)
     lines = [
