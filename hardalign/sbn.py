@@ -275,7 +275,7 @@ class SBNTask:
         )
 
     def train_batches(self, epoch: int) -> Iterator[dict]:
-        from hardalign.train.tasks import shard_batches
+        from hardalign.data.sampling import shard_batches
 
         for index in shard_batches(
             len(self.train_x),

@@ -18,7 +18,7 @@ Public surface (everything a recipe needs)::
 # do not pay for importing torch/torchaudio.
 _EXPORTS = {
     "AudioError": "hardalign.data.audio",
-    "BucketBatchSampler": "hardalign.data.dataset",
+    "BucketBatchSampler": "hardalign.data.sampling",
     "CMVN": "hardalign.data.features",
     "ErrorCounts": "hardalign.data.scoring",
     "FeatureCache": "hardalign.data.cache",

@@ -1,4 +1,4 @@
-"""Speech dataset, collate and length-bucketing sampler: manifests in, padded batches out.
+"""Speech dataset and collate: manifests in, padded batches out (bucketing: :mod:`hardalign.data.sampling`).
 
 :func:`load_speech_dataset` is the one entry point a recipe needs::
 
@@ -22,23 +22,21 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torchaudio.functional as AF
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from hardalign.data.audio import read_audio
 from hardalign.data.cache import FeatureCache
 from hardalign.data.features import CMVN, FeatureConfig, extract_features, load_cmvn, num_frames, stack_frames
 from hardalign.data.phones import PHONE_SETS, Vocabulary, fold_phones
+from hardalign.data.sampling import BucketBatchSampler
 from hardalign.data.timit import SPLITS, read_manifest
 
 __all__ = [
-    "BucketBatchSampler",
     "SpeechDataset",
     "UnalignableError",
     "collate_speech",
@@ -165,76 +163,6 @@ def collate_speech(items: Sequence[dict]) -> dict:
         "ids": [it["id"] for it in items],
         "speakers": [it["speaker"] for it in items],
     }
-
-
-class BucketBatchSampler(Sampler[list[int]]):
-    """Batches of similar-length utterances, reshuffled per epoch, sharded over DDP ranks.
-
-    Utterances are shuffled, cut into pools of ``bucket_size`` batches, sorted by length inside
-    each pool and cut into batches; the batch order is shuffled again. Without ``shuffle`` the
-    batches are contiguous in length order. Each rank gets the same number of batches (the
-    list is padded by repeating batches from its start).
-
-    Args:
-        lengths: per-utterance length (model steps).
-        batch_size: utterances per batch.
-        shuffle: reshuffle every epoch (seeded by ``seed + epoch``).
-        seed: base seed.
-        bucket_size: batches per sorting pool (larger = less padding, less randomness).
-        drop_last: drop a final short batch.
-        num_replicas, rank: DDP sharding.
-
-    Example:
-        >>> s = BucketBatchSampler([5, 1, 4, 2, 3], batch_size=2, shuffle=False)
-        >>> list(s)
-        [[1, 3], [4, 2], [0]]
-    """
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 bucket_size: int = 50, drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.bucket_size = bucket_size
-        self.drop_last = drop_last
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def _batches(self) -> list[list[int]]:
-        order = list(range(len(self.lengths)))
-        rng = random.Random(self.seed + self.epoch)
-        if self.shuffle:
-            rng.shuffle(order)
-            pool = self.batch_size * self.bucket_size
-            order = [i for s in range(0, len(order), pool)
-                     for i in sorted(order[s:s + pool], key=lambda i: self.lengths[i])]
-        else:
-            order.sort(key=lambda i: self.lengths[i])
-        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        if self.shuffle:
-            rng.shuffle(batches)
-        if self.num_replicas > 1 and batches:
-            per_rank = -(-len(batches) // self.num_replicas)
-            batches = (batches * (1 + per_rank * self.num_replicas // len(batches)))[:per_rank * self.num_replicas]
-            batches = batches[self.rank::self.num_replicas]
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
-
-    def __len__(self) -> int:
-        return len(self._batches())
 
 
 class _PhoneTargets:

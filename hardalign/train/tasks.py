@@ -37,7 +37,7 @@ The contract, as the trainer calls it::
             # world_size ranks each yields batch_size // world_size examples per step, and the
             # ranks must yield the same number of batches. Must be a deterministic function of
             # (train_config.seed, epoch, rank, world_size) that does not draw from the global
-            # RNGs (use a torch.Generator seeded from seed and epoch; see shard_batches), so
+            # RNGs (use hardalign.data.sampling: shard_batches / BucketBatchSampler), so
             # that resuming mid-epoch replays the same order.
 
         def evaluate(self, model, split: str) -> dict[str, float]:
@@ -60,9 +60,11 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import Any, Iterator
+from typing import Any
 
 import torch
+
+from hardalign.data.sampling import shard_batches  # re-exported: the one sharding mechanism lives in the data layer
 
 __all__ = ["TASKS", "get_task_class", "build_task", "shard_batches"]
 
@@ -111,51 +113,3 @@ def build_task(
     task_class = get_task_class(name)
     return task_class(config, train_config, device=device, rank=rank, world_size=world_size)
 
-
-def shard_batches(
-    num_examples: int,
-    batch_size: int,
-    *,
-    seed: int,
-    epoch: int,
-    rank: int = 0,
-    world_size: int = 1,
-    shuffle: bool = True,
-    drop_last: bool = True,
-) -> Iterator[torch.Tensor]:
-    """Yield this rank's example indices for each global batch of one epoch.
-
-    The epoch's order is a permutation drawn from a private ``torch.Generator`` seeded with
-    ``(seed, epoch)`` (the global RNGs are not touched); it is cut into global batches of
-    ``batch_size`` and rank ``r`` takes the ``r``-th contiguous slice of ``batch_size //
-    world_size`` indices of each. With equal slices, averaging the ranks' mean-over-batch
-    gradients (what DistributedDataParallel does) equals the single-process gradient on the
-    whole global batch.
-
-    Args:
-        num_examples: size of the training set.
-        batch_size: the global batch size; must be divisible by ``world_size``.
-        seed, epoch: select the permutation.
-        rank, world_size: which shard.
-        shuffle: permute (``False``: natural order).
-        drop_last: drop a last incomplete global batch (otherwise it is split as evenly as
-            possible; ranks then see unequal sizes).
-
-    Yields:
-        ``[batch_size // world_size]`` long tensors of indices.
-    """
-    if batch_size < 1 or num_examples < 1:
-        raise ValueError(f"shard_batches(): batch_size and num_examples must be >= 1, got {batch_size}, {num_examples}")
-    if batch_size % world_size:
-        raise ValueError(f"batch_size={batch_size} (the global batch) must be divisible by world_size={world_size}")
-    if shuffle:
-        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-        order = torch.randperm(num_examples, generator=generator)
-    else:
-        order = torch.arange(num_examples)
-    for start in range(0, num_examples, batch_size):
-        batch = order[start : start + batch_size]
-        if len(batch) < batch_size and drop_last:
-            break
-        # contiguous shards of the global batch; torch.tensor_split keeps them as even as possible
-        yield torch.tensor_split(batch, world_size)[rank]

@@ -186,7 +186,7 @@ class GlimpseTask:
         return build_glimpse_model(self.config)
 
     def train_batches(self, epoch: int) -> Iterator[dict]:
-        from hardalign.train.tasks import shard_batches
+        from hardalign.data.sampling import shard_batches
 
         seed = int(self.train_config.seed)
         # fresh canvases each epoch, a deterministic function of (seed, epoch) (resume replays them)
