@@ -16,7 +16,7 @@ from hardalign.data.synth import (
     espeak_synthesize,
     synth_speakers,
 )
-from hardalign.data.synth_text import TEMPLATES, lexicon
+from hardalign.data.synth.text import TEMPLATES, lexicon
 
 SMALL = dict(speakers=2, utterances=3, eval_speakers=2, eval_utterances=2)
 

@@ -1,0 +1,34 @@
+"""The offline corpus: TIMIT-layout speech synthesised with libespeak-ng (DESIGN.md section 7).
+
+One module per concept:
+
+* :mod:`~hardalign.data.synth.espeak`: the ctypes binding of libespeak-ng
+  (:func:`espeak_synthesize`: 22.05 kHz audio plus one PHONEME event per phone);
+* :mod:`~hardalign.data.synth.segments`: phoneme events -> TIMIT phone segments and word spans
+  (:data:`ESPEAK_TO_TIMIT`);
+* :mod:`~hardalign.data.synth.speakers`: speaker design, voice variant x pitch x rate
+  (:func:`synth_speakers`; dev/test voices never occur in training);
+* :mod:`~hardalign.data.synth.text`: the sentence grammar (held-out dev/test sentences);
+* :mod:`~hardalign.data.synth.corpus`: the corpus writer (:func:`build_synth_corpus`: SPHERE
+  ``.WAV``, ``.PHN``, ``.WRD``, ``.TXT`` in TIMIT's layout, then the manifests).
+
+``hardalign prepare synth --out DIR`` wraps :func:`build_synth_corpus`.
+"""
+
+from hardalign.data.synth.corpus import SAMPLE_RATE, SynthResult, build_synth_corpus
+from hardalign.data.synth.espeak import espeak_synthesize
+from hardalign.data.synth.segments import ESPEAK_TO_TIMIT
+from hardalign.data.synth.speakers import PITCHES, RATES, VOICES, SynthSpeaker, synth_speakers
+
+__all__ = [
+    "ESPEAK_TO_TIMIT",
+    "PITCHES",
+    "RATES",
+    "SAMPLE_RATE",
+    "VOICES",
+    "SynthResult",
+    "SynthSpeaker",
+    "build_synth_corpus",
+    "espeak_synthesize",
+    "synth_speakers",
+]
