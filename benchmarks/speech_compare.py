@@ -101,6 +101,7 @@ def gradient_variance(run: str, args: argparse.Namespace) -> tuple[float, float]
         return None
     from hardalign.data import collate_speech
     from hardalign.estimators import build_estimator
+    from hardalign.objective import training_terms
     from hardalign.train.config import resolve_config
     from hardalign.train.tasks import build_task
 
@@ -115,7 +116,7 @@ def gradient_variance(run: str, args: argparse.Namespace) -> tuple[float, float]
     draws = []
     for _ in range(args.variance_draws):
         model.zero_grad(set_to_none=True)
-        out = model(batch, estimator=estimator, num_samples=config.train.num_samples, step=0)
+        out = training_terms(model(batch, num_samples=config.train.num_samples, step=0), estimator)
         out["loss"].backward()
         draws.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]))
     stacked = torch.stack(draws)  # [draws, params]

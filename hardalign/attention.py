@@ -20,7 +20,11 @@ into the batch, :mod:`hardalign.sampling`), with no host synchronisation inside 
 and returns a :class:`Trajectory` whose fields the estimators consume directly::
 
     traj = rollout(model, memory, num_samples=K, num_steps=T)
-    out = estimator(traj.log_weights, traj.log_q, mask=traj.mask)
+    out = estimator(traj.log_weights, traj.log_q, mask=traj.mask, progress=traj.progress)
+
+Models do not call estimators themselves: a model's training ``forward`` returns the trajectory
+in a :class:`hardalign.objective.LatentOutput` and :func:`hardalign.objective.training_terms`
+applies the estimator, the same way for every model family.
 
 Per-step log weights follow DESIGN.md section 2: ``l_t = log_p_t - log_q_t``. When the proposal
 *is* the model's own policy, ``log_p_t`` contains the same ``log q`` term and the two cancel,
@@ -71,9 +75,13 @@ class Trajectory:
         mask: steps whose decision was sampled (valid and not forced). ``[K, B, T]`` bool.
         valid: steps before the end of each example (padding excluded). ``[K, B, T]`` bool.
         final_state: the model's state after the last step (folded, ``N = K * B`` rows).
+        progress: optional integer ``[K, B, T]``, non-decreasing along T: which states are
+            comparable across particles (the speech model: labels emitted before step t). The
+            sequential estimators align the particles' futures on it; ``None`` means the step
+            index t.
     """
 
-    locations: torch.Tensor
+    locations: torch.Tensor | None
     log_q: torch.Tensor
     log_p: torch.Tensor
     log_weights: torch.Tensor
@@ -81,10 +89,30 @@ class Trajectory:
     mask: torch.Tensor
     valid: torch.Tensor
     final_state: Any
+    progress: torch.Tensor | None = None
 
     @property
     def num_samples(self) -> int:
         return self.log_q.shape[0]
+
+    @classmethod
+    def from_log_weights(cls, log_weights: torch.Tensor, log_q: torch.Tensor, mask: torch.Tensor | None = None) -> "Trajectory":
+        """A trajectory of a model that samples its latents without :func:`rollout` (e.g. a
+        sigmoid belief net whose layers are the steps): per-step ``log_weights`` and ``log_q``
+        ``[K, B, T]``; every step valid, ``mask`` (default all True) marks the sampled ones."""
+        if mask is None:
+            mask = torch.ones(log_q.shape, dtype=torch.bool, device=log_q.device)
+        valid = torch.ones(log_q.shape, dtype=torch.bool, device=log_q.device)
+        return cls(
+            locations=None,
+            log_q=log_q,
+            log_p=log_weights + log_q,
+            log_weights=log_weights,
+            entropy=torch.zeros_like(log_q),
+            mask=mask,
+            valid=valid,
+            final_state=None,
+        )
 
 
 def _entropy(dist: D.Distribution, like: torch.Tensor) -> torch.Tensor:

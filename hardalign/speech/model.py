@@ -37,6 +37,7 @@ label ``c``); the fed-back label 0 means "nothing emitted yet".
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -45,11 +46,11 @@ from torch import distributions as D
 from torch import nn
 
 from hardalign.attention import Trajectory, rollout
-from hardalign.estimators import NVIL, REINFORCE, reinforce_loss, reward_to_go
-from hardalign.sampling import unfold
+from hardalign.objective import LatentOutput
+from hardalign.sampling import fold_tree, unfold
 from hardalign.speech.posterior import Posterior
 
-__all__ = ["HardAlignmentRecognizer", "append_eos", "forced_decisions"]
+__all__ = ["HardAlignmentConfig", "HardAlignmentRecognizer", "append_eos", "forced_decisions"]
 
 
 def append_eos(targets: torch.Tensor, target_lengths: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,102 +110,118 @@ def _count_features(step: int, num_steps: torch.Tensor, emitted: torch.Tensor, n
     return torch.stack([torch.log1p(labels_left), torch.log1p(steps_left), torch.logit(rate)], dim=-1)
 
 
-class HardAlignmentRecognizer(nn.Module):
-    """Online hard-alignment phoneme recogniser with its training-time posterior and NVIL baseline.
+@dataclass
+class HardAlignmentConfig:
+    """The options of :class:`HardAlignmentRecognizer` (and of the ``timit`` task, which extends it).
 
-    Args:
-        input_dim: feature dimension F of a step (369 for 123-dim frames stacked by 3).
-        num_phones: n, the number of phone labels (ids ``1..n``; EOS is ``n + 1``).
-        hidden_size: width of the encoder LSTM layers of p.
+    Attributes:
+        hidden_size: width of the encoder LSTM layers of p (shared with the CTC baseline).
         encoder_layers: number of encoder layers (below the decision cell).
         decision_hidden: H, width of the decision cell (the top layer, which reads the feedback).
         label_embedding: width of the embedding of the fed-back label *before* its gate projection
             (the embedding is factored as ``[n + 2, E] x [E, 4H]``).
         posterior_hidden: width of the posterior's encoders and step RNN.
-        baseline_hidden: width of the NVIL baseline network.
+        baseline_hidden: width of the baseline network (the input-dependent baseline used by
+            ``nvil`` and by ``reinforce`` with ``baseline=learned``).
         proposal: ``"posterior"`` (sample z from q(z | x, y), variational training) or ``"prior"``
             (sample from p itself, REINFORCE on the reward ``sum_t z_t log d_t[y_next]``).
         emit_prior: initial emit probability of p (bias of its emit head).
         dropout: dropout rate on encoder outputs and on the heads' input, reached after
             ``dropout_ramp_steps`` training steps (linear ramp from 0).
+        dropout_ramp_steps: length of that ramp.
         entropy_weight, entropy_weight_final, entropy_decay_steps: weight of the bonus on the
             proposal's entropy (summed over steps, per utterance), decayed linearly.
         posterior_coupling: initial coefficient of p's ``log d_t[y_next]`` (relative to a uniform
             softmax) in q's emit logit: q starts out emitting where p expects the next label.
         posterior_aligner: give q its CTC aligner (:mod:`hardalign.speech.aligner`).
         aligner_weight: weight of the aligner's CTC loss (trains q's aligner only).
-        learned_baseline: with the ``reinforce`` estimator, subtract the baseline network's output
-            (Luo et al.'s learned baseline) and train it by regression onto the reward-to-go. NVIL
-            always uses it.
-
-    Forward (training): ``model(batch, estimator=..., num_samples=K, step=i)`` returns the dict the
-    trainer expects (``loss`` plus detached terms). See :meth:`forward`.
     """
 
-    def __init__(
-        self,
-        input_dim: int,
-        num_phones: int,
-        *,
-        hidden_size: int = 256,
-        encoder_layers: int = 2,
-        decision_hidden: int = 128,
-        label_embedding: int = 64,
-        posterior_hidden: int = 128,
-        baseline_hidden: int = 64,
-        proposal: str = "posterior",
-        emit_prior: float = 0.35,
-        dropout: float = 0.0,
-        dropout_ramp_steps: int = 0,
-        entropy_weight: float = 1.0,
-        entropy_weight_final: float = 0.1,
-        entropy_decay_steps: int = 1000,
-        learned_baseline: bool = True,
-        posterior_coupling: float = 0.0,
-        posterior_aligner: bool = True,
-        aligner_weight: float = 1.0,
-    ):
+    hidden_size: int = 256
+    encoder_layers: int = 2
+    decision_hidden: int = 128
+    label_embedding: int = 64
+    posterior_hidden: int = 128
+    baseline_hidden: int = 64
+    proposal: str = "posterior"
+    emit_prior: float = 0.35
+    dropout: float = 0.0
+    dropout_ramp_steps: int = 0
+    entropy_weight: float = 1.0
+    entropy_weight_final: float = 0.1
+    entropy_decay_steps: int = 1000
+    posterior_coupling: float = 0.0
+    posterior_aligner: bool = True
+    aligner_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.proposal not in ("prior", "posterior"):
+            raise ValueError(f"proposal={self.proposal!r}: must be 'prior' or 'posterior'")
+        for name in ("hidden_size", "encoder_layers", "decision_hidden", "label_embedding", "posterior_hidden", "baseline_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if not 0.0 < self.emit_prior < 1.0:
+            raise ValueError(f"emit_prior={self.emit_prior}: must be in (0, 1)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout}: must be in [0, 1)")
+
+
+class HardAlignmentRecognizer(nn.Module):
+    """Online hard-alignment phoneme recogniser with its training-time posterior and baseline network.
+
+    Args:
+        input_dim: feature dimension F of a step (369 for 123-dim frames stacked by 3).
+        num_phones: n, the number of phone labels (ids ``1..n``; EOS is ``n + 1``).
+        config: a :class:`HardAlignmentConfig` (default: all defaults).
+        **options: fields of :class:`HardAlignmentConfig` that override ``config``'s.
+
+    Training: ``model(batch, num_samples=K, step=i)`` returns a
+    :class:`hardalign.objective.LatentOutput` (the K alignments drawn from the proposal, the
+    baseline network's per-step prediction, the aligner's CTC loss and the entropy bonus); the
+    trainer applies the estimator to it (:func:`hardalign.objective.training_terms`).
+    """
+
+    def __init__(self, input_dim: int, num_phones: int, config: HardAlignmentConfig | None = None, **options: Any):
         super().__init__()
-        if proposal not in ("prior", "posterior"):
-            raise ValueError(f"proposal must be 'prior' or 'posterior', got {proposal!r}")
-        if num_phones < 1 or input_dim < 1 or hidden_size < 1:
-            raise ValueError(f"input_dim, num_phones and hidden_size must be >= 1, got {input_dim}, {num_phones}, {hidden_size}")
+        config = replace(config or HardAlignmentConfig(), **options)
+        if num_phones < 1 or input_dim < 1:
+            raise ValueError(f"input_dim and num_phones must be >= 1, got {input_dim}, {num_phones}")
+        self.config = config
         self.input_dim = input_dim
         self.num_phones = num_phones
         self.eos_id = num_phones + 1
         self.num_classes = num_phones + 1  # softmax over labels 1..n+1
-        self.hidden_size = decision_hidden
-        self.encoder_hidden = hidden_size
-        self.proposal = proposal
-        self.learned_baseline = learned_baseline
-        self.dropout = dropout
-        self.dropout_ramp_steps = dropout_ramp_steps
-        self.entropy_weight = entropy_weight
-        self.entropy_weight_final = entropy_weight_final
-        self.entropy_decay_steps = entropy_decay_steps
-        if encoder_layers < 1 or decision_hidden < 1:
-            raise ValueError(f"encoder_layers and decision_hidden must be >= 1, got {encoder_layers}, {decision_hidden}")
-        H = decision_hidden
+        self.hidden_size = config.decision_hidden
+        self.encoder_hidden = config.hidden_size
+        self.proposal = config.proposal
+        self.dropout = config.dropout
+        self.dropout_ramp_steps = config.dropout_ramp_steps
+        self.entropy_weight = config.entropy_weight
+        self.entropy_weight_final = config.entropy_weight_final
+        self.entropy_decay_steps = config.entropy_decay_steps
+        H, hidden_size = config.decision_hidden, config.hidden_size
         # --- model p ---
         # encoder: no feedback, once per utterance (dropout between layers is applied by hand below)
-        self.encoder = nn.ModuleList(nn.LSTM(input_dim if i == 0 else hidden_size, hidden_size, batch_first=True) for i in range(encoder_layers))
+        self.encoder = nn.ModuleList(
+            nn.LSTM(input_dim if i == 0 else hidden_size, hidden_size, batch_first=True) for i in range(config.encoder_layers)
+        )
         self.gate_input = nn.Linear(hidden_size, 4 * H)  # encoder output -> decision-cell gates (its bias)
         self.gate_hidden = nn.Linear(H, 4 * H, bias=False)  # decision-cell recurrence
         self.gate_decision = nn.Embedding(2, 4 * H)  # fed-back z_{t-1}
-        self.label_embedding = nn.Embedding(num_phones + 2, label_embedding)  # 0 = nothing emitted yet
-        self.gate_label = nn.Linear(label_embedding, 4 * H, bias=False)
+        self.label_embedding = nn.Embedding(num_phones + 2, config.label_embedding)  # 0 = nothing emitted yet
+        self.gate_label = nn.Linear(config.label_embedding, 4 * H, bias=False)
         self.emit_head = nn.Linear(H, 1)
         self.label_head = nn.Linear(H, self.num_classes)
         # --- posterior q(z | x, y), used only in training ---
-        self.posterior = Posterior(input_dim, num_phones, hidden_size=posterior_hidden, coupling=posterior_coupling, aligner=posterior_aligner)
-        self.aligner_weight = aligner_weight
-        # --- NVIL baseline: per step, reads the proposal's state (detached) and the counts ---
-        proposal_width = posterior_hidden if proposal == "posterior" else decision_hidden
-        self.baseline_net = nn.Sequential(nn.Linear(proposal_width + 3, baseline_hidden), nn.Tanh(), nn.Linear(baseline_hidden, 1))
-        self._initialise(emit_prior)
+        self.posterior = Posterior(
+            input_dim, num_phones, hidden_size=config.posterior_hidden, coupling=config.posterior_coupling, aligner=config.posterior_aligner
+        )
+        self.aligner_weight = config.aligner_weight
+        # --- input-dependent baseline: per step, reads the proposal's state (detached) and the counts ---
+        proposal_width = config.posterior_hidden if config.proposal == "posterior" else H
+        self.baseline_net = nn.Sequential(nn.Linear(proposal_width + 3, config.baseline_hidden), nn.Tanh(), nn.Linear(config.baseline_hidden, 1))
+        self._initialise(config.emit_prior)
         self._dropout_now = 0.0
-        self._need_baseline = False  # set per call: only NVIL / learned-baseline REINFORCE read it
-        self._record_probs = False  # set per call: emit probabilities per step (pictures)
 
     def _initialise(self, emit_prior: float) -> None:
         H = self.hidden_size
@@ -313,7 +330,7 @@ class HardAlignmentRecognizer(nn.Module):
             "emit_logit": emit_logit,
             "label_logp": label_logp,
             "emitted": torch.zeros(N, dtype=torch.long, device=gates0.device),
-            "record": {"p_emit": [], "q_emit": [], "baseline": []},
+            "record": {"p_emit": [], "q_emit": [], "proposal_state": []},
         }
         if "labels" in memory:
             state["label_next_logp"] = self._next_label_logp(state, memory)
@@ -363,13 +380,13 @@ class HardAlignmentRecognizer(nn.Module):
         log_p = torch.where(is_forced, torch.zeros_like(log_p_decision), log_p_decision)
         log_p = log_p + torch.where(emit, state["label_next_logp"], torch.zeros_like(log_p))
         record = state["record"]
-        if self._record_probs:
+        if memory.get("record_probs"):
             record["p_emit"].append(torch.sigmoid(state["emit_logit"]).detach())
             if "q_logit" in state:
                 record["q_emit"].append(torch.sigmoid(state["q_logit"]).detach())
-        if self._need_baseline:
-            # NVIL baseline for step t from the proposal's state before the decision
-            record["baseline"].append(self._baseline(state, memory))
+        # the proposal's state before the decision: what the baseline network reads (afterwards,
+        # in one batched call, and only when the estimator uses a baseline)
+        record["proposal_state"].append((state["q"] if "q" in state else state["h"]).detach())
         # advance to step t + 1 with the fed-back decision and label
         labels = memory["labels"]
         label_now = labels.gather(1, state["emitted"].clamp(max=labels.shape[1] - 1).unsqueeze(1)).squeeze(1)
@@ -396,10 +413,21 @@ class HardAlignmentRecognizer(nn.Module):
             self._posterior_step(new_state, memory, z)
         return new_state, log_p, valid
 
-    def _baseline(self, state: dict[str, Any], memory: dict[str, Any]) -> torch.Tensor:
-        proposal_state = state["q"] if "q" in state else state["h"]
-        counts = _count_features(state["t"], memory["num_steps"], state["emitted"], memory["num_labels"], proposal_state.dtype)
-        return self.baseline_net(torch.cat([proposal_state.detach(), counts], dim=-1)).squeeze(-1)
+    def baselines(self, trajectory: Trajectory, memory: dict[str, Any]) -> torch.Tensor:
+        """The baseline network's prediction of the return at every step, ``[K, B, T]``.
+
+        It reads what the proposal knew before each decision: its state (detached) and the
+        counts of labels and steps left, so it depends on ``z_{<t}`` only.
+        """
+        K = trajectory.num_samples
+        states = torch.stack(trajectory.final_state["record"]["proposal_state"], dim=1)  # [K * B, T, H]
+        z = trajectory.locations.flatten(0, 1)  # [K, B, T] -> [K * B, T]
+        emitted = (z.cumsum(-1) - z).long()  # labels emitted before step t
+        steps = torch.arange(z.shape[1], device=z.device)  # [T]
+        folded = fold_tree({"num_steps": memory["num_steps"], "num_labels": memory["num_labels"]}, K)
+        counts = _count_features(steps, folded["num_steps"].unsqueeze(1), emitted, folded["num_labels"].unsqueeze(1), states.dtype)
+        values = self.baseline_net(torch.cat([states, counts], dim=-1)).squeeze(-1)  # [K * B, T]
+        return unfold(values, K)  # [K, B, T]
 
     # ------------------------------------------------------------------ training
     def sample_alignments(
@@ -422,7 +450,8 @@ class HardAlignmentRecognizer(nn.Module):
         Returns:
             the :class:`Trajectory` (``[K, B, T]`` fields); ``final_state["record"]`` holds the
             per-step lists ``p_emit``, ``q_emit`` (emit probabilities, ``[K * B]`` each; with
-            ``record``) and ``baseline`` (baseline network outputs, when an estimator needs them).
+            ``record``) and ``proposal_state`` (the proposal's state before each decision, which
+            :meth:`baselines` reads).
 
         Raises:
             ValueError: an utterance has fewer steps than labels + EOS (it cannot be aligned).
@@ -441,66 +470,46 @@ class HardAlignmentRecognizer(nn.Module):
     def _rollout(self, batch, num_samples, generator=None, record=False) -> tuple[Trajectory, dict[str, Any]]:
         features, feature_lengths = batch["features"], batch["feature_lengths"]
         memory = self.encode(features, feature_lengths, batch["targets"], batch["target_lengths"], with_posterior=self.proposal == "posterior")
-        self._record_probs = record
-        try:
-            return rollout(self, memory, num_samples=num_samples, num_steps=features.shape[1], generator=generator), memory
-        finally:
-            self._record_probs = False
+        memory["record_probs"] = record
+        trajectory = rollout(self, memory, num_samples=num_samples, num_steps=features.shape[1], generator=generator)
+        # progress of each particle: labels emitted before step t (what makes states comparable
+        # across particles for the sequential estimators)
+        z = trajectory.locations.long()
+        trajectory.progress = z.cumsum(-1) - z
+        return trajectory, memory
 
-    def forward(self, batch: dict[str, Any], *, estimator: nn.Module, num_samples: int, step: int = 0) -> dict[str, torch.Tensor]:
-        """One training loss: sample K alignments, apply the estimator, add the entropy bonus.
+    def forward(self, batch: dict[str, Any], *, num_samples: int, step: int = 0) -> LatentOutput:
+        """Draw K alignments per utterance from the proposal: the training output.
+
+        Args:
+            batch: the speech batch (``features [B, T, F]``, ``feature_lengths [B]``, ``targets
+                [B, U]``, ``target_lengths [B]``).
+            num_samples: K.
+            step: the optimiser step (drives the dropout ramp and the entropy-weight schedule).
 
         Returns:
-            ``loss`` (scalar to minimise) and detached terms: ``objective`` (the estimator's
-            objective, mean over the batch), ``entropy`` (proposal entropy per utterance),
-            ``entropy_weight``, ``emissions_per_label`` and, for NVIL, its baseline loss.
+            a :class:`hardalign.objective.LatentOutput`: the trajectory (with ``progress``, the
+            labels emitted before each step), the baseline network's per-step prediction
+            (computed only if the estimator uses it), the loss terms ``entropy_bonus`` (minus the
+            scheduled weight times the proposal's entropy per utterance) and ``aligner_ctc``
+            (weighted), and the metrics ``entropy``, ``entropy_weight``, ``emit_rate``.
+
+        Raises:
+            ValueError: an utterance has fewer steps than labels + EOS (it cannot be aligned).
         """
         self._dropout_now = self.dropout_at(step) if self.training else 0.0
-        # Luo et al.'s REINFORCE with a learned baseline: the module form takes no baseline tensor,
-        # so the pure function is called with the network's (detached) output, trained here.
-        reinforce_learned = isinstance(estimator, REINFORCE) and self.learned_baseline and estimator.baseline == "none"
-        self._need_baseline = isinstance(estimator, NVIL) or reinforce_learned
-        try:
-            self._check_alignable(batch)
-            traj, memory = self._rollout(batch, num_samples)
-        finally:
-            self._need_baseline = False
-        kwargs = {}
-        regression = None
-        if isinstance(estimator, NVIL) or reinforce_learned:
-            baseline = torch.stack(traj.final_state["record"]["baseline"], dim=1)  # [K * B, T]
-            baseline = unfold(baseline, num_samples)  # [K, B, T]
-            if isinstance(estimator, REINFORCE):
-                # REINFORCE subtracts the given baseline; its regression onto the reward-to-go is ours
-                returns = reward_to_go(traj.log_weights.detach())
-                error = torch.where(traj.mask, (baseline - returns) ** 2, torch.zeros_like(returns))
-                regression = error.sum() / traj.mask.sum().clamp_min(1)
-                baseline = baseline.detach()
-            kwargs["baseline"] = baseline
-        if reinforce_learned:
-            out = reinforce_loss(traj.log_weights, traj.log_q, traj.mask, baseline=kwargs["baseline"], per_step=estimator.per_step)
-        else:
-            out = estimator(traj.log_weights, traj.log_q, mask=traj.mask, **kwargs)
-        entropy = traj.entropy.sum(-1).mean()  # per utterance, mean over particles and batch
+        self._check_alignable(batch)
+        trajectory, memory = self._rollout(batch, num_samples)
+        entropy = trajectory.entropy.sum(-1).mean()  # per utterance, mean over particles and batch
         weight = self.entropy_weight_at(step)
-        loss = out.loss - weight * entropy
-        if regression is not None:
-            loss = loss + regression
+        losses = {"entropy_bonus": -weight * entropy}
         aligner_loss = memory.get("posterior", {}).get("aligner_loss")
         if aligner_loss is not None:
-            loss = loss + self.aligner_weight * aligner_loss.value
-        result = {
-            "loss": loss,
-            "objective": out.objective.detach().mean(),
+            losses["aligner_ctc"] = self.aligner_weight * aligner_loss.value
+        valid = trajectory.valid
+        metrics = {
             "entropy": entropy.detach(),
-            "entropy_weight": torch.tensor(weight),
-            "emit_rate": (traj.locations * traj.valid).sum().detach() / traj.valid.sum().clamp_min(1),
+            "entropy_weight": entropy.new_tensor(weight).detach(),
+            "emit_rate": (trajectory.locations * valid).sum() / valid.sum().clamp_min(1),
         }
-        if regression is not None:
-            result["baseline_loss"] = regression.detach()
-        if aligner_loss is not None:
-            result["aligner_ctc"] = aligner_loss.value.detach()
-        for name, value in getattr(out, "stats", {}).items():
-            if isinstance(value, torch.Tensor) and value.dim() == 0:
-                result[name] = value.detach()
-        return result
+        return LatentOutput(trajectory, baseline=lambda: self.baselines(trajectory, memory), losses=losses, metrics=metrics)

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Iterable, Iterator
 
 import torch
 
 from hardalign.speech.ctc import CTCRecognizer
 from hardalign.speech.decode import Hypothesis, beam_search, greedy_decode
-from hardalign.speech.model import HardAlignmentRecognizer
+from hardalign.speech.model import HardAlignmentConfig, HardAlignmentRecognizer
 
 __all__ = ["SpeechTask", "SpeechTaskConfig", "decode_batch", "parse_noise_conditions"]
 
@@ -37,8 +37,14 @@ _DECODERS = ("greedy", "beam")
 
 
 @dataclass
-class SpeechTaskConfig:
+class SpeechTaskConfig(HardAlignmentConfig):
     """Options of the speech task (flat scalars; YAML keys and ``--kebab-case`` overrides).
+
+    The hard-alignment model's own options are those of :class:`HardAlignmentConfig` (inherited:
+    ``hidden_size``, ``encoder_layers``, ``decision_hidden``, ``label_embedding``,
+    ``posterior_hidden``, ``baseline_hidden``, ``proposal``, ``emit_prior``, ``dropout``,
+    ``dropout_ramp_steps``, the entropy schedule, ``posterior_coupling``, ``posterior_aligner``,
+    ``aligner_weight``); ``hidden_size`` and ``dropout`` also size and regularise the CTC baseline.
 
     Attributes:
         data_dir: directory with ``train/dev/test.jsonl`` manifests.
@@ -46,22 +52,7 @@ class SpeechTaskConfig:
         phone_set: training phone set, 61 (60 after deleting ``q``), 48 or 39; scoring is on 39.
         cmvn: ``global`` or ``speaker`` mean/variance normalisation (or ``none``).
         frame_stack: frames stacked per model step (3: 30 ms steps).
-        hidden_size: width of the encoder LSTM layers (shared with the CTC baseline).
-        encoder_layers: depth of p's encoder (below the decision cell).
-        decision_hidden: width of p's top LSTM cell, the one that reads the fed-back decisions.
         ctc_layers: LSTM layers of the CTC baseline (0: ``encoder_layers``, the same encoder as p).
-        label_embedding, posterior_hidden, baseline_hidden: sizes of the fed-back label
-            embedding, of q's encoders and step RNN, and of the NVIL baseline network.
-        proposal: ``posterior`` (q(z | x, y)) or ``prior`` (p's own policy, Luo-style REINFORCE).
-        emit_prior: initial emit probability of p.
-        posterior_coupling: initial weight of p's ``log d_t[y_next]`` in q's emit logit.
-        posterior_aligner: q includes a small unidirectional CTC aligner whose alignment
-            posterior proposes emission times (trained by its own CTC loss, training only).
-        aligner_weight: weight of that CTC loss.
-        learned_baseline: REINFORCE subtracts the learned per-step baseline (NVIL always does).
-        entropy_weight, entropy_weight_final, entropy_decay_steps: schedule of the bonus on the
-            proposal's entropy.
-        dropout, dropout_ramp_steps: dropout rate and its linear ramp from 0.
         decoder: ``greedy`` or ``beam``; beam_size: its width.
         train_noise: noise added on the fly to training audio, ``TYPE:LOW:HIGH`` dB (e.g.
             ``pink:0:15``) or empty for clean training.
@@ -80,24 +71,7 @@ class SpeechTaskConfig:
     phone_set: int = 61
     cmvn: str = "global"
     frame_stack: int = 3
-    hidden_size: int = 256
-    encoder_layers: int = 2
-    decision_hidden: int = 128
     ctc_layers: int = 0
-    label_embedding: int = 64
-    posterior_hidden: int = 128
-    baseline_hidden: int = 64
-    proposal: str = "posterior"
-    emit_prior: float = 0.35
-    learned_baseline: bool = True
-    posterior_coupling: float = 0.0
-    posterior_aligner: bool = True
-    aligner_weight: float = 1.0
-    entropy_weight: float = 1.0
-    entropy_weight_final: float = 0.1
-    entropy_decay_steps: int = 1000
-    dropout: float = 0.0
-    dropout_ramp_steps: int = 0
     decoder: str = "greedy"
     beam_size: int = 4
     train_noise: str = ""
@@ -109,16 +83,13 @@ class SpeechTaskConfig:
     num_threads: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.model not in _MODELS:
             raise ValueError(f"model={self.model!r}: must be one of {_MODELS}")
         if self.decoder not in _DECODERS:
             raise ValueError(f"decoder={self.decoder!r}: must be one of {_DECODERS}")
-        if self.proposal not in ("prior", "posterior"):
-            raise ValueError(f"proposal={self.proposal!r}: must be prior or posterior")
         if self.beam_size < 1:
             raise ValueError(f"beam_size={self.beam_size}: must be >= 1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout}: must be in [0, 1)")
         parse_noise_conditions(self.eval_noise)
 
 
@@ -228,27 +199,8 @@ class SpeechTask:
                 input_dim, num_phones, hidden_size=c.hidden_size, num_layers=c.ctc_layers or c.encoder_layers,
                 dropout=c.dropout, dropout_ramp_steps=c.dropout_ramp_steps,
             )
-        return HardAlignmentRecognizer(
-            input_dim,
-            num_phones,
-            hidden_size=c.hidden_size,
-            encoder_layers=c.encoder_layers,
-            decision_hidden=c.decision_hidden,
-            label_embedding=c.label_embedding,
-            posterior_hidden=c.posterior_hidden,
-            baseline_hidden=c.baseline_hidden,
-            proposal=c.proposal,
-            emit_prior=c.emit_prior,
-            dropout=c.dropout,
-            dropout_ramp_steps=c.dropout_ramp_steps,
-            entropy_weight=c.entropy_weight,
-            entropy_weight_final=c.entropy_weight_final,
-            entropy_decay_steps=c.entropy_decay_steps,
-            learned_baseline=c.learned_baseline,
-            posterior_coupling=c.posterior_coupling,
-            posterior_aligner=c.posterior_aligner,
-            aligner_weight=c.aligner_weight,
-        )
+        model_options = {f.name: getattr(c, f.name) for f in fields(HardAlignmentConfig)}
+        return HardAlignmentRecognizer(input_dim, num_phones, HardAlignmentConfig(**model_options))
 
     def train_batches(self, epoch: int) -> Iterator[dict]:
         from hardalign.data import BucketBatchSampler, collate_speech

@@ -73,7 +73,9 @@ class DistributedContext:
         if not self.active:
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        # find_unused_parameters: a step may leave parts of the model without gradient (the
+        # baseline network when the estimator takes no baseline, frozen stages of a Saccader)
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
 
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """Average ``tensor`` over ranks (in place; returned for chaining)."""

@@ -26,18 +26,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
+from hardalign.objective import training_terms
 from hardalign.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hardalign.train.config import ResolvedConfig, TrainConfig, save_config
 from hardalign.train.distributed import DistributedContext, cleanup_distributed, setup_distributed
 from hardalign.train.tasks import build_task
 
-__all__ = ["train", "TrainResult", "NonFiniteLossError", "seed_everything", "CHECKPOINT_NAME", "CONFIG_NAME"]
+__all__ = ["train", "TrainResult", "TrainingStep", "NonFiniteLossError", "seed_everything", "CHECKPOINT_NAME", "CONFIG_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.yaml"
@@ -233,6 +234,118 @@ def _format(values: dict[str, float]) -> str:
     return " ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}" for name, value in values.items())
 
 
+class TrainingStep(nn.Module):
+    """The model and the estimator as one module whose forward returns the loss terms.
+
+    The model rolls out (``model(batch, num_samples=K, step=i)``) and
+    :func:`hardalign.objective.training_terms` applies the estimator; under ``torchrun`` this
+    module is what DistributedDataParallel wraps, so that everything the loss depends on is
+    computed inside the wrapped forward.
+    """
+
+    def __init__(self, model: nn.Module, estimator: nn.Module):
+        super().__init__()
+        self.model = model
+        self.estimator = estimator
+
+    def forward(self, batch: Any, *, num_samples: int, step: int) -> dict[str, torch.Tensor]:
+        return training_terms(self.model(batch, num_samples=num_samples, step=step), self.estimator)
+
+
+@dataclass
+class _Run:
+    """Everything a checkpoint holds, and where the run stands (step, epoch, batch in the epoch)."""
+
+    config: ResolvedConfig
+    model: nn.Module
+    estimator: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    last_checkpoint_step: int | None = None
+
+
+def _save(run: _Run, ctx: DistributedContext, path: Path) -> None:
+    """Write the checkpoint (rank 0) with every rank's RNG state; a collective."""
+    rng = ctx.gather_objects(rng_state())
+    if ctx.is_main:
+        save_checkpoint(
+            path,
+            {
+                "format": 1,
+                "step": run.step,
+                "epoch": run.epoch,
+                "batch_in_epoch": run.batch_in_epoch,
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "estimator": run.estimator.state_dict(),
+                "rng": rng,
+                "world_size": ctx.world_size,
+                "config": run.config.to_dict(),
+            },
+        )
+        save_config(run.config, path.parent / CONFIG_NAME)
+    run.last_checkpoint_step = run.step
+
+
+def _resume(run: _Run, ctx: DistributedContext, path: Path) -> Any:
+    """Load a checkpoint into ``run``; returns this rank's RNG state to restore at the batch (or None)."""
+    state = load_checkpoint(path, map_location=ctx.device)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.estimator.load_state_dict(state["estimator"])
+    run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+    run.last_checkpoint_step = run.step
+    if ctx.is_main:
+        print(f"resumed from {path} at step {run.step} (epoch {run.epoch}, batch {run.batch_in_epoch})", file=sys.stderr)
+    if state.get("world_size") == ctx.world_size:
+        return state["rng"][ctx.rank]
+    # a different number of ranks cannot replay the same streams; start fresh ones
+    seed_everything(run.config.train.seed + 7919 * ctx.rank + run.step)
+    return None
+
+
+def _evaluate(task: Any, run: _Run, ctx: DistributedContext, logger: "_Logger", split: str) -> dict[str, float]:
+    """Evaluate on rank 0 without shifting the training random streams; the others wait."""
+    metrics: dict[str, float] = {}
+    if ctx.is_main:
+        saved = rng_state()
+        run.model.eval()
+        with torch.no_grad():
+            metrics = dict(task.evaluate(run.model, split))
+        run.model.train()
+        set_rng_state(saved)
+        logger.log(run.step, split, metrics, echo=f"step {run.step} {split}: {_format(metrics)}")
+    ctx.barrier()
+    return metrics
+
+
+def _raise_if_bad(bad_step: int, bad_terms: dict[str, float], run: _Run, path: Path, cause: BaseException | None = None) -> None:
+    if bad_step < 0:
+        return
+    kept = (
+        f"the last good checkpoint {str(path)!r} (step {run.last_checkpoint_step}) is kept"
+        if run.last_checkpoint_step is not None
+        else "no checkpoint had been written"
+    )
+    raise NonFiniteLossError(
+        f"non-finite loss at step {bad_step} ({_format(bad_terms)}); training stopped and {kept}. "
+        "Lower --lr, set --grad-clip, or check the model's log-probabilities for -inf."
+    ) from cause
+
+
+def _epoch_batches(task: Any, run: _Run) -> Iterator[Any]:
+    """This epoch's batches, past those done before a resume (the order is replayed, not redrawn)."""
+    batches = iter(task.train_batches(run.epoch))
+    for _ in range(run.batch_in_epoch):
+        next(batches, None)
+    return batches
+
+
 def train(config: ResolvedConfig) -> TrainResult:
     """Train the configured task with the configured estimator; resumable, torchrun-aware.
 
@@ -256,183 +369,111 @@ def train(config: ResolvedConfig) -> TrainResult:
 
 
 def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
+    from tqdm import tqdm
+
     from hardalign.estimators import build_estimator
 
     tc = config.train
     out_dir = Path(tc.out_dir)
     checkpoint_path = out_dir / CHECKPOINT_NAME
     resume_from = _resume_path(tc, checkpoint_path)
+
+    # -- build: seed, task, model, estimator, optimiser (identical initialisation on every rank) --
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / CONFIG_NAME)
-
-    # -- seed, task, model, estimator, optimiser (identical initialisation on every rank) --
     seed_everything(tc.seed)
     task = build_task(tc.task, config.task, tc, device=ctx.device, rank=ctx.rank, world_size=ctx.world_size)
     model = task.build_model().to(ctx.device)
     estimator = build_estimator(tc.estimator, **tc.estimator_options).to(ctx.device)
     optimizer = _build_optimizer(tc, model.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(tc))
+    run = _Run(config, model, estimator, optimizer, scheduler)
     parameters = [p for p in model.parameters() if p.requires_grad]
+    max_norm = tc.grad_clip if tc.grad_clip else float("inf")
 
-    # -- resume --
-    step = epoch = batch_in_epoch = 0
-    pending_rng = None
-    last_checkpoint_step = None
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=ctx.device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        estimator.load_state_dict(state["estimator"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        last_checkpoint_step = step
-        if state.get("world_size") == ctx.world_size:
-            pending_rng = state["rng"][ctx.rank]
-        else:  # a different number of ranks cannot replay the same streams; start fresh ones
-            seed_everything(tc.seed + 7919 * ctx.rank + step)
-        if ctx.is_main:
-            print(f"resumed from {resume_from} at step {step} (epoch {epoch}, batch {batch_in_epoch})", file=sys.stderr)
-    else:
-        # each rank draws its own samples; step 0 of a single process is the plain seed
+    # -- resume (or start each rank's own sampling stream; step 0 of one process is the plain seed) --
+    pending_rng = _resume(run, ctx, resume_from) if resume_from is not None else None
+    if resume_from is None:
         seed_everything(tc.seed + 7919 * ctx.rank)
-    ddp_model = ctx.wrap(model)
-    ddp_model.train()
-    estimator.train()
-
+    training_step = ctx.wrap(TrainingStep(model, estimator))
+    training_step.train()
     logger = _Logger(tc, out_dir, enabled=ctx.is_main)
-
-    def save() -> None:
-        rng = ctx.gather_objects(rng_state())  # collective: every rank takes part
-        if ctx.is_main:
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "format": 1,
-                    "step": step,
-                    "epoch": epoch,
-                    "batch_in_epoch": batch_in_epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "estimator": estimator.state_dict(),
-                    "rng": rng,
-                    "world_size": ctx.world_size,
-                    "config": config.to_dict(),
-                },
-            )
-            save_config(config, out_dir / CONFIG_NAME)
-
-    def evaluate(split: str) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        if ctx.is_main:
-            saved = rng_state()  # evaluation must not shift the training streams
-            model.eval()
-            with torch.no_grad():
-                metrics = dict(task.evaluate(model, split))
-            model.train()
-            set_rng_state(saved)
-            logger.log(step, split, metrics, echo=f"step {step} {split}: {_format(metrics)}")
-        ctx.barrier()
-        return metrics
-
-    def check(bad_step: int, bad_terms: dict[str, float], cause: BaseException | None = None) -> None:
-        if bad_step >= 0:
-            kept = (
-                f"the last good checkpoint {str(checkpoint_path)!r} (step {last_checkpoint_step}) is kept"
-                if last_checkpoint_step is not None
-                else "no checkpoint had been written"
-            )
-            raise NonFiniteLossError(
-                f"non-finite loss at step {bad_step} ({_format(bad_terms)}); training stopped and {kept}. "
-                "Lower --lr, set --grad-clip, or check the model's log-probabilities for -inf."
-            ) from cause
-
-    # -- the step loop --
     meter = _Meter(ctx.device)
-    from tqdm import tqdm
+    progress = tqdm(total=tc.max_steps, initial=run.step, disable=not (ctx.is_main and tc.progress), desc="train", dynamic_ncols=True)
 
-    progress = tqdm(total=tc.max_steps, initial=step, disable=not (ctx.is_main and tc.progress), desc="train", dynamic_ncols=True)
-    started = time.monotonic()
-    interval_started, interval_steps = started, 0
+    # -- the step loop: epochs until max_steps, max_epochs or max_minutes --
+    started = interval_started = time.monotonic()
+    interval_steps = 0
     train_metrics: dict[str, float] = {}
     stopped_by = "max_steps"
     try:
-        while step < tc.max_steps:
-            if tc.max_epochs is not None and epoch >= tc.max_epochs:
+        while run.step < tc.max_steps and stopped_by == "max_steps":
+            if tc.max_epochs is not None and run.epoch >= tc.max_epochs:
                 stopped_by = "max_epochs"
                 break
-            batches = iter(task.train_batches(epoch))
-            seen = 0
-            for _ in range(batch_in_epoch):  # resuming mid-epoch: replay the order, skip what was done
-                next(batches, None)
-                seen += 1
-            if pending_rng is not None:
+            seen = run.batch_in_epoch
+            batches = _epoch_batches(task, run)
+            if pending_rng is not None:  # the random streams as they were at this batch
                 set_rng_state(pending_rng)
                 pending_rng = None
-            out_of_time = False
             for batch in batches:
                 seen += 1
                 batch = _to_device(batch, ctx.device)
+                # forward (rollout + estimator), backward, clip, step
                 try:
-                    terms = ddp_model(batch, estimator=estimator, num_samples=tc.num_samples, step=step)
-                    if not isinstance(terms, dict) or "loss" not in terms:
-                        raise TypeError(f"task {tc.task!r}: the model must return a dict with a 'loss' entry, got {type(terms).__name__}")
+                    terms = training_step(batch, num_samples=tc.num_samples, step=run.step)
                     optimizer.zero_grad(set_to_none=True)
                     terms["loss"].backward()
                 except Exception as error:
                     # NaN parameters from an earlier non-finite step often fail here first (e.g. a
                     # distribution rejecting NaN logits): report the root cause, not the symptom
-                    check(*meter.first_bad(None), cause=error)
+                    _raise_if_bad(*meter.first_bad(None), run, checkpoint_path, cause=error)
                     raise
-                max_norm = tc.grad_clip if tc.grad_clip else float("inf")
                 grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
                 optimizer.step()
                 scheduler.step()
-                step += 1
-                batch_in_epoch += 1
+                run.step += 1
+                run.batch_in_epoch += 1
                 interval_steps += 1
-                meter.update(step, {**terms, "grad_norm": grad_norm})
+                meter.update(run.step, {**terms, "grad_norm": grad_norm})
                 progress.update(1)
-                last = step >= tc.max_steps
-                if not ctx.active and tc.max_minutes is not None:
-                    out_of_time = (time.monotonic() - started) / 60 >= tc.max_minutes
-                if step % tc.log_every == 0 or last or out_of_time:
-                    wants_stop = tc.max_minutes is not None and (time.monotonic() - started) / 60 >= tc.max_minutes
-                    averages, bad_step, bad_terms, stop = meter.sync(ctx, wants_stop)
-                    check(bad_step, bad_terms)
-                    out_of_time = out_of_time or stop
+
+                # log (the one host sync per interval), checkpoint, evaluate, stop
+                last = run.step >= tc.max_steps
+                out_of_time = tc.max_minutes is not None and (time.monotonic() - started) / 60 >= tc.max_minutes
+                if run.step % tc.log_every == 0 or last or (out_of_time and not ctx.active):
+                    averages, bad_step, bad_terms, any_rank_stops = meter.sync(ctx, out_of_time)
+                    _raise_if_bad(bad_step, bad_terms, run, checkpoint_path)
                     now = time.monotonic()
                     averages["lr"] = scheduler.get_last_lr()[0]
                     averages["steps_per_s"] = interval_steps / max(now - interval_started, 1e-9)
                     interval_started, interval_steps = now, 0
                     train_metrics = averages
-                    logger.log(step, "train", {"epoch": epoch, **averages})
+                    logger.log(run.step, "train", {"epoch": run.epoch, **averages})
                     if ctx.is_main and tc.progress:
                         progress.set_postfix(loss=f"{averages['loss']:.4g}", refresh=False)
-                if tc.checkpoint_every and step % tc.checkpoint_every == 0 and not last:
-                    check(*meter.first_bad(ctx))  # never overwrite a good checkpoint with damaged parameters
-                    save()
-                    last_checkpoint_step = step
-                if tc.eval_every and step % tc.eval_every == 0 and not last:
-                    evaluate(tc.eval_split)
-                if last or out_of_time:
+                    if any_rank_stops and not last:  # every rank leaves at the same step
+                        stopped_by = "max_minutes"
+                if tc.checkpoint_every and run.step % tc.checkpoint_every == 0 and not last:
+                    _raise_if_bad(*meter.first_bad(ctx), run, checkpoint_path)  # never overwrite a good checkpoint with damaged parameters
+                    _save(run, ctx, checkpoint_path)
+                if tc.eval_every and run.step % tc.eval_every == 0 and not last:
+                    _evaluate(task, run, ctx, logger, tc.eval_split)
+                if last or stopped_by != "max_steps":
                     break
             else:
                 if seen == 0:
-                    raise ValueError(f"task {tc.task!r} yielded no training batches in epoch {epoch} (is batch_size larger than the data?)")
-                epoch += 1
-                batch_in_epoch = 0
-                continue
-            if out_of_time and step < tc.max_steps:
-                stopped_by = "max_minutes"
-            break
+                    raise ValueError(f"task {tc.task!r} yielded no training batches in epoch {run.epoch} (is batch_size larger than the data?)")
+                run.epoch += 1
+                run.batch_in_epoch = 0
         progress.close()
-        # -- final checkpoint and evaluation --
-        check(*meter.first_bad(ctx))
-        save()
-        eval_metrics = evaluate(tc.eval_split)
+
+        # -- stop: final checkpoint and evaluation --
+        _raise_if_bad(*meter.first_bad(ctx), run, checkpoint_path)
+        _save(run, ctx, checkpoint_path)
+        eval_metrics = _evaluate(task, run, ctx, logger, tc.eval_split)
     finally:
         progress.close()
         logger.close()
-    return TrainResult(step, epoch, stopped_by, checkpoint_path, train_metrics, eval_metrics)
+    return TrainResult(run.step, run.epoch, stopped_by, checkpoint_path, train_metrics, eval_metrics)

@@ -9,8 +9,9 @@ The per-step log weights are therefore 0 except the last, and the estimators see
 
 (DESIGN.md section 6). Subclasses provide ``encode(batch) -> memory``, the protocol methods,
 ``location_policy(state, memory)`` (the distribution, used by both ``policy`` and ``update``)
-and put the final class logits in ``state["logits"]`` and NVIL baselines in
-``state["baselines"]`` (a tuple with one ``[N]`` tensor per step).
+and put the final class logits in ``state["logits"]`` and baseline predictions in
+``state["baselines"]`` (a tuple with one ``[N]`` tensor per step). Their training ``forward``
+returns a :class:`hardalign.objective.LatentOutput` (:meth:`GlimpseModel.latent_output`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import distributions as D
 from torch import nn
 
 from hardalign.attention import Trajectory, rollout
+from hardalign.objective import LatentOutput
 from hardalign.sampling import unfold
 
 __all__ = ["GlimpseModel", "images_to_float", "greedy_rollout"]
@@ -91,36 +93,23 @@ class GlimpseModel(nn.Module):
         memory = dict(memory, num_steps=num_steps)
         return rollout(self, memory, num_samples=num_samples, num_steps=num_steps, generator=generator)
 
-    def estimator_loss(
-        self, memory: dict, *, estimator: nn.Module, num_samples: int, entropy_weight: float = 0.0
-    ) -> dict[str, torch.Tensor]:
-        """Roll out K particles, hand the trajectory to ``estimator``; the task's loss dictionary.
+    def latent_output(self, memory: dict, *, num_samples: int, entropy_weight: float = 0.0) -> LatentOutput:
+        """Roll out K particles: the training output the objective layer applies the estimator to.
 
-        ``loss = estimator loss - entropy_weight * mean entropy of the policy`` (an optional
-        exploration bonus; 0 by default).
+        The baseline is the per-step prediction in ``state["baselines"]`` (from the state each
+        decision was made in); ``entropy_bonus`` (``-entropy_weight`` times the policy's mean
+        entropy per free step) is a loss term when ``entropy_weight > 0``; ``accuracy`` and
+        ``entropy`` are logged.
         """
-        from hardalign.estimators import NVIL
-
         traj = self.run(memory, num_samples=num_samples)
-        baseline = None
-        if isinstance(estimator, NVIL):
-            # one input-dependent baseline per step, from the state each decision was made in
-            baseline = unfold(torch.stack(traj.final_state["baselines"], dim=1), num_samples)  # [K*B, T] -> [K, B, T]
-        out = estimator(traj.log_weights, traj.log_q, mask=traj.mask, baseline=baseline)
         logits = unfold(traj.final_state["logits"], num_samples)  # [K * B, C] -> [K, B, C]
         correct = (logits.argmax(-1) == memory["labels"]).to(logits.dtype)
         entropy = (traj.entropy.sum(-1) / traj.mask.sum(-1).clamp_min(1)).mean()  # per free step
-        loss = out.loss - entropy_weight * entropy if entropy_weight else out.loss
-        result = {
-            "loss": loss,
-            "entropy": entropy.detach(),
-            "objective": out.objective.mean().detach(),
-            "accuracy": correct.mean().detach(),
-        }
-        for name, value in out.stats.items():
-            if torch.is_tensor(value) and value.dim() == 0:
-                result[name] = value.detach()
-        return result
+        losses = {"entropy_bonus": -entropy_weight * entropy} if entropy_weight else {}
+        baselines = traj.final_state.get("baselines")
+        baseline = unfold(torch.stack(baselines, dim=1), num_samples) if baselines else None  # [K * B, T] -> [K, B, T]
+        metrics = {"entropy": entropy.detach(), "accuracy": correct.mean().detach()}
+        return LatentOutput(traj, baseline=baseline, losses=losses, metrics=metrics)
 
     # ----- prediction -----------------------------------------------------------------------
     @torch.no_grad()

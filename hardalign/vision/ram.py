@@ -24,6 +24,7 @@ import torch
 from torch import distributions as D
 from torch import nn
 
+from hardalign.objective import LatentOutput
 from hardalign.vision.model import GlimpseModel, images_to_float
 from hardalign.vision.retina import Retina
 
@@ -50,10 +51,11 @@ class RAM(GlimpseModel):
 
     Example:
         >>> from hardalign.estimators import build_estimator
+        >>> from hardalign.objective import training_terms
         >>> model = RAM(num_glimpses=3, patch_size=4, num_scales=2, glimpse_hidden=8, hidden_size=16)
         >>> batch = {"images": torch.rand(5, 1, 20, 30), "labels": torch.randint(0, 10, (5,))}
-        >>> out = model(batch, estimator=build_estimator("vimco"), num_samples=2, step=0)
-        >>> out["loss"].shape, sorted(out)[:4]
+        >>> terms = training_terms(model(batch, num_samples=2, step=0), build_estimator("vimco"))
+        >>> terms["loss"].shape, sorted(terms)[:4]
         (torch.Size([]), ['accuracy', 'entropy', 'ess', 'loss'])
     """
 
@@ -150,9 +152,9 @@ class RAM(GlimpseModel):
         return {"h": h, "c": c, "t": t, "baselines": state["baselines"] + (baseline,), "logits": logits}
 
     # ----- training ---------------------------------------------------------------------------
-    def forward(self, batch: dict, *, estimator: nn.Module, num_samples: int, step: int = 0) -> dict[str, torch.Tensor]:
-        """The task contract: ``{"loss", "objective", "accuracy", ...estimator stats}``."""
-        return self.estimator_loss(self.encode(batch), estimator=estimator, num_samples=num_samples)
+    def forward(self, batch: dict, *, num_samples: int, step: int = 0) -> LatentOutput:
+        """Training: K glimpse sequences per image (:meth:`GlimpseModel.latent_output`)."""
+        return self.latent_output(self.encode(batch), num_samples=num_samples)
 
     # ----- pictures ---------------------------------------------------------------------------
     def glimpse_boxes(self, locations: torch.Tensor, height: int, width: int) -> torch.Tensor:

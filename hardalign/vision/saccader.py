@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import distributions as D
 from torch import nn
 
+from hardalign.objective import LatentOutput
 from hardalign.vision.model import GlimpseModel, images_to_float
 
 __all__ = ["Saccader", "RECEPTIVE_FIELD", "STRIDE"]
@@ -69,12 +70,11 @@ class Saccader(GlimpseModel):
         label_smoothing: of the stage-1 cross-entropy; keeps the cells' logits moderate.
 
     Example:
-        >>> from hardalign.estimators import build_estimator
         >>> model = Saccader(num_glimpses=2, channels=8, hidden_size=8, representation_steps=10)
         >>> batch = {"images": torch.rand(3, 1, 24, 20), "labels": torch.tensor([0, 1, 2])}
         >>> model.grid_shape(24, 20)
         (6, 5)
-        >>> out = model(batch, estimator=build_estimator("reinforce"), num_samples=1, step=0)
+        >>> out = model(batch, num_samples=1, step=0)  # stage 1: a supervised loss
         >>> out["stage"].item(), model.stage(10)
         (1.0, 3)
     """
@@ -318,8 +318,9 @@ class Saccader(GlimpseModel):
         accuracy = (state["logits"].argmax(-1) == batch["labels"]).float().mean()
         return {"loss": loss, "objective": -loss.detach(), "accuracy": accuracy.detach()}
 
-    def forward(self, batch: dict, *, estimator: nn.Module, num_samples: int, step: int = 0) -> dict[str, torch.Tensor]:
-        """The task contract; the stage follows the trainer's ``step`` (logged as ``stage``)."""
+    def forward(self, batch: dict, *, num_samples: int, step: int = 0) -> dict[str, torch.Tensor] | LatentOutput:
+        """Training; the stage follows the trainer's ``step`` (logged as ``stage``): stages 1 and 2
+        are supervised (a dict of loss terms), stage 3 is the policy's :class:`LatentOutput`."""
         stage = self.stage(step)
         if stage == 1:
             result = self.representation_loss(batch)
@@ -327,6 +328,8 @@ class Saccader(GlimpseModel):
             result = self.pretrain_loss(batch)
         else:
             memory = self.encode(batch, frozen=True)
-            result = self.estimator_loss(memory, estimator=estimator, num_samples=num_samples, entropy_weight=self.entropy_weight)
+            output = self.latent_output(memory, num_samples=num_samples, entropy_weight=self.entropy_weight)
+            output.metrics["stage"] = output.trajectory.log_q.new_tensor(float(stage))
+            return output
         result["stage"] = result["loss"].new_tensor(float(stage)).detach()
         return result

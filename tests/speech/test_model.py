@@ -6,6 +6,8 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
+from hardalign.objective import training_terms
+
 from hardalign.estimators import ESTIMATORS, build_estimator
 from hardalign.speech.ctc import CTCRecognizer
 from hardalign.speech.decode import beam_search, greedy_decode
@@ -94,7 +96,9 @@ def test_prior_proposal_reduces_to_the_reward():
 def test_training_step_gives_finite_gradients(name, proposal):
     model = small_model(proposal=proposal, dropout=0.2, dropout_ramp_steps=10)
     batch = tight_batch()
-    out = model(batch, estimator=build_estimator(name), num_samples=3, step=5)
+    # Luo et al.'s REINFORCE uses the learned per-step baseline (the estimator option "learned")
+    estimator = build_estimator(name, **({"baseline": "learned"} if name == "reinforce" else {}))
+    out = training_terms(model(batch, num_samples=3, step=5), estimator)
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
     for key, value in out.items():
@@ -226,7 +230,7 @@ def test_training_smoke_lowers_per_on_a_tiny_corpus():
     before = per()
     for step in range(100):
         batch = toy_batch(train[(step % 8) * 16 : (step % 8 + 1) * 16])
-        out = model(batch, estimator=estimator, num_samples=4, step=step)
+        out = training_terms(model(batch, num_samples=4, step=step), estimator)
         optimiser.zero_grad()
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

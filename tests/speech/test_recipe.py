@@ -94,6 +94,7 @@ def test_every_recipe_config_trains_one_step(conf, tiny_corpus):
     import torch
 
     from hardalign.estimators import build_estimator
+    from hardalign.objective import training_terms
     from hardalign.train.config import resolve_config
     from hardalign.train.tasks import build_task
 
@@ -103,7 +104,7 @@ def test_every_recipe_config_trains_one_step(conf, tiny_corpus):
     model = task.build_model()
     batch = next(iter(task.train_batches(0)))
     estimator = build_estimator(config.train.estimator, **config.train.estimator_options)
-    out = model(batch, estimator=estimator, num_samples=config.train.num_samples, step=0)
+    out = training_terms(model(batch, num_samples=config.train.num_samples, step=0), estimator)
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
 

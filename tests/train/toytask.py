@@ -14,6 +14,8 @@ import torch
 from torch import distributions as D
 from torch import nn
 
+from hardalign.attention import Trajectory
+from hardalign.objective import LatentOutput
 from hardalign.train import shard_batches
 
 
@@ -36,7 +38,7 @@ class ToyModel(nn.Module):
         self.decoder = nn.Linear(config.latents, config.dim)
         self.baseline_net = nn.Linear(config.dim, 1) if with_baseline else None
 
-    def forward(self, batch, *, estimator, num_samples, step):
+    def forward(self, batch, *, num_samples, step):
         if self.config.crash_at_step is not None and step == self.config.crash_at_step:
             raise RuntimeError(f"simulated crash at step index {step}")
         x = batch["x"]  # [B, D]
@@ -55,15 +57,14 @@ class ToyModel(nn.Module):
         baseline = None
         if self.baseline_net is not None:
             baseline = self.baseline_net(x).squeeze(-1).expand(num_samples, -1)  # [K, B]
-        out = estimator(log_weights, log_q, baseline=baseline)
-        loss = out.loss
+        losses = {}
         if self.config.nan_at_step is not None and step == self.config.nan_at_step:
-            loss = loss * torch.tensor(float("nan"))
-        terms = {"loss": loss, "objective": out.objective.mean().detach(), "log_lik": log_lik.mean().detach()}
-        terms.update({name: value for name, value in out.stats.items() if value.dim() == 0})
+            losses["injected_nan"] = torch.tensor(float("nan"))
+        metrics = {"log_lik": log_lik.mean().detach()}
         if self.config.vector_term:
-            terms["per_example"] = log_lik.mean(0).detach()
-        return terms
+            metrics["per_example"] = log_lik.mean(0).detach()
+        trajectory = Trajectory.from_log_weights(log_weights.unsqueeze(-1), log_q.unsqueeze(-1))  # one step: [K, B, 1]
+        return LatentOutput(trajectory, baseline=baseline, losses=losses, metrics=metrics)
 
 
 class ToyTask:

@@ -4,6 +4,8 @@ import pytest
 import torch
 from torch import distributions as D
 
+from hardalign.objective import training_terms
+
 from hardalign.attention import HardAttention
 from hardalign.estimators import ESTIMATORS, build_estimator
 from hardalign.vision.ram import RAM
@@ -108,7 +110,7 @@ def test_random_policy_control_has_no_trainable_location_network():
     traj = model.run(model.encode(_batch()), num_samples=2)
     assert traj.locations.abs().max() <= 1
     assert not traj.log_q.requires_grad
-    out = model(_batch(), estimator=build_estimator("reinforce"), num_samples=1, step=0)
+    out = training_terms(model(_batch(), num_samples=1, step=0), build_estimator("reinforce"))
     out["loss"].backward()
     assert model.locator.weight.grad is None and model.classifier.weight.grad is not None
 
@@ -116,11 +118,11 @@ def test_random_policy_control_has_no_trainable_location_network():
 def test_three_channels_and_non_square_images_train():
     model = _model(in_channels=3)
     batch = _batch(channels=3, height=17, width=41)
-    out = model(batch, estimator=build_estimator("vimco-seq"), num_samples=2, step=0)
+    out = training_terms(model(batch, num_samples=2, step=0), build_estimator("vimco-seq"))
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
     with pytest.raises(ValueError, match="channel"):
-        model(_batch(channels=1), estimator=build_estimator("vimco"), num_samples=2, step=0)
+        model(_batch(channels=1), num_samples=2, step=0)
 
 
 def test_invalid_options():

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from hardalign.objective import training_terms
+
 from hardalign.attention import HardAttention
 from hardalign.estimators import build_estimator
 from hardalign.vision.saccader import RECEPTIVE_FIELD, STRIDE, Saccader
@@ -80,7 +82,7 @@ def test_stages_and_frozen_representation():
     policy = list(model.attention.parameters()) + list(model.keys.parameters()) + list(model.query.parameters())
     for step, stage in ((0, 1), (2, 2), (4, 3)):
         model.zero_grad(set_to_none=True)
-        out = model(batch, estimator=estimator, num_samples=1, step=step)
+        out = training_terms(model(batch, num_samples=1, step=step), estimator)
         assert out["stage"].item() == stage
         out["loss"].backward()
         trained = [p.grad is not None and p.grad.abs().max() > 0 for p in representation]
@@ -112,7 +114,7 @@ def test_representation_losses():
     batch = _batch()
     for kind in ("cells", "mean"):
         model = _model(representation_steps=1, representation_loss=kind, label_smoothing=0.0)
-        out = model(batch, estimator=build_estimator("reinforce"), num_samples=1, step=0)
+        out = training_terms(model(batch, num_samples=1, step=0), build_estimator("reinforce"))
         memory = model.encode(batch, frozen=False)
         cells = memory["cell_logits"]
         if kind == "mean":
