@@ -55,3 +55,16 @@ def check_mask(name: str, mask: torch.Tensor, reference_name: str, reference: to
     check_same_shape(name, mask, reference_name, reference, layout)
     if mask.device != reference.device:
         raise ValueError(f"{name}: is on {mask.device} but {reference_name} is on {reference.device}")
+
+
+def did_you_mean(name: str, choices, *, cutoff: float = 0.5) -> str:
+    """``"; did you mean 'x'?"`` for the valid choice nearest to a misspelt ``name`` (``""`` if none is close).
+
+    Example:
+        >>> "unknown key 'num_sample'" + did_you_mean("num_sample", ["num_samples", "seed"])
+        "unknown key 'num_sample'; did you mean 'num_samples'?"
+    """
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]!r}?" if close else ""

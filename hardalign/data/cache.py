@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hardalign._io import atomic_path
 from hardalign.data.features import FeatureConfig
 
 __all__ = ["FeatureCache"]
@@ -77,13 +77,6 @@ class FeatureCache:
     def put(self, audio, config: FeatureConfig, features: torch.Tensor, condition: dict | None = None) -> None:
         """Store ``features`` (``[T, D]``) atomically."""
         path = self._path(self.key(audio, config, condition))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, features.detach().cpu().float().numpy(), allow_pickle=False)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        # no fsync: an entry lost in a power cut is recomputed (an empty file reads as a miss)
+        with atomic_path(path, fsync=False) as tmp:
+            np.save(tmp, features.detach().cpu().float().numpy(), allow_pickle=False)

@@ -37,19 +37,29 @@ from pathlib import Path
 
 import numpy as np
 
+from hardalign._io import atomic_write_text
+
 __all__ = [
     "NOISE_KINDS",
+    "NOISE_TYPES",
     "NoiseConfig",
     "NoiseMixer",
     "add_at_snr",
     "colored_noise",
     "measure_snr",
     "noise_files",
+    "parse_eval_noise",
+    "parse_noise_spec",
+    "parse_train_noise",
+    "check_noise",
+    "check_noise_options",
     "utterance_rng",
 ]
 
 #: Generated noise colours and their power-spectrum exponent (power ~ 1 / f^exponent).
 NOISE_KINDS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
+#: Every noise type a spec may name (besides ``dir:PATH``, a folder of recordings).
+NOISE_TYPES = ("white", "pink", "brown", "babble")
 _AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".sph", ".aiff", ".aif", ".au", ".mp3")
 
 
@@ -84,7 +94,7 @@ class NoiseConfig:
         if kind == "dir":
             path = Path(self.noise[4:])
             if not path.is_dir():
-                raise ValueError(f"--noise {self.noise!r}: {path} is not a directory")
+                raise ValueError(f"--noise {self.noise!r}: noise folder {str(path)!r} does not exist or is not a folder")
         lo, hi = self.snr_range  # validates
         if lo > hi:
             raise ValueError(f"--snr range {self.snr!r} has its low end above its high end")
@@ -207,27 +217,186 @@ def _segment(signal: np.ndarray, offset: int, length: int) -> np.ndarray:
     return signal[idx]
 
 
+def _audio_files(root: Path) -> list[str]:
+    """The files under ``root`` that open as audio (checked by reading each header, not by extension).
+
+    A file with an audio extension that does not open is an error (a damaged or mislabelled noise
+    file would otherwise fail mid-training); other files that do not open (READMEs, lists) are
+    skipped.
+    """
+    from hardalign.data.audio import AudioError, audio_info
+
+    found = []
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(root).parts):
+            continue
+        try:
+            info = audio_info(p)
+        except (AudioError, OSError) as error:
+            if p.suffix.lower() in _AUDIO_EXTENSIONS:
+                raise ValueError(f"noise file {str(p)!r} is not readable audio: {error}") from None
+            continue
+        if info.num_samples < 1:
+            raise ValueError(f"noise file {str(p)!r} holds no samples")
+        found.append(str(p))
+    return found
+
+
 def noise_files(directory: str | os.PathLike) -> dict[str, list[str]]:
     """Noise recordings under ``directory`` split into disjoint ``train`` / ``dev`` / ``test`` lists.
 
+    Every file is opened (its header read): the folder is checked by content, not by extension.
+
     Raises:
-        ValueError: fewer than 3 files (each split needs one) or a split sub-directory is empty.
+        ValueError: the folder does not exist, a file with an audio extension is not readable
+            audio, fewer than 3 recordings (each split needs one), or a split sub-folder holds none.
     """
     root = Path(directory)
-    files = sorted(str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() in _AUDIO_EXTENSIONS)
-    subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()} if root.is_dir() else {}
+    if not root.is_dir():
+        raise ValueError(f"noise folder {str(root)!r} does not exist or is not a folder")
+    files = _audio_files(root)
+    subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
     if {"train", "dev", "test"} <= set(subdirs):
         out = {s: sorted(f for f in files if Path(f).is_relative_to(subdirs[s])) for s in ("train", "dev", "test")}
         for s, fs in out.items():
             if not fs:
-                raise ValueError(f"noise directory {subdirs[s]} holds no audio files")
+                raise ValueError(f"noise folder {str(subdirs[s])!r} holds no audio files")
         return out
     if len(files) < 3:
-        raise ValueError(f"noise directory {root} holds {len(files)} audio file(s); at least 3 are needed so that "
+        raise ValueError(f"noise folder {str(root)!r} holds {len(files)} audio file(s); at least 3 are needed so that "
                          f"train, dev and test noise are disjoint")
     ranked = sorted(files, key=lambda f: hashlib.sha1(os.path.relpath(f, root).encode()).hexdigest())
     k = max(1, len(files) // 10)
     return {"dev": sorted(ranked[:k]), "test": sorted(ranked[k:2 * k]), "train": sorted(ranked[2 * k:])}
+
+
+def check_noise(noise: str, *, key: str = "noise") -> str:
+    """Check one noise source: a type of :data:`NOISE_TYPES`, ``none``, or ``dir:PATH`` (folder opened).
+
+    Returns:
+        the kind: ``none``, a type name, or ``dir``.
+
+    Raises:
+        ValueError: an unknown type (naming the nearest one), or a ``dir:`` folder that is missing,
+            empty or holds files that are not audio (naming the path).
+    """
+    from hardalign._checks import did_you_mean
+
+    noise = str(noise).strip()
+    if noise.startswith("dir:"):
+        if not noise[4:]:
+            raise ValueError(f"{key}: 'dir:' needs a folder, e.g. dir:/data/noises")
+        try:
+            noise_files(noise[4:])
+        except ValueError as error:
+            raise ValueError(f"{key}: {error}") from None
+        return "dir"
+    if noise == "none" or noise in NOISE_TYPES:
+        return noise
+    raise ValueError(f"{key}: unknown noise type {noise!r}{did_you_mean(noise, NOISE_TYPES)} "
+                     f"(use {', '.join(NOISE_TYPES)} or dir:PATH)")
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def parse_noise_spec(spec: str, *, key: str = "noise", allow_range: bool = True, check: bool = True) -> tuple[str, str]:
+    """Split ``TYPE:SNR`` or ``TYPE:LOW:HIGH`` into the noise source and the SNR text; check both.
+
+    ``TYPE`` is a type of :data:`NOISE_TYPES` or ``dir:PATH`` (a folder of recordings; the path may
+    contain colons). SNRs are in dB.
+
+    Args:
+        spec: e.g. ``"pink:0:15"``, ``"white:10"``, ``"dir:/data/noises:0:15"``.
+        key: the config key named in error messages.
+        allow_range: accept ``TYPE:LOW:HIGH`` (training draws the SNR per utterance).
+        check: check the type and open a ``dir:`` folder's files (:func:`check_noise`).
+
+    Returns:
+        ``(noise, snr)`` as :class:`NoiseConfig` takes them, e.g. ``("pink", "0:15")``.
+
+    Raises:
+        ValueError: one line naming ``key``, the spec and what is wrong.
+
+    Example:
+        >>> parse_noise_spec("pink:0:15"), parse_noise_spec("white:10")
+        (('pink', '0:15'), ('white', '10'))
+        >>> parse_noise_spec("dir:/n:5", check=False)
+        ('dir:/n', '5')
+    """
+    spec = str(spec).strip()
+    form = "TYPE:LOW:HIGH or TYPE:SNR" if allow_range else "TYPE:SNR"
+    example = "pink:0:15" if allow_range else "white:10"
+    noise = snr = None
+    parts = spec.rsplit(":", 2)
+    is_range = len(parts) == 3 and parts[0] not in ("", "dir") and _number(parts[1]) is not None and _number(parts[2]) is not None
+    if is_range and not allow_range:
+        raise ValueError(f"{key}={spec!r}: expected {form} in dB (e.g. {example}); an SNR range is for train_noise only")
+    if is_range:
+        lo, hi = _number(parts[1]), _number(parts[2])
+        if lo > hi:
+            raise ValueError(f"{key}={spec!r}: the SNR range {lo:g}:{hi:g} has its low end above its high end")
+        noise, snr = parts[0], f"{lo:g}:{hi:g}"
+    else:
+        head, sep, tail = spec.rpartition(":")
+        if sep and head and head != "dir" and _number(tail) is not None:
+            noise, snr = head, f"{_number(tail):g}"
+    if noise is None:
+        if spec.startswith("dir:") or spec in NOISE_TYPES:
+            raise ValueError(f"{key}={spec!r}: no SNR; expected {form} in dB (e.g. {spec}:{example.split(':', 1)[1]})")
+        raise ValueError(f"{key}={spec!r}: expected {form} in dB (e.g. {example}); "
+                         f"TYPE is one of {', '.join(NOISE_TYPES)} or dir:PATH")
+    if check:
+        check_noise(noise, key=f"{key}={spec!r}")
+    return noise, snr
+
+
+def parse_train_noise(text: str, *, check: bool = True) -> tuple[str, str] | None:
+    """The ``train_noise`` option: empty (clean training) or one ``TYPE:LOW:HIGH`` / ``TYPE:SNR`` spec.
+
+    Example:
+        >>> parse_train_noise(""), parse_train_noise("brown:0:15")
+        (None, ('brown', '0:15'))
+    """
+    text = str(text or "").strip()
+    return parse_noise_spec(text, key="train_noise", allow_range=True, check=check) if text else None
+
+
+def parse_eval_noise(text: str, *, check: bool = True) -> list[tuple[str, float]]:
+    """The ``eval_noise`` option: comma-separated ``TYPE:SNR`` test conditions.
+
+    Example:
+        >>> parse_eval_noise("white:10, babble:0")
+        [('white', 10.0), ('babble', 0.0)]
+        >>> parse_eval_noise("")
+        []
+    """
+    conditions = []
+    for item in filter(None, (part.strip() for part in str(text or "").split(","))):
+        noise, snr = parse_noise_spec(item, key="eval_noise", allow_range=False, check=check)
+        conditions.append((noise, float(snr)))
+    return conditions
+
+
+def check_noise_options(*, train_noise: str = "", eval_noise: str = "", mix_scale: float = 0.0) -> None:
+    """Check every noise option of a run when its config is read, before any work starts.
+
+    Parses ``train_noise`` and ``eval_noise``, checks each type, opens every file of each
+    ``dir:`` folder and checks ``mix_scale``; the first problem is raised as one line naming the
+    key and the path.
+
+    Raises:
+        ValueError: as :func:`parse_noise_spec`, or ``mix_scale`` outside [0, 1].
+    """
+    parse_train_noise(train_noise)
+    parse_eval_noise(eval_noise)
+    if not 0.0 <= float(mix_scale) <= 1.0:
+        raise ValueError(f"mix_scale={mix_scale!r}: must be in [0, 1] (e.g. 0.1, 0.25, 0.5; 0 = off)")
 
 
 @lru_cache(maxsize=64)
@@ -325,11 +494,7 @@ class NoiseMixer:
             if not missing:
                 return frozen
         conditions = [self._draw(self.records[i], 0) for i in self._ids]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(json.dumps(c) + "\n" for c in conditions))
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(json.dumps(c) + "\n" for c in conditions))
         return {c["id"]: c for c in conditions}
 
     def condition(self, record: dict, epoch: int = 0) -> dict:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from hardalign._io import atomic_write_text
 from hardalign.data.audio import AudioError, audio_info
 from hardalign.data.phones import load_speaker_list, phone_set
 
@@ -249,17 +249,7 @@ def scan_timit(root: str | os.PathLike) -> PrepareResult:
 
 def write_manifest(records: Iterable[dict], path: str | os.PathLike) -> None:
     """Write records as JSON lines, atomically (temp file in the same directory, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, "".join(json.dumps(rec) + "\n" for rec in records))
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict]:
@@ -319,7 +309,5 @@ def prepare_timit(root: str | os.PathLike, out_dir: str | os.PathLike, *, skip_b
         "skipped": result.skipped,
         "problems": [str(p) for p in result.problems],
     }
-    tmp = out_dir / "prepare.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / "prepare.json")
+    atomic_write_text(out_dir / "prepare.json", json.dumps(info, indent=2) + "\n")
     return result

@@ -84,11 +84,9 @@ def get_task_class(name: str) -> type:
         ImportError: the registered module or class cannot be imported.
     """
     if name not in TASKS:
-        import difflib
+        from hardalign._checks import did_you_mean
 
-        close = difflib.get_close_matches(name, list(TASKS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown task {name!r}{hint}; registered tasks: {sorted(TASKS)}")
+        raise ValueError(f"unknown task {name!r}{did_you_mean(name, TASKS)} (registered tasks: {', '.join(sorted(TASKS))})")
     module_name, _, class_name = TASKS[name].partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -112,4 +110,3 @@ def build_task(
     """Instantiate the task registered as ``name`` with its config and the trainer's config."""
     task_class = get_task_class(name)
     return task_class(config, train_config, device=device, rank=rank, world_size=world_size)
-

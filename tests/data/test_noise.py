@@ -10,7 +10,18 @@ import soundfile
 import torch
 
 from hardalign.data import load_speech_dataset, read_audio, read_manifest
-from hardalign.data.noise import NoiseConfig, NoiseMixer, add_at_snr, colored_noise, measure_snr, noise_files
+from hardalign.data.noise import (
+    NoiseConfig,
+    NoiseMixer,
+    add_at_snr,
+    check_noise_options,
+    colored_noise,
+    measure_snr,
+    noise_files,
+    parse_eval_noise,
+    parse_noise_spec,
+    parse_train_noise,
+)
 
 
 @pytest.fixture
@@ -129,9 +140,58 @@ def test_bad_options_named(tmp_path):
         NoiseConfig("violet")
     with pytest.raises(ValueError, match="--snr"):
         NoiseConfig("white", "ten")
-    with pytest.raises(ValueError, match="not a directory"):
+    with pytest.raises(ValueError, match="does not exist"):
         NoiseConfig(f"dir:{tmp_path / 'missing'}")
     with pytest.raises(ValueError, match="--mix-speaker"):
         NoiseConfig(mix_speaker=2.0)
     with pytest.raises(ValueError, match="silent"):
         add_at_snr(np.ones(10), np.zeros(10), 0.0)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("pink:0:15", ("pink", "0:15")),
+        ("white:10", ("white", "10")),
+        ("babble:-5", ("babble", "-5")),
+        ("brown:-5:5", ("brown", "-5:5")),
+    ],
+)
+def test_parse_noise_spec(spec, expected):
+    assert parse_noise_spec(spec, key="train_noise") == expected
+
+
+def test_parse_dir_spec_with_colons(noise_dir):
+    assert parse_train_noise(f"dir:{noise_dir}:0:10") == (f"dir:{noise_dir}", "0:10")
+    assert parse_eval_noise(f"dir:{noise_dir}:5,white:0") == [(f"dir:{noise_dir}", 5.0), ("white", 0.0)]
+
+
+@pytest.mark.parametrize(
+    "train, evaluation, message",
+    [
+        ("foo:0:10", "", r"train_noise='foo:0:10': unknown noise type 'foo'"),
+        ("pinkk:0:10", "", r"did you mean 'pink'\?"),
+        ("pink", "", r"train_noise='pink': no SNR"),
+        ("pink:high", "", r"expected TYPE:LOW:HIGH or TYPE:SNR"),
+        ("pink:15:0", "", r"low end above its high end"),
+        ("dir:/does/not/exist:0:10", "", r"train_noise='dir:/does/not/exist:0:10': noise folder '/does/not/exist' does not exist"),
+        ("", "white:10,violet:0", r"eval_noise='violet:0': unknown noise type 'violet'"),
+        ("", "dir:/missing:10", r"noise folder '/missing' does not exist"),
+        ("", "white:0:10", r"eval_noise='white:0:10': expected TYPE:SNR"),
+    ],
+)
+def test_noise_options_checked_up_front(train, evaluation, message):
+    with pytest.raises(ValueError, match=message):
+        check_noise_options(train_noise=train, eval_noise=evaluation)
+
+
+def test_noise_folder_checked_by_content(tmp_path, noise_dir):
+    (noise_dir / "README.txt").write_text("not audio, not named as audio: skipped")
+    assert len(sum(noise_files(noise_dir).values(), [])) == 5
+    (noise_dir / "fake.wav").write_bytes(b"RIFF....WAVEjunk" * 10)
+    with pytest.raises(ValueError, match=r"fake.wav.*not readable audio"):
+        check_noise_options(train_noise=f"dir:{noise_dir}:0:10")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"holds 0 audio file"):
+        check_noise_options(eval_noise=f"dir:{empty}:10")
