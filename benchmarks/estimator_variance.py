@@ -58,13 +58,13 @@ def call_time(name, options, device, repeats=20):
     estimator = build_estimator(name, **options).to(device)
     baseline = torch.zeros(K, B, T, device=device, requires_grad=True) if name == "nvil" else None
     for _ in range(3):
-        estimator(log_weights, log_probs, mask, baseline).loss.backward()
+        estimator(log_weights, log_probs, mask, baseline=baseline).loss.backward()
     times = []
     for _ in range(repeats):  # the fastest call: other processes on a shared machine only add time
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        estimator(log_weights, log_probs, mask, baseline).loss.backward()
+        estimator(log_weights, log_probs, mask, baseline=baseline).loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

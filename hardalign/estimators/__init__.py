@@ -2,7 +2,7 @@
 
 Every estimator follows one call convention::
 
-    out = estimator(log_weights, log_probs, mask=None, baseline=None)
+    out = estimator(log_weights, log_probs, mask=None, *, baseline=None, progress=None)
 
 * ``log_weights``: per-step log weights ``l_t^k`` ``[K, B, T]`` (or per-sample totals ``[K, B]``);
   ``log w^k = sum_t l_t^k = log p(y, z^k | x) - log q(z^k | x, y)``. They carry the model's
@@ -11,7 +11,19 @@ Every estimator follows one call convention::
   the proposal's parameters.
 * ``mask``: bool ``[K, B, T]``, the steps whose decision gets a learning signal (padding and
   forced steps excluded).
-* ``baseline``: NVIL's input-dependent baseline ``[K, B]`` or ``[K, B, T]``.
+* ``baseline``: an input-dependent baseline ``b_psi`` from the caller's network, ``[K, B]`` or
+  ``[K, B, T]``. Every module has a read-only ``takes_baseline``: True for ``nvil`` and for
+  ``reinforce`` with ``baseline="learned"`` (which requires it); pass the prediction only then.
+  The estimator subtracts it detached and, when it requires grad, adds its regression onto the
+  detached returns to the loss (``stats["baseline_loss"]``). The VIMCO variants refuse one.
+* ``progress``: an integer ``[K, B, T]`` index, non-decreasing along T, a function of ``z^k_{<t}``
+  (for the speech model: labels emitted before step t). Only ``vimco-seq`` with
+  ``align="progress"`` (or ``"progress-time"``) uses it to match steps across particles;
+  every other estimator's signals do not depend on how steps align, and it ignores it.
+
+Value checks cost a host synchronisation and are opt-in: ``check_finite=True`` (an option of every
+module and pure function) raises a ValueError naming the argument for NaN (or ``+inf``) log
+weights, non-finite ``log_q`` on masked-in steps, a non-finite baseline or a decreasing progress.
 
 ``out.loss`` is a scalar to minimise whose negative gradient is the gradient estimate;
 ``out.objective`` ``[B]``, ``out.signals`` and ``out.stats`` are detached.

@@ -87,6 +87,72 @@ def canonical_inputs(name: str, log_weights, log_probs, mask, *, min_samples: in
     return Inputs(step_log_weights, log_probs, mask, per_step=log_weights.dim() == 3 and not squeeze, squeeze=squeeze)
 
 
+def check_progress(name: str, progress, inputs: Inputs) -> torch.Tensor:
+    """The progress index ``p_t^k``: an integer ``[K, B, T]`` tensor (the shape of ``log_probs``) on their device.
+
+    Metadata only; whether it is non-decreasing along T is a value check (:func:`check_values`).
+    """
+    if not isinstance(progress, torch.Tensor):
+        raise TypeError(f"progress: expected an integer torch.Tensor [K, B, T], got {type(progress).__name__}")
+    if progress.dtype == torch.bool or torch.is_floating_point(progress) or torch.is_complex(progress):
+        raise TypeError(f"progress: expected an integer tensor (e.g. labels emitted before step t), got dtype {progress.dtype}; convert it with .long()")
+    if not inputs.per_step:
+        raise ValueError(
+            f"progress: {name} aligns steps, so it needs per-step log_weights and log_probs [K, B, T]; "
+            f"got per-sample totals (drop progress, or pass the per-step terms)"
+        )
+    _checks.check_same_shape("progress", progress, "log_probs", inputs.log_probs, "[K, B, T]")
+    if progress.device != inputs.log_probs.device:
+        raise ValueError(f"progress: is on {progress.device} but log_probs is on {inputs.log_probs.device}; move both to one device")
+    return progress
+
+
+def check_values(name: str, inputs: Inputs, *, baseline=None, progress=None, impossible_ok: bool) -> None:
+    """Opt-in value checks (``check_finite=True``): one host synchronisation, so never on by default.
+
+    * ``log_weights``: no NaN and no ``+inf``; ``-inf`` (an impossible sample, zero weight) only when
+      ``impossible_ok`` (the VIMCO variants handle it; the ELBO of REINFORCE/NVIL is then ``-inf``).
+    * ``log_probs``: finite on the steps where ``mask`` holds.
+    * ``baseline``: finite.
+    * ``progress``: non-decreasing along T.
+
+    Raises:
+        ValueError: naming the argument, the kind of bad value, how many and where the first is.
+    """
+    weights = inputs.step_log_weights.detach()
+    bad_weights = torch.isnan(weights) | (weights == float("inf"))
+    if not impossible_ok:
+        bad_weights = bad_weights | (weights == float("-inf"))
+    problems = [("log_weights", weights, bad_weights)]
+    log_probs = inputs.log_probs.detach()
+    problems.append(("log_probs", log_probs, inputs.mask & ~torch.isfinite(log_probs)))
+    if isinstance(baseline, torch.Tensor):
+        problems.append(("baseline", baseline.detach(), ~torch.isfinite(baseline.detach())))
+    for arg, values, bad in problems:
+        if bool(bad.any()):  # host sync: this is the opt-in check
+            first = [int(i) for i in bad.nonzero()[0]]
+            value = float(values[tuple(first)])
+            hint = {
+                "log_weights": "-inf is a zero-weight (impossible) sample" + (
+                    "; this estimator's objective mean_k log w^k would be -inf: use vimco/vimco-seq, or keep impossible samples out"
+                    if not impossible_ok and value == float("-inf") else ""),
+                "log_probs": "the log-probability of a sampled decision must be finite on the steps that carry a signal (mask them off otherwise)",
+                "baseline": "the baseline network's output must be finite",
+            }[arg]
+            raise ValueError(
+                f"{name}: {arg}: has {int(bad.sum())} bad value(s) ({value} at index {first}, of shape "
+                f"{_checks.shape_str(values.shape)}); {hint}"
+            )
+    if progress is not None and progress.shape[-1] > 1:
+        decreasing = progress[..., 1:] < progress[..., :-1]
+        if bool(decreasing.any()):
+            first = [int(i) for i in decreasing.nonzero()[0]]
+            raise ValueError(
+                f"{name}: progress: must be non-decreasing along T (a count such as labels emitted before step t); "
+                f"it decreases after index {first}"
+            )
+
+
 def check_baseline(baseline: torch.Tensor, inputs: Inputs) -> torch.Tensor:
     """NVIL's baseline: ``[K, B]`` (one per sample) or ``[K, B, T]`` (one per step); returned as ``[K, B, T']``."""
     _checks.check_floating("baseline", baseline)

@@ -3,6 +3,9 @@
 Signal ``(R - c - b_psi) / max(1, sqrt(v))`` where ``b_psi`` comes from the caller's baseline
 network, and ``c``, ``v`` are running mean and variance of ``R - b_psi`` updated *after* use with
 decay alpha (0.8). The loss also regresses ``b_psi`` onto the detached centred return ``R - c``.
+
+Impossible samples: as for REINFORCE, a particle with log weight ``-inf`` makes the ELBO ``-inf``
+and the loss NaN; ``check_finite=True`` raises a ValueError naming ``log_weights`` instead.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ import torch
 from torch import nn
 
 from hardalign.estimators._baselines import masked_moments, mean_and_variance
-from hardalign.estimators._inputs import EstimatorOutput, Inputs, canonical_inputs, check_baseline, effective_sample_size, finish
-from hardalign.estimators._reinforce import returns_for
+from hardalign.estimators._inputs import EstimatorOutput, Inputs, canonical_inputs, check_baseline, check_values, effective_sample_size, finish
+from hardalign.estimators._reinforce import baseline_regression, returns_for
 from hardalign.estimators._surrogate import score_function_surrogate
 
 
@@ -27,9 +30,7 @@ def _nvil(inputs: Inputs, *, baseline, centre, scale, per_step: bool) -> tuple[E
     stats = {"centre": torch.as_tensor(centre).detach(), "scale": torch.as_tensor(scale).detach()}
     if baseline is not None:
         # regress b_psi onto the centred return R - c on the steps that carry a signal
-        target = (returns.detach() - centre).expand_as(inputs.log_probs)
-        error = torch.where(inputs.mask, (learned.expand_as(target) - target) ** 2, torch.zeros_like(target))
-        regression = error.sum((0, 2)) / inputs.mask.sum((0, 2)).clamp_min(1)  # [B]
+        regression = baseline_regression(learned, returns.detach() - centre, inputs.mask)  # [B]
         loss = loss + regression
         stats["baseline_loss"] = regression.mean()
         stats["baseline_mean"] = learned.detach().mean()
@@ -47,6 +48,7 @@ def nvil_loss(
     centre: torch.Tensor | float = 0.0,
     scale: torch.Tensor | float = 1.0,
     per_step: bool = True,
+    check_finite: bool = False,
 ) -> EstimatorOutput:
     """NVIL surrogate loss for ``mean_k log w^k`` with given centre ``c`` and divisor ``scale``.
 
@@ -61,21 +63,35 @@ def nvil_loss(
         centre: ``c``, the running mean of ``R - b_psi``.
         scale: the divisor ``max(1, sqrt(v))``.
         per_step: reward-to-go per step.
+        check_finite: value checks (a host sync): NaN or ``+-inf`` in ``log_weights``, non-finite
+            ``log_probs`` on masked-in steps or a non-finite baseline raise a ValueError.
 
     Returns:
         :class:`EstimatorOutput`; ``stats["baseline_loss"]`` is the regression term.
+
+    Example:
+        >>> b_psi = torch.zeros(2, 3, requires_grad=True)
+        >>> out = nvil_loss(torch.randn(2, 3, 4), torch.randn(2, 3, 4, requires_grad=True), baseline=b_psi)
+        >>> out.loss.backward(); b_psi.grad.shape
+        torch.Size([2, 3])
     """
     inputs = canonical_inputs("nvil", log_weights, log_probs, mask)
+    if check_finite:
+        check_values("nvil", inputs, baseline=baseline, impossible_ok=False)
     return _nvil(inputs, baseline=baseline, centre=centre, scale=scale, per_step=per_step)[0]
 
 
 class NVIL(nn.Module):
     """NVIL with running centre/variance buffers (saved in ``state_dict``, synchronised across ranks).
 
+    Call: ``est(log_weights, log_probs, mask=None, *, baseline=b_psi, progress=None)``; ``takes_baseline``
+    is True (without ``baseline`` it uses the running centre only); ``progress`` is ignored.
+
     Args:
         decay: alpha of the running mean and variance of ``R - b_psi`` (updated after use).
         normalize_variance: divide the signal by ``max(1, sqrt(v))``.
         per_step: reward-to-go per step (with per-step log weights).
+        check_finite: value checks on every call (a host sync), see :func:`nvil_loss`.
 
     Example:
         >>> est = NVIL()
@@ -85,19 +101,27 @@ class NVIL(nn.Module):
         torch.Size([1, 2, 5])
     """
 
-    def __init__(self, *, decay: float = 0.8, normalize_variance: bool = True, per_step: bool = True):
+    def __init__(self, *, decay: float = 0.8, normalize_variance: bool = True, per_step: bool = True, check_finite: bool = False):
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"nvil: decay must be in [0, 1), got {decay}")
         self.decay, self.normalize_variance, self.per_step = decay, normalize_variance, per_step
+        self.check_finite = check_finite
         self.register_buffer("running_mean", torch.zeros((), dtype=torch.float64))
         self.register_buffer("running_var", torch.zeros((), dtype=torch.float64))
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, normalize_variance={self.normalize_variance}, per_step={self.per_step}"
 
-    def forward(self, log_weights, log_probs, mask=None, baseline=None) -> EstimatorOutput:
+    @property
+    def takes_baseline(self) -> bool:
+        """Always True: NVIL uses the caller's input-dependent baseline ``b_psi`` when given."""
+        return True
+
+    def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None) -> EstimatorOutput:
         inputs = canonical_inputs("nvil", log_weights, log_probs, mask)
+        if self.check_finite:
+            check_values("nvil", inputs, baseline=baseline, impossible_ok=False)
         like = inputs.step_log_weights
         centre = self.running_mean.to(dtype=like.dtype, device=like.device)
         scale = torch.ones_like(centre)

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from hardalign.estimators._inputs import EstimatorOutput, Inputs, canonical_inputs, effective_sample_size, finish
+from hardalign.estimators._inputs import EstimatorOutput, Inputs, canonical_inputs, check_values, effective_sample_size, finish
 from hardalign.estimators._logspace import leave_one_out_logsumexp, log_mean_exp
 from hardalign.estimators._surrogate import score_function_surrogate
 
@@ -44,6 +44,7 @@ def vimco_loss(
     mask: torch.Tensor | None = None,
     *,
     loo: str = "geometric",
+    check_finite: bool = False,
 ) -> EstimatorOutput:
     """VIMCO surrogate loss: ``-mean_b (L + sum_k stopgrad(A^k) sum_t (log q_t^k - stopgrad(log q_t^k)))``.
 
@@ -66,6 +67,8 @@ def vimco_loss(
         [-0.5662, 1.4338]
     """
     inputs = canonical_inputs("vimco", log_weights, log_probs, mask, min_samples=2)
+    if check_finite:
+        check_values("vimco", inputs, impossible_ok=True)
     return _vimco(inputs, loo)
 
 
@@ -90,6 +93,8 @@ def sequential_vimco_loss(
     log_weights: torch.Tensor,
     log_probs: torch.Tensor,
     mask: torch.Tensor | None = None,
+    *,
+    check_finite: bool = False,
 ) -> EstimatorOutput:
     """Sequential VIMCO: per-step signals ``A_t^k = L - L_{-k}^(t)`` (see the module docstring).
 
@@ -110,6 +115,8 @@ def sequential_vimco_loss(
         torch.Size([2, 1, 2])
     """
     inputs = canonical_inputs("vimco-seq", log_weights, log_probs, mask, min_samples=2)
+    if check_finite:
+        check_values("vimco-seq", inputs, impossible_ok=True)
     if not inputs.per_step:
         return _vimco(inputs, "geometric")
     steps = inputs.step_log_weights.detach()  # [K, B, T]
@@ -134,19 +141,24 @@ class VIMCO(nn.Module):
         torch.Size([3])
     """
 
-    def __init__(self, *, loo: str = "geometric"):
+    def __init__(self, *, loo: str = "geometric", check_finite: bool = False):
         super().__init__()
         if loo not in LEAVE_ONE_OUT:
             raise ValueError(f"vimco: loo must be one of {list(LEAVE_ONE_OUT)}, got {loo!r}")
-        self.loo = loo
+        self.loo, self.check_finite = loo, check_finite
 
     def extra_repr(self) -> str:
         return f"loo={self.loo!r}"
 
-    def forward(self, log_weights, log_probs, mask=None, baseline=None) -> EstimatorOutput:
+    @property
+    def takes_baseline(self) -> bool:
+        """Always False: the baseline is built from the other particles."""
+        return False
+
+    def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None) -> EstimatorOutput:
         if baseline is not None:
-            raise ValueError("vimco: takes no baseline tensor (its baseline is built from the other particles)")
-        return vimco_loss(log_weights, log_probs, mask, loo=self.loo)
+            raise ValueError("vimco: takes no baseline tensor (its baseline is built from the other particles); pass baseline=None")
+        return vimco_loss(log_weights, log_probs, mask, loo=self.loo, check_finite=self.check_finite)
 
 
 class SequentialVIMCO(nn.Module):
@@ -157,7 +169,16 @@ class SequentialVIMCO(nn.Module):
         torch.Size([4, 3, 7])
     """
 
-    def forward(self, log_weights, log_probs, mask=None, baseline=None) -> EstimatorOutput:
+    def __init__(self, *, check_finite: bool = False):
+        super().__init__()
+        self.check_finite = check_finite
+
+    @property
+    def takes_baseline(self) -> bool:
+        """Always False: the baseline is built from the other particles."""
+        return False
+
+    def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None) -> EstimatorOutput:
         if baseline is not None:
-            raise ValueError("vimco-seq: takes no baseline tensor (its baseline is built from the other particles)")
-        return sequential_vimco_loss(log_weights, log_probs, mask)
+            raise ValueError("vimco-seq: takes no baseline tensor (its baseline is built from the other particles); pass baseline=None")
+        return sequential_vimco_loss(log_weights, log_probs, mask, check_finite=self.check_finite)

@@ -10,7 +10,7 @@ from hardalign.estimators import ESTIMATORS, build_estimator
 
 # One case per registered estimator (completeness is checked below): options and the smallest K.
 CASES = {
-    "reinforce": [({}, 1), ({"baseline": "ema"}, 1), ({"baseline": "loo"}, 2)],
+    "reinforce": [({}, 1), ({"baseline": "ema"}, 1), ({"baseline": "loo"}, 2), ({"baseline": "learned"}, 1)],
     "nvil": [({}, 1), ({"normalize_variance": False}, 2)],
     "vimco": [({}, 2), ({"loo": "arithmetic"}, 2)],
     "vimco-seq": [({}, 2)],
@@ -35,15 +35,21 @@ def make_inputs(k, b=3, t=6, dtype=torch.float64, device="cpu", seed=0):
     return log_weights, log_probs, mask
 
 
-def baseline_for(name, log_weights):
-    return torch.zeros_like(log_weights, requires_grad=True) if name == "nvil" else None
+def baseline_for(estimator, log_weights):
+    """What the objective layer passes: the baseline network's prediction only when the estimator takes one."""
+    return torch.zeros_like(log_weights, requires_grad=True) if estimator.takes_baseline else None
+
+
+def call(name, options, log_weights, log_probs, mask=None, device="cpu"):
+    estimator = build_estimator(name, **options).to(device)
+    return estimator(log_weights, log_probs, mask, baseline=baseline_for(estimator, log_weights))
 
 
 @pytest.mark.parametrize("name,options,k", ALL)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_shapes_dtype_device(name, options, k, dtype, device):
     log_weights, log_probs, mask = make_inputs(k + 2, dtype=dtype, device=device)
-    out = build_estimator(name, **options).to(device)(log_weights, log_probs, mask, baseline_for(name, log_weights))
+    out = call(name, options, log_weights, log_probs, mask, device)
     assert out.loss.shape == () and out.loss.dtype == dtype and out.loss.device == log_weights.device
     assert out.objective.shape == (3,) and out.objective.dtype == dtype and not out.objective.requires_grad
     assert out.signals.shape == log_probs.shape and not out.signals.requires_grad
@@ -58,8 +64,9 @@ def test_totals_and_per_sample_log_probs(name, options, k):
     """[K, B] log weights and log probs are accepted; signals come back as [K, B]."""
     log_weights, log_probs, _ = make_inputs(k + 1)
     total_w, total_q = log_weights.sum(-1), log_probs.sum(-1)
-    baseline = torch.zeros_like(total_w) if name == "nvil" else None
-    out = build_estimator(name, **options)(total_w, total_q, None, baseline)
+    estimator = build_estimator(name, **options)
+    baseline = torch.zeros_like(total_w) if estimator.takes_baseline else None
+    out = estimator(total_w, total_q, None, baseline=baseline)
     assert out.signals.shape == total_q.shape
 
 
@@ -67,7 +74,7 @@ def test_totals_and_per_sample_log_probs(name, options, k):
 def test_loss_value_is_minus_objective(name, options, k):
     """The surrogate terms change the gradient, never the loss value (NVIL adds its regression term)."""
     log_weights, log_probs, mask = make_inputs(k + 1)
-    out = build_estimator(name, **options)(log_weights, log_probs, mask, baseline_for(name, log_weights))
+    out = call(name, options, log_weights, log_probs, mask)
     expected = -out.objective.mean() + out.stats.get("baseline_loss", 0.0)
     torch.testing.assert_close(out.loss.detach(), expected, rtol=0, atol=1e-12)
 
@@ -81,7 +88,7 @@ def test_masked_steps_carry_no_signal(name, options, k):
         lp = log_probs.detach().clone().requires_grad_(True)
         lw = log_weights.detach().clone().requires_grad_(True)
         changed = torch.where(mask, lp, lp + shift)
-        out = build_estimator(name, **options)(lw, changed, mask, baseline_for(name, lw))
+        out = call(name, options, lw, changed, mask)
         out.loss.backward()
         grads.append((out.loss.detach(), lp.grad, lw.grad))
         assert bool((lp.grad[~mask] == 0).all())
@@ -132,7 +139,7 @@ def test_nvil_baseline_shape_is_checked():
 def test_registry_errors_list_the_valid_choices():
     with pytest.raises(ValueError, match="valid estimators: reinforce, nvil, vimco, vimco-seq"):
         build_estimator("vimcoo")
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['decay'\]; valid options: \['loo'\]"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['decay'\]; valid options: \['check_finite', 'loo'\]"):
         build_estimator("vimco", decay=0.5)
     with pytest.raises(ValueError, match="baseline must be one of"):
         build_estimator("reinforce", baseline="mean")
@@ -172,3 +179,91 @@ def test_cli_lists_every_estimator(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == list(ESTIMATORS)
     assert "baseline='none'" in lines[0]
+
+
+# ------------------------------------------------------------------------------ call convention
+TAKES_BASELINE = {
+    ("reinforce", "none"): False,
+    ("reinforce", "ema"): False,
+    ("reinforce", "loo"): False,
+    ("reinforce", "learned"): True,
+    ("nvil", None): True,
+    ("vimco", None): False,
+    ("vimco-seq", None): False,
+}
+
+
+@pytest.mark.parametrize("name,option", list(TAKES_BASELINE))
+def test_takes_baseline_is_a_read_only_flag(name, option):
+    estimator = build_estimator(name, **({"baseline": option} if option else {}))
+    assert estimator.takes_baseline is TAKES_BASELINE[(name, option)]
+    with pytest.raises(AttributeError):
+        estimator.takes_baseline = not estimator.takes_baseline
+
+
+def test_forward_signature_is_shared():
+    for name, cls in ESTIMATORS.items():
+        params = inspect.signature(cls.forward).parameters
+        assert list(params) == ["self", "log_weights", "log_probs", "mask", "baseline", "progress"], name
+        assert params["baseline"].kind is inspect.Parameter.KEYWORD_ONLY and params["baseline"].default is None
+        assert params["progress"].kind is inspect.Parameter.KEYWORD_ONLY and params["progress"].default is None
+        assert params["mask"].default is None
+
+
+@pytest.mark.parametrize("name,options,k", ALL)
+def test_every_estimator_accepts_progress(name, options, k):
+    """A valid progress index is accepted everywhere; estimators that do not align steps ignore it."""
+    log_weights, log_probs, mask = make_inputs(k + 1)
+    progress = torch.arange(6).expand(k + 1, 3, 6)
+    plain = call(name, options, log_weights, log_probs, mask)
+    estimator = build_estimator(name, **options)
+    out = estimator(log_weights, log_probs, mask, baseline=baseline_for(estimator, log_weights), progress=progress)
+    torch.testing.assert_close(out.signals, plain.signals)  # p_t = t is the default alignment
+
+
+@pytest.mark.parametrize("name", ["vimco", "vimco-seq"])
+def test_vimco_variants_refuse_a_baseline(name):
+    log_weights, log_probs, _ = make_inputs(3)
+    with pytest.raises(ValueError, match=f"{name}: takes no baseline tensor"):
+        build_estimator(name)(log_weights, log_probs, baseline=torch.zeros_like(log_weights))
+
+
+def test_learned_reinforce_baseline_is_required():
+    log_weights, log_probs, _ = make_inputs(2)
+    with pytest.raises(ValueError, match=r"baseline='learned' needs the baseline network's prediction.*baseline=b_psi"):
+        build_estimator("reinforce", baseline="learned")(log_weights, log_probs)
+
+
+@pytest.mark.parametrize("per_step", [True, False])
+@pytest.mark.parametrize("shape", ["[K, B]", "[K, B, T]"])
+def test_learned_reinforce_baseline_is_subtracted_and_regressed(per_step, shape):
+    """Module and pure function agree; the signal is R - b; the loss adds mean (b - R)^2 over masked steps."""
+    from hardalign.estimators import reinforce_loss
+
+    log_weights, log_probs, mask = make_inputs(2)
+    g = torch.Generator().manual_seed(5)
+    b_psi = torch.randn(2, 3, 6, generator=g, dtype=torch.float64)
+    if shape == "[K, B]":
+        b_psi = b_psi[..., 0]
+    b_psi.requires_grad_(True)
+    module = build_estimator("reinforce", baseline="learned", per_step=per_step)(log_weights, log_probs, mask, baseline=b_psi)
+    function = reinforce_loss(log_weights, log_probs, mask, baseline=b_psi, per_step=per_step)
+    torch.testing.assert_close(module.loss, function.loss)
+    torch.testing.assert_close(module.signals, function.signals)
+    lw = log_weights.detach()
+    returns = lw.flip(-1).cumsum(-1).flip(-1) if per_step else lw.sum(-1, keepdim=True).expand_as(lw)
+    b = b_psi.detach() if shape == "[K, B, T]" else b_psi.detach().unsqueeze(-1).expand_as(lw)
+    torch.testing.assert_close(module.signals, torch.where(mask, returns - b, torch.zeros_like(b)))
+    regression = (torch.where(mask, (b - returns) ** 2, torch.zeros_like(b)).sum((0, 2)) / mask.sum((0, 2))).mean()
+    torch.testing.assert_close(module.stats["baseline_loss"], regression)
+    torch.testing.assert_close(module.loss.detach(), -module.objective.mean() + regression)
+    (grad,) = torch.autograd.grad(module.loss, b_psi)
+    assert bool(grad.abs().sum() > 0)
+
+
+def test_a_baseline_without_grad_is_not_regressed():
+    from hardalign.estimators import reinforce_loss
+
+    log_weights, log_probs, mask = make_inputs(2)
+    out = reinforce_loss(log_weights, log_probs, mask, baseline=torch.ones(2, 3, dtype=torch.float64))
+    assert "baseline_loss" not in out.stats
