@@ -48,7 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 from hardalign.train.config import resolve_config  # noqa: E402
 from hardalign.train.loop import train  # noqa: E402
-from hardalign.vision.plot import load_trained, plot_glimpses  # noqa: E402
+from hardalign.train.run import load_run  # noqa: E402
+from hardalign.vision.plot import plot_glimpses  # noqa: E402
 
 CONF = ROOT / "recipes" / "glimpse" / "conf"
 
@@ -93,7 +94,8 @@ def _fresh(path: Path) -> Path:
 
 
 def _evaluate(checkpoint: Path, **overrides) -> dict[str, float]:
-    task, model = load_trained(checkpoint, overrides=overrides)
+    run = load_run(checkpoint, overrides=overrides, device="cpu")
+    task, model = run.task, run.model
     with torch.no_grad():
         return task.evaluate(model, "test")
 
@@ -142,7 +144,8 @@ def run_saccader(args: argparse.Namespace) -> dict:
     rep_seconds = time.monotonic() - started
     results = {"representation": {"steps": rep.step, "train_seconds": rep_seconds, "load": os.getloadavg()[0]}}
     # the representation's own accuracy from all cells (the mean of every cell's logits)
-    task, model = load_trained(stage1 / "checkpoint.pt")
+    run = load_run(stage1 / "checkpoint.pt", device="cpu")
+    task, model = run.task, run.model
     images, labels = task.split_data("test")
     with torch.no_grad():
         correct = 0
@@ -284,7 +287,8 @@ def main(argv=None) -> int:
     learned = next((name for name in ("nvil", "reinforce", "vimco", "vimco-b64") if name in ram), None)
     if learned is not None:
         picture = Path(args.picture) if args.picture else out.with_name("glimpses_ram_cluttered60.png")
-        task, model = load_trained(Path(args.workdir) / f"ram_{learned}" / "checkpoint.pt")
+        run = load_run(Path(args.workdir) / f"ram_{learned}" / "checkpoint.pt", device="cpu")
+        task, model = run.task, run.model
         images, labels = task.split_data("test")
         plot_glimpses(model, images[:8], labels[:8], picture, title=f"RAM ({learned}), cluttered 60x60: one sampled rollout")
         print(f"picture: {picture}")

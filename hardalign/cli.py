@@ -20,8 +20,8 @@ COMMAND_MODULES = (
     "hardalign.estimators._cli",
     "hardalign.train.cli",
     "hardalign.data.cli",
-    "hardalign.speech.cli",
-    "hardalign.vision.cli",
+    "hardalign.commands.speech",
+    "hardalign.commands.vision",
 )
 
 #: Shared groups of subcommands and their one-line help.

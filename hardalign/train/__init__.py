@@ -17,6 +17,7 @@ from hardalign.train.config import TRAIN_KEYS, ConfigError, ResolvedConfig, Trai
 from hardalign.train.distributed import DistributedContext, setup_distributed
 from hardalign.train.evaluate import evaluate_checkpoint
 from hardalign.train.loop import NonFiniteLossError, TrainResult, seed_everything, train
+from hardalign.train.run import LoadedRun, load_run
 from hardalign.train.tasks import TASKS, build_task, get_task_class, shard_batches
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "NonFiniteLossError",
     "seed_everything",
     "evaluate_checkpoint",
+    "load_run",
+    "LoadedRun",
     "TASKS",
     "get_task_class",
     "build_task",

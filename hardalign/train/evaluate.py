@@ -1,9 +1,9 @@
 """Score a trained checkpoint on a split and write the results as JSON and Markdown.
 
 ``hardalign evaluate --checkpoint exp/run/checkpoint.pt --split test`` rebuilds the task and
-model from the config stored in the checkpoint (command-line overrides still apply, e.g.
-``--eval-num-samples 1000``), loads the weights, calls the task's ``evaluate`` and writes
-``eval-<split>.json`` and ``eval-<split>.md`` in the config's ``out_dir``.
+model from the config stored in the checkpoint (:func:`hardalign.train.run.load_run`;
+command-line overrides still apply, e.g. ``--eval-num-samples 1000``), calls the task's
+``evaluate`` and writes ``eval-<split>.json`` and ``eval-<split>.md`` in the config's ``out_dir``.
 """
 
 from __future__ import annotations
@@ -15,11 +15,9 @@ from typing import Any, Sequence
 
 import torch
 
-from hardalign.train.checkpoint import atomic_write_bytes, load_checkpoint
-from hardalign.train.config import ResolvedConfig, resolve_config
-from hardalign.train.distributed import resolve_device
-from hardalign.train.loop import CHECKPOINT_NAME, seed_everything
-from hardalign.train.tasks import build_task
+from hardalign.train.checkpoint import atomic_write_bytes
+from hardalign.train.config import ResolvedConfig
+from hardalign.train.run import load_run
 
 __all__ = ["evaluate_checkpoint", "results_markdown"]
 
@@ -53,27 +51,8 @@ def evaluate_checkpoint(
         raise ValueError(f"split must be dev or test, got {split!r}")
     if config is None and checkpoint is None:
         raise ValueError("evaluate: give a config (--config FILE) or a checkpoint (--checkpoint PATH)")
-    state = None
-    if config is None or not isinstance(config, ResolvedConfig):
-        if config is None:
-            state = load_checkpoint(checkpoint)
-            if "config" not in state:
-                raise ValueError(f"checkpoint {str(checkpoint)!r} holds no config; pass --config FILE")
-            config = resolve_config(state["config"], overrides)
-        else:
-            config = resolve_config(config, overrides)
-    elif overrides:
-        config = resolve_config(config.to_dict(), overrides)
+    config, task, model, step, checkpoint = load_run(checkpoint, overrides=overrides, config=config)
     tc = config.train
-    checkpoint = Path(checkpoint) if checkpoint is not None else Path(tc.out_dir) / CHECKPOINT_NAME
-    if state is None:
-        state = load_checkpoint(checkpoint)
-    device = resolve_device(tc.device)
-    seed_everything(tc.seed)
-    task = build_task(tc.task, config.task, tc, device=device)
-    model = task.build_model().to(device)
-    model.load_state_dict(state["model"])
-    model.eval()
     with torch.no_grad():
         metrics = dict(task.evaluate(model, split))
     result = {
@@ -82,7 +61,7 @@ def evaluate_checkpoint(
         "estimator_options": dict(tc.estimator_options),
         "num_samples": tc.num_samples,
         "split": split,
-        "step": int(state.get("step", -1)),
+        "step": step,
         "checkpoint": str(checkpoint),
         "metrics": metrics,
     }

@@ -3,45 +3,18 @@
 :func:`plot_glimpses` draws a grid of images; on each, glimpse t's boxes (the finest and coarsest
 retina scales for RAM, the receptive field of the chosen cell for the Saccader-style model) and a numbered path
 through the box centres, titled with the true and predicted class. Matplotlib's Agg backend is
-used (no display needed). :func:`load_trained` rebuilds a task and model from a checkpoint.
+used (no display needed). ``hardalign plot glimpses`` (:mod:`hardalign.commands.vision`) draws
+it for a trained checkpoint.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
-__all__ = ["plot_glimpses", "load_trained"]
-
-
-def load_trained(checkpoint: str | os.PathLike, *, overrides: dict[str, Any] | None = None, device: str = "cpu"):
-    """Rebuild ``(task, model)`` from a trainer checkpoint (its stored config), model in eval mode.
-
-    Raises:
-        FileNotFoundError: no such checkpoint.
-        ValueError: the checkpoint holds no config or is not a glimpse run.
-    """
-    from hardalign.train.checkpoint import load_checkpoint
-    from hardalign.train.config import resolve_config
-    from hardalign.train.tasks import build_task
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    state = load_checkpoint(path, map_location=device)
-    if "config" not in state:
-        raise ValueError(f"checkpoint {str(path)!r} holds no config")
-    config = resolve_config(state["config"], overrides or {})
-    if config.train.task != "glimpse":
-        raise ValueError(f"checkpoint {str(path)!r} is a {config.train.task!r} run, not a glimpse run")
-    task = build_task("glimpse", config.task, config.train, device=torch.device(device))
-    model = task.build_model().to(device)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return task, model
+__all__ = ["plot_glimpses"]
 
 
 def plot_glimpses(
@@ -72,11 +45,11 @@ def plot_glimpses(
     Returns:
         the PNG path.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
+
+    from hardalign._figures import pyplot, save_figure
+
+    plt = pyplot()
 
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"images must be [N, 1 or 3, H, W], got shape {tuple(images.shape)}")
@@ -121,8 +94,4 @@ def plot_glimpses(
     if title:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=80)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=80)

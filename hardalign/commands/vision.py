@@ -1,4 +1,4 @@
-"""Command-line entry points of the vision area: ``hardalign plot glimpses``.
+"""Glimpse-model commands: ``hardalign plot glimpses``.
 
 Example::
 
@@ -11,18 +11,21 @@ from __future__ import annotations
 import argparse
 import sys
 
+__all__ = ["register"]
+
 
 def _plot_glimpses_command(args: argparse.Namespace) -> int:
-    from hardalign.vision.plot import load_trained, plot_glimpses
+    from hardalign.train.run import load_run
+    from hardalign.vision.plot import plot_glimpses
 
     try:
-        task, model = load_trained(args.checkpoint, device=args.device)
-        images, labels = task.split_data(args.split)
+        run = load_run(args.checkpoint, device=args.device, expect_task="glimpse")
+        images, labels = run.task.split_data(args.split)
         if args.num_images < 1:
             raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
         images, labels = images[: args.num_images].to(args.device), labels[: args.num_images]
         path = plot_glimpses(
-            model,
+            run.model,
             images,
             labels,
             args.out,

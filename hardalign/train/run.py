@@ -1,0 +1,82 @@
+"""Rebuild a trained run (config, task, model) from its checkpoint: the one loader every command uses.
+
+``hardalign evaluate``, ``hardalign decode``, ``hardalign plot alignment`` and ``hardalign plot
+glimpses`` all start from :func:`load_run`: it reads the checkpoint, resolves the config stored in
+it (or a given one) with command-line overrides on top, builds the task on the device, and loads
+the weights into a fresh model in eval mode.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import torch
+
+from hardalign.train.checkpoint import load_checkpoint
+from hardalign.train.config import ResolvedConfig, resolve_config
+from hardalign.train.distributed import resolve_device
+from hardalign.train.loop import CHECKPOINT_NAME, seed_everything
+from hardalign.train.tasks import build_task
+
+__all__ = ["LoadedRun", "load_run"]
+
+
+class LoadedRun(NamedTuple):
+    """What :func:`load_run` rebuilt."""
+
+    config: ResolvedConfig
+    task: Any
+    model: torch.nn.Module  # in eval mode, on ``task.device``
+    step: int  # training steps taken when the checkpoint was written (-1 if not recorded)
+    checkpoint: Path
+
+
+def load_run(
+    checkpoint: str | os.PathLike | None,
+    *,
+    overrides: Sequence[str] | dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    config: ResolvedConfig | str | os.PathLike | None = None,
+    expect_task: str | None = None,
+) -> LoadedRun:
+    """Rebuild the config, task and model of a trained run (model in eval mode).
+
+    Args:
+        checkpoint: the checkpoint file; ``None`` means ``<out_dir>/checkpoint.pt`` of ``config``.
+        overrides: applied on top of the config (``["--eval-num-samples", "1000"]`` or a dict).
+        device: where to build the task and model (``auto``, ``cpu``, ``cuda:N``); default the
+            config's ``device``.
+        config: a resolved config or a YAML file to use instead of the one stored in the checkpoint.
+        expect_task: the task the run must be (``"timit"`` for a speech command); ``None``: any.
+
+    Returns:
+        a :class:`LoadedRun` ``(config, task, model, step, checkpoint)``.
+
+    Raises:
+        ValueError: neither a checkpoint nor a config was given; the checkpoint holds no config
+            and none was given; or the run is not an ``expect_task`` run.
+        FileNotFoundError: the checkpoint does not exist (named).
+    """
+    if checkpoint is None and config is None:
+        raise ValueError("give a checkpoint (--checkpoint PATH) or a config (--config FILE)")
+    if isinstance(config, ResolvedConfig):
+        config = resolve_config(config.to_dict(), overrides) if overrides else config
+    elif config is not None:
+        config = resolve_config(config, overrides)
+    path = Path(checkpoint) if checkpoint is not None else Path(config.train.out_dir) / CHECKPOINT_NAME
+    state = load_checkpoint(path)  # on the CPU; load_state_dict copies onto the model's device
+    if config is None:
+        if "config" not in state:
+            raise ValueError(f"checkpoint {str(path)!r} holds no config; pass --config FILE")
+        config = resolve_config(state["config"], overrides)
+    if expect_task is not None and config.train.task != expect_task:
+        raise ValueError(f"checkpoint {str(path)!r} is a {config.train.task!r} run, not a {expect_task!r} run")
+    device = resolve_device(str(device) if device is not None else config.train.device)
+    seed_everything(config.train.seed)
+    task = build_task(config.train.task, config.task, config.train, device=device)
+    model = task.build_model().to(device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return LoadedRun(config, task, model, int(state.get("step", -1)), path)
