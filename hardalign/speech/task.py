@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from hardalign.data.noise import check_noise_options
 from hardalign.speech.ctc import CTCRecognizer
 from hardalign.speech.decode import Hypothesis, beam_search, greedy_decode
 from hardalign.speech.model import HardAlignmentConfig, HardAlignmentRecognizer
@@ -90,7 +91,7 @@ class SpeechTaskConfig(HardAlignmentConfig):
             raise ValueError(f"decoder={self.decoder!r}: must be one of {_DECODERS}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size={self.beam_size}: must be >= 1")
-        parse_noise_conditions(self.eval_noise)
+        check_noise_options(train_noise=self.train_noise, eval_noise=self.eval_noise, mix_scale=self.mix_scale)
 
 
 def parse_noise_conditions(text: str) -> list[tuple[str, float]]:

@@ -32,7 +32,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import types
@@ -43,6 +42,8 @@ from typing import Any, Mapping, Sequence, Union
 
 import yaml
 
+from hardalign._checks import did_you_mean
+
 __all__ = [
     "TrainConfig",
     "ResolvedConfig",
@@ -52,6 +53,7 @@ __all__ = [
     "load_yaml",
     "parse_overrides",
     "save_config",
+    "check_run",
 ]
 
 
@@ -88,8 +90,14 @@ class TrainConfig:
         eval_every: steps between evaluations on ``eval_split`` (0: only at the end).
         eval_split: split evaluated during training (``dev``).
         checkpoint_every: steps between checkpoints (0: only at the end).
+        keep_checkpoints: how many checkpoints to keep: ``checkpoint.pt`` is the newest and,
+            with N >= 2, ``checkpoint-STEP.pt`` the newest N steps (``checkpoint.pt`` is a hard
+            link to the newest of them), so a damaged newest file has an older one to fall back to.
         resume: ``None`` (start fresh; refuses an ``out_dir`` that already holds a checkpoint),
-            ``auto`` (resume from ``out_dir/checkpoint.pt`` if present) or a checkpoint path.
+            ``auto`` (the newest checkpoint in ``out_dir`` that loads, skipping damaged ones;
+            fresh only when there is none) or a checkpoint path.
+        trust_checkpoint: open checkpoints with a full unpickle (``weights_only=False``), which
+            can run code: only for old files you made yourself (see docs/reliability.md).
         progress: show a tqdm progress bar (rank 0 only).
         tensorboard: write TensorBoard events under ``out_dir/tensorboard``.
     """
@@ -115,7 +123,9 @@ class TrainConfig:
     eval_every: int = 0
     eval_split: str = "dev"
     checkpoint_every: int = 0
+    keep_checkpoints: int = 2
     resume: Union[str, None] = None
+    trust_checkpoint: bool = False
     progress: bool = True
     tensorboard: bool = True
 
@@ -127,7 +137,7 @@ class TrainConfig:
         def bad(name: str, rule: str) -> ConfigError:
             return ConfigError(f"{name}={getattr(self, name)!r}: {rule}")
 
-        for name in ("num_samples", "batch_size", "log_every"):
+        for name in ("num_samples", "batch_size", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be >= 1")
         for name in ("max_steps", "warmup_steps", "eval_every", "checkpoint_every"):
@@ -224,9 +234,7 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
 
 
 def _unknown_key(key: str, valid: Sequence[str], source: str) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"{source}: unknown key {key!r}{hint} (valid keys: {', '.join(sorted(valid))})")
+    return ConfigError(f"{source}: unknown key {key!r}{did_you_mean(key, valid)} (valid keys: {', '.join(sorted(valid))})")
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
@@ -395,23 +403,89 @@ def _check_estimator(train: TrainConfig) -> None:
     valid = estimator_options(train.estimator)
     for option in train.estimator_options:
         if option not in valid:
-            close = difflib.get_close_matches(option, list(valid), n=1, cutoff=0.5)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"estimator_options: {train.estimator!r} has no option {option!r}{hint} "
+                f"estimator_options: {train.estimator!r} has no option {option!r}{did_you_mean(option, valid)} "
                 f"(its options: {', '.join(sorted(valid)) or 'none'}; clear them with --estimator-options '')"
             )
+    _probe_estimator(train)
+
+
+def _probe_estimator(train: TrainConfig) -> None:
+    """Build the estimator once and call it on zeros with K = num_samples: its own checks (option
+    values, K >= 2 for leave-one-out baselines) fail now, as a config error, not at the first step."""
+    import torch
+
+    from hardalign.estimators import build_estimator
+
+    try:
+        estimator = build_estimator(train.estimator, **train.estimator_options)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"estimator_options: {error}") from None
+    shape = (train.num_samples, 1, 2)  # [K, B, T]
+    try:
+        with torch.no_grad():
+            estimator(torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64))
+    except ValueError as error:  # the estimator's message says what it needs and how to fix it
+        raise ConfigError(f"num_samples={train.num_samples} with estimator={train.estimator!r}: {error}") from None
 
 
 def _unknown_value(key: str, value: str, valid: Sequence[str]) -> ConfigError:
-    close = difflib.get_close_matches(value, valid, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"{key}={value!r} is not registered{hint} (valid: {', '.join(valid)})")
+    return ConfigError(f"{key}={value!r} is not registered{did_you_mean(value, valid)} (valid: {', '.join(valid)})")
 
 
 def save_config(config: ResolvedConfig, path: str | os.PathLike) -> None:
     """Write the flat resolved config as YAML, atomically (a reader never sees half a file)."""
-    from hardalign.train.checkpoint import atomic_write_bytes
+    from hardalign._io import atomic_write_text
 
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False))
+
+
+def check_run(config: ResolvedConfig, *, training: bool = True) -> None:
+    """Check what the run will need from the machine, before anything is created or loaded.
+
+    :func:`resolve_config` already checked every key, type, range, the estimator with its options
+    against ``num_samples``, and the task's own options (the speech task opens its noise folders
+    there). This adds what depends on the machine and the file system:
+
+    * ``device`` is available (``cuda`` on a machine without CUDA is an error, not a fallback);
+    * every input folder of the task (a ``*_dir`` or ``*_root`` key other than ``out_dir``) exists;
+    * ``out_dir`` can be created (its nearest existing parent is a writable folder);
+    * with ``training``: ``resume`` names an existing file or folder, and a fresh run
+      (``resume`` unset) does not start over a run that already has checkpoints.
+
+    Raises:
+        ConfigError: one line naming the key, the path and the fix.
+    """
+    from hardalign.train.distributed import resolve_device
+
+    tc = config.train
+    try:
+        resolve_device(tc.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    for key, value in dataclasses.asdict(config.task).items():
+        if (key.endswith("_dir") or key.endswith("_root")) and isinstance(value, str) and value:
+            if not Path(value).is_dir():
+                raise ConfigError(f"{key}={value!r}: no such folder (check the path, or prepare the data first)")
+    out_dir = Path(tc.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"out_dir={tc.out_dir!r} exists and is not a folder; choose another --out-dir")
+    parent = out_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"out_dir={tc.out_dir!r}: cannot create it ({str(parent)!r} is not writable); choose another --out-dir")
+    if not training:
+        return
+    from hardalign.train.checkpoint import checkpoint_files
+
+    newest = out_dir / "checkpoint.pt"
+    if tc.resume is None:
+        existing = ([newest] if newest.exists() else []) + checkpoint_files(newest)
+        if existing:
+            raise ConfigError(
+                f"out_dir {tc.out_dir!r} already holds checkpoints ({existing[0].name}); "
+                "continue it with --resume auto, or choose another --out-dir"
+            )
+    elif tc.resume != "auto" and not Path(tc.resume).exists():
+        raise ConfigError(f"resume={tc.resume!r}: no such checkpoint file (use --resume auto to continue out_dir's newest)")
