@@ -30,14 +30,31 @@ def reward_to_go(log_weights: torch.Tensor) -> torch.Tensor:
 def leave_one_out_mean(x: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """``(1/(K-1)) sum_{j != k} x_j`` for every ``k`` along ``dim`` (K >= 2).
 
+    Infinite entries are handled exactly: the others' mean is ``-inf`` when one of the others is
+    ``-inf`` (a zero-weight particle's log weight), whatever ``x_k`` is; a plain ``sum - x_k`` would
+    give ``-inf - (-inf) = NaN`` for the ``-inf`` particle itself. NaN among the others gives NaN.
+
     Example:
         >>> leave_one_out_mean(torch.tensor([1.0, 2.0, 6.0])).tolist()
         [4.0, 3.5, 1.5]
+        >>> leave_one_out_mean(torch.tensor([1.0, 3.0, float("-inf")])).tolist()
+        [-inf, -inf, 2.0]
     """
     num = x.shape[dim]
     if num < 2:
         raise ValueError(f"a leave-one-out baseline needs K >= 2 samples along dim {dim}, got K={num}")
-    return (x.sum(dim=dim, keepdim=True) - x) / (num - 1)
+    finite = torch.isfinite(x)
+    finite_part = torch.where(finite, x, torch.zeros_like(x))
+    mean = (finite_part.sum(dim=dim, keepdim=True) - finite_part) / (num - 1)
+
+    def others(hit: torch.Tensor) -> torch.Tensor:  # how many of the *other* particles are hit
+        return hit.sum(dim=dim, keepdim=True) - hit.to(torch.long)
+
+    below, above = others(x == float("-inf")) > 0, others(x == float("inf")) > 0
+    undefined = (below & above) | (others(torch.isnan(x)) > 0)
+    mean = torch.where(below, torch.full_like(mean, float("-inf")), mean)
+    mean = torch.where(above, torch.full_like(mean, float("inf")), mean)
+    return torch.where(undefined, torch.full_like(mean, float("nan")), mean)
 
 
 def masked_moments(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

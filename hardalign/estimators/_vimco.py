@@ -9,33 +9,87 @@ per-particle signals
   ``loo="arithmetic"`` uses the log of their arithmetic mean instead);
 * sequential VIMCO (*reconstructed* from Lawson et al. 2018, see DESIGN.md section 2.4): at step
   t the stand-in for particle k keeps its own past and averages the others' futures,
-  ``log wbar_k^(t) = sum_{i < t} l_i^k + (1/(K-1)) sum_{j != k} sum_{i >= t} l_i^j``, and
-  ``A_t^k = L - log((sum_{j != k} w^j + wbar_k^(t)) / K)``. It depends only on ``z^k_{<t}`` and
-  the other particles, so the estimator stays unbiased; at t = 1 it equals VIMCO.
+  ``log wbar_k^(t) = sum_{i < t} l_i^k + (1/(K-1)) sum_{j != k} F^j(tau_j)`` with
+  ``F^j(s) = sum_{i >= s} l_i^j``, and ``A_t^k = L - log((sum_{j != k} w^j + wbar_k^(t)) / K)``.
+  ``align="time"`` takes ``tau_j = t``; ``align="progress"`` takes ``tau_j = #{i : p_i^j < p_t^k}``,
+  the step at which j has made the progress k has made before t (labels emitted), from a
+  ``progress`` index the model supplies; ``"progress-time"`` matches (progress, frames left)
+  (:mod:`hardalign.estimators._align`). ``mix = beta`` replaces the stand-in by
+  ``(1 - beta) log wbar_k^(t) + beta g_{-k}``. The stand-in depends only on ``z^k_{<t}`` and the
+  other particles and beta on earlier batches, so every variant is unbiased; at t = 1 the
+  time-aligned form equals VIMCO.
 
-Both are O(K) (O(K*T)) in time and memory; ``log sum_{j != k} w^j`` comes from the stable
+Impossible samples: a particle with log weight ``-inf`` (an alignment the model rules out, a
+legitimate zero-weight sample) is a normal particle: it adds nothing to ``L``, gets no pathwise
+gradient and a finite signal. An example whose K particles are *all* impossible has objective
+``-inf``; it contributes 0 to the loss (no gradient to anything, its signals are 0) and is counted
+in ``stats["impossible"]`` (the fraction of such examples). The estimate is then unbiased for the
+gradient of ``E[log mean_k w^k; some w^k > 0]`` (all-impossible draws counted as 0); for that,
+a particle whose others are all impossible gets the baseline ``L_{-k} = 0`` (signal ``L``): any
+other value would correlate with the event that the example is dropped.
+
+Everything is O(K) (O(K*T)) in time and memory; ``log sum_{j != k} w^j`` comes from the stable
 leave-one-out log-sum-exp in :mod:`hardalign.estimators._logspace`.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from hardalign.estimators._inputs import EstimatorOutput, Inputs, canonical_inputs, check_values, effective_sample_size, finish
+from hardalign.estimators._align import ALIGNMENTS, alignment_key, exclusive_cumsum, others_future_mean
+from hardalign.estimators._baselines import leave_one_out_mean, masked_moments
+from hardalign.estimators._inputs import EstimatorOutput, Inputs, canonical_inputs, check_progress, check_values, finish
 from hardalign.estimators._logspace import leave_one_out_logsumexp, log_mean_exp
 from hardalign.estimators._surrogate import score_function_surrogate
 
 LEAVE_ONE_OUT = ("geometric", "arithmetic")
+MIXES = ("none", "running")
+NEG_INF = float("-inf")
 
 
-def _multi_sample(inputs: Inputs, signals: torch.Tensor, bound: torch.Tensor) -> EstimatorOutput:
+class _Bound(NamedTuple):
+    log_weights: torch.Tensor  # [K, B], 0 for all-impossible examples (keeps logsumexp's backward finite)
+    bound: torch.Tensor  # [B], differentiable
+    impossible: torch.Tensor  # [B] bool: every particle has log weight -inf
+
+
+def _bound(inputs: Inputs) -> _Bound:
+    log_weights = inputs.log_weights  # [K, B], carries the pathwise gradient
+    impossible = (log_weights.detach() == NEG_INF).all(0)  # [B]
+    safe = torch.where(impossible, torch.zeros_like(log_weights), log_weights)
+    return _Bound(safe, log_mean_exp(safe, dim=0), impossible)
+
+
+def _bound_without(others: torch.Tensor, stand_in: torch.Tensor, num: int) -> torch.Tensor:
+    """``L_{-k} = log((exp(others) + exp(stand_in)) / K)``; 0 where every other particle is impossible."""
+    bound_without = torch.logaddexp(others, stand_in) - math.log(num)
+    return torch.where(others == NEG_INF, torch.zeros_like(bound_without), bound_without)
+
+
+def _multi_sample(inputs: Inputs, signals: torch.Tensor, bound: _Bound, extra_stats: dict | None = None) -> EstimatorOutput:
+    dropped = bound.impossible[None, :, None]  # [1, B, 1]
+    signals = torch.where(dropped, torch.zeros_like(signals), signals)
     surrogate = score_function_surrogate(signals, inputs.log_probs, inputs.mask).sum(0)  # [B]
-    loss = -(bound + surrogate)
-    stats = {"ess": effective_sample_size(inputs.log_weights)}
-    return finish(inputs, loss, bound, signals, stats)
+    loss = torch.where(bound.impossible, torch.zeros_like(surrogate), -(bound.bound + surrogate))
+    objective = torch.where(bound.impossible, torch.full_like(bound.bound, NEG_INF), bound.bound)
+    possible = (~bound.impossible).to(signals.dtype)
+    normalized = torch.softmax(bound.log_weights.detach(), dim=0)
+    ess = 1.0 / (normalized * normalized).sum(0)  # [B], between 1 and K
+    stats = {
+        "ess": (ess * possible).sum() / possible.sum().clamp_min(1),
+        "impossible": bound.impossible.to(signals.dtype).mean(),
+        **(extra_stats or {}),
+    }
+    return finish(inputs, loss, objective, signals, stats)
+
+
+def _check(name: str, inputs: Inputs, check_finite: bool, progress=None) -> None:
+    if check_finite:
+        check_values(name, inputs, progress=progress, impossible_ok=True)
 
 
 def vimco_loss(
@@ -49,44 +103,59 @@ def vimco_loss(
     """VIMCO surrogate loss: ``-mean_b (L + sum_k stopgrad(A^k) sum_t (log q_t^k - stopgrad(log q_t^k)))``.
 
     Args:
-        log_weights: per-step ``[K, B, T]`` or totals ``[K, B]`` (only ``log w^k = sum_t l_t^k`` is used).
+        log_weights: per-step ``[K, B, T]`` or totals ``[K, B]`` (only ``log w^k = sum_t l_t^k`` is used);
+            ``-inf`` marks an impossible sample (see the module docstring).
         log_probs: ``[K, B, T]`` or ``[K, B]``.
         mask: bool, shape of ``log_probs``.
         loo: ``"geometric"`` (the paper's) or ``"arithmetic"`` stand-in for the left-out weight.
+        check_finite: value checks (a host sync): NaN or ``+inf`` log weights, or non-finite
+            ``log_probs`` on masked-in steps, raise a ValueError naming the argument.
 
     Returns:
-        :class:`EstimatorOutput` with ``objective`` the K-sample bound ``[B]``.
+        :class:`EstimatorOutput` with ``objective`` the K-sample bound ``[B]`` and ``stats``
+        ``ess``, ``impossible`` (fraction of examples whose particles are all impossible).
 
     Raises:
-        ValueError: K < 2, or an unknown ``loo``.
+        ValueError: K < 2, an unknown ``loo``, bad values with ``check_finite``.
 
     Example:
         >>> lw = torch.tensor([[0.0], [2.0]])  # K=2, B=1
         >>> out = vimco_loss(lw, torch.zeros(2, 1, requires_grad=True))
         >>> [round(a, 4) for a in out.signals[:, 0].tolist()]  # L - L_{-k}, L = log((1 + e^2) / 2)
         [-0.5662, 1.4338]
+        >>> lw = torch.tensor([[0.0, float("-inf")], [2.0, float("-inf")]])  # example 2: both impossible
+        >>> out = vimco_loss(lw, torch.zeros(2, 2, requires_grad=True))
+        >>> [round(v, 4) for v in out.objective.tolist()], round(out.loss.item(), 4), out.stats["impossible"].item()
+        ([1.4338, -inf], -0.7169, 0.5)
     """
     inputs = canonical_inputs("vimco", log_weights, log_probs, mask, min_samples=2)
-    if check_finite:
-        check_values("vimco", inputs, impossible_ok=True)
+    _check("vimco", inputs, check_finite)
     return _vimco(inputs, loo)
+
+
+def _plain_stand_in(log_weights: torch.Tensor, others: torch.Tensor, loo: str) -> torch.Tensor:
+    """VIMCO's stand-in for the left-out log weight, ``[K, B]``."""
+    if loo == "geometric":
+        return leave_one_out_mean(log_weights, dim=0)  # g_{-k}
+    return others - math.log(log_weights.shape[0] - 1)
 
 
 def _vimco(inputs: Inputs, loo: str) -> EstimatorOutput:
     if loo not in LEAVE_ONE_OUT:
         raise ValueError(f"vimco: loo must be one of {list(LEAVE_ONE_OUT)}, got {loo!r}")
-    log_weights = inputs.log_weights  # [K, B], carries the pathwise gradient
-    num = log_weights.shape[0]
-    bound = log_mean_exp(log_weights, dim=0)  # [B]
-    lw = log_weights.detach()
-    others = leave_one_out_logsumexp(lw, dim=0)  # log sum_{j != k} w^j
-    if loo == "geometric":
-        stand_in = (lw.sum(0, keepdim=True) - lw) / (num - 1)
-    else:
-        stand_in = others - math.log(num - 1)
-    bound_without = torch.logaddexp(others, stand_in) - math.log(num)  # L_{-k}, [K, B]
-    signals = (bound.detach() - bound_without).unsqueeze(-1)  # same at every step: [K, B, 1]
+    bound = _bound(inputs)
+    log_weights = bound.log_weights.detach()  # [K, B]
+    others = leave_one_out_logsumexp(log_weights, dim=0)  # log sum_{j != k} w^j
+    stand_in = _plain_stand_in(log_weights, others, loo)
+    bound_without = _bound_without(others, stand_in, log_weights.shape[0])  # L_{-k}, [K, B]
+    signals = (bound.bound.detach() - bound_without).unsqueeze(-1)  # same at every step: [K, B, 1]
     return _multi_sample(inputs, signals.expand_as(inputs.log_probs), bound)
+
+
+def _convex(a: torch.Tensor, b: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """``(1 - beta) a + beta b`` without ``0 * -inf`` at beta = 0 or 1."""
+    mixed = (1 - beta) * a + beta * b
+    return torch.where(beta == 0, a, torch.where(beta == 1, b, mixed))
 
 
 def sequential_vimco_loss(
@@ -94,6 +163,9 @@ def sequential_vimco_loss(
     log_probs: torch.Tensor,
     mask: torch.Tensor | None = None,
     *,
+    progress: torch.Tensor | None = None,
+    align: str = "progress",
+    mix: torch.Tensor | float = 0.0,
     check_finite: bool = False,
 ) -> EstimatorOutput:
     """Sequential VIMCO: per-step signals ``A_t^k = L - L_{-k}^(t)`` (see the module docstring).
@@ -101,40 +173,89 @@ def sequential_vimco_loss(
     With per-sample totals ``[K, B]`` there is no step structure and this equals :func:`vimco_loss`.
 
     Args:
-        log_weights: per-step log weights ``[K, B, T]`` (or totals ``[K, B]``).
+        log_weights: per-step log weights ``[K, B, T]`` (or totals ``[K, B]``); ``-inf`` steps mark
+            impossible samples.
         log_probs: ``[K, B, T]`` (or ``[K, B]``).
         mask: bool, shape of ``log_probs``.
+        progress: integer ``[K, B, T]``, non-decreasing along T, a function of ``z^k_{<t}`` (for the
+            speech model: labels emitted before step t). None: ``p_t = t``, the time-aligned form.
+        align: ``"time"`` (ignore ``progress``), ``"progress"`` (match the others' futures on
+            progress) or ``"progress-time"`` (on progress, then on frames left).
+        mix: ``beta`` in [0, 1]: the stand-in is ``(1 - beta) log wbar_k^(t) + beta g_{-k}`` (0: the
+            per-step stand-in, 1: VIMCO's geometric one). Unbiased for any beta that does not
+            depend on the current sample (the module estimates it from earlier batches).
+        check_finite: value checks (a host sync): NaN or ``+inf`` log weights, non-finite
+            ``log_probs`` on masked-in steps or a decreasing ``progress`` raise a ValueError.
 
     Returns:
         :class:`EstimatorOutput` with ``objective`` the K-sample bound ``[B]``.
+
+    Raises:
+        ValueError: K < 2, an unknown ``align``, a ``progress`` of the wrong shape or device;
+            TypeError: a ``progress`` that is not an integer tensor.
 
     Example:
         >>> lw = torch.tensor([[[0.0, 1.0]], [[2.0, -1.0]]])  # K=2, B=1, T=2
         >>> out = sequential_vimco_loss(lw, torch.zeros(2, 1, 2, requires_grad=True))
         >>> out.signals.shape
         torch.Size([2, 1, 2])
+        >>> labels = torch.tensor([[[0, 1]], [[0, 0]]])  # labels emitted before each step
+        >>> sequential_vimco_loss(lw, torch.zeros(2, 1, 2), progress=labels).signals.shape
+        torch.Size([2, 1, 2])
     """
     inputs = canonical_inputs("vimco-seq", log_weights, log_probs, mask, min_samples=2)
-    if check_finite:
-        check_values("vimco-seq", inputs, impossible_ok=True)
+    if align not in ALIGNMENTS:
+        raise ValueError(f"vimco-seq: align must be one of {list(ALIGNMENTS)}, got {align!r}")
+    if progress is not None and align != "time":
+        progress = check_progress("vimco-seq", progress, inputs)
+    else:
+        progress = None
+    _check("vimco-seq", inputs, check_finite, progress)
+    if not isinstance(mix, torch.Tensor) and not 0.0 <= mix <= 1.0:
+        raise ValueError(f"vimco-seq: mix must be in [0, 1], got {mix}")
+    return _sequential_vimco(inputs, progress, align, mix)[0]
+
+
+def _sequential_vimco(inputs: Inputs, progress, align: str, mix) -> tuple[EstimatorOutput, torch.Tensor | None]:
+    """The estimate and, for the running mixture, ``[2]`` batch means of ``(log w^k - s) d`` and
+    ``d^2`` with ``d = g_{-k} - s``, ``s`` the per-step stand-in (None with per-sample totals)."""
     if not inputs.per_step:
-        return _vimco(inputs, "geometric")
-    steps = inputs.step_log_weights.detach()  # [K, B, T]
-    num = steps.shape[0]
-    log_weights = inputs.log_weights  # [K, B]
-    bound = log_mean_exp(log_weights, dim=0)  # [B]
-    future = steps.flip(-1).cumsum(-1).flip(-1)  # sum_{i >= t} l_i^k, [K, B, T]
-    past = log_weights.detach().unsqueeze(-1) - future  # sum_{i < t} l_i^k
-    others_future = (future.sum(0, keepdim=True) - future) / (num - 1)  # mean_{j != k} of the others' futures
-    stand_in = past + others_future  # log wbar_k^(t)
-    others = leave_one_out_logsumexp(log_weights.detach(), dim=0).unsqueeze(-1)  # independent of t
-    bound_without = torch.logaddexp(others, stand_in) - math.log(num)  # [K, B, T]
-    signals = bound.detach().unsqueeze(-1) - bound_without
-    return _multi_sample(inputs, signals, bound)
+        return _vimco(inputs, "geometric"), None
+    bound = _bound(inputs)
+    log_weights = bound.log_weights.detach()  # [K, B]
+    steps = torch.where(bound.impossible[None, :, None], torch.zeros_like(inputs.step_log_weights), inputs.step_log_weights)
+    steps = steps.detach()  # [K, B, T]
+    num, _, length = steps.shape
+    key = alignment_key(progress, align, length)
+    stand_in = exclusive_cumsum(steps) + others_future_mean(steps, key)  # own past + others' future: log wbar_k^(t)
+    plain = leave_one_out_mean(log_weights, dim=0).unsqueeze(-1)  # g_{-k}, [K, B, 1]
+    mix = torch.as_tensor(mix, dtype=steps.dtype, device=steps.device).clamp(0, 1)
+    fit = _mix_fit(log_weights, stand_in, plain, inputs.mask & ~bound.impossible[None, :, None])
+    stand_in = _convex(stand_in, plain, mix)
+    others = leave_one_out_logsumexp(log_weights, dim=0).unsqueeze(-1)  # independent of t: [K, B, 1]
+    signals = bound.bound.detach()[None, :, None] - _bound_without(others, stand_in, num)  # [K, B, T]
+    return _multi_sample(inputs, signals, bound, {"mix": mix}), fit
+
+
+def _mix_fit(log_weights, stand_in, plain, mask) -> torch.Tensor:
+    """Masked means ``[sum (log w^k - s) d, sum d^2, count]`` over finite entries, ``d = g_{-k} - s``:
+    the least-squares beta for predicting ``log w^k`` by ``(1 - beta) s + beta g_{-k}`` is their ratio."""
+    residual = log_weights.unsqueeze(-1) - stand_in
+    difference = plain - stand_in
+    valid = mask & torch.isfinite(residual) & torch.isfinite(difference)
+    zero = torch.zeros_like(residual)
+    residual, difference = torch.where(valid, residual, zero), torch.where(valid, difference, zero)
+    cross = masked_moments(residual * difference, valid)  # [count, sum, sum of squares]
+    spread = masked_moments(difference, valid)
+    return torch.stack([cross[1], spread[2], cross[0]])
 
 
 class VIMCO(nn.Module):
     """VIMCO (K >= 2), stateless; ``loo`` selects the geometric (default) or arithmetic stand-in.
+
+    Call: ``est(log_weights, log_probs, mask=None, *, baseline=None, progress=None)``; a baseline
+    tensor is refused (the baseline comes from the other particles) and ``progress`` is ignored
+    (one signal per particle, so step alignment does not matter).
 
     Example:
         >>> VIMCO()(torch.randn(4, 3), torch.randn(4, 3, requires_grad=True)).objective.shape
@@ -147,13 +268,13 @@ class VIMCO(nn.Module):
             raise ValueError(f"vimco: loo must be one of {list(LEAVE_ONE_OUT)}, got {loo!r}")
         self.loo, self.check_finite = loo, check_finite
 
-    def extra_repr(self) -> str:
-        return f"loo={self.loo!r}"
-
     @property
     def takes_baseline(self) -> bool:
         """Always False: the baseline is built from the other particles."""
         return False
+
+    def extra_repr(self) -> str:
+        return f"loo={self.loo!r}"
 
     def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None) -> EstimatorOutput:
         if baseline is not None:
@@ -162,23 +283,73 @@ class VIMCO(nn.Module):
 
 
 class SequentialVIMCO(nn.Module):
-    """Sequential VIMCO (K >= 2), stateless: per-step leave-one-out baselines for long sequences.
+    """Sequential VIMCO (K >= 2): per-step leave-one-out baselines for long sequences.
+
+    Call: ``est(log_weights, log_probs, mask=None, *, baseline=None, progress=None)``; a baseline
+    tensor is refused. ``progress`` (integer ``[K, B, T]``, e.g. labels emitted before step t)
+    aligns the others' futures when ``align`` is not ``"time"``; without it, steps match by time.
+
+    Args:
+        align: ``"progress"``, ``"progress-time"`` or ``"time"`` (see :func:`sequential_vimco_loss`).
+        mix: ``"none"`` (the per-step stand-in) or ``"running"``: a convex combination with VIMCO's
+            stand-in, ``beta`` the least-squares fit of ``log w^k`` by the two stand-ins from running
+            means (decay ``decay``) of earlier batches (buffers ``mix_cross``, ``mix_spread``,
+            updated after use in training mode, synchronised across ranks), clamped to [0, 1];
+            0 before the first update. ``stats["mix"]`` is the beta used.
+        decay: the running means' decay for ``mix="running"``.
+        check_finite: value checks on every call (a host sync), see :func:`sequential_vimco_loss`.
 
     Example:
-        >>> SequentialVIMCO()(torch.randn(4, 3, 7), torch.randn(4, 3, 7, requires_grad=True)).signals.shape
+        >>> est = SequentialVIMCO(mix="running")
+        >>> est(torch.randn(4, 3, 7), torch.randn(4, 3, 7, requires_grad=True)).signals.shape
         torch.Size([4, 3, 7])
+        >>> 0.0 <= float(est.mix_coefficient()) <= 1.0
+        True
     """
 
-    def __init__(self, *, check_finite: bool = False):
+    def __init__(self, *, align: str = "progress", mix: str = "none", decay: float = 0.9, check_finite: bool = False):
         super().__init__()
-        self.check_finite = check_finite
+        if align not in ALIGNMENTS:
+            raise ValueError(f"vimco-seq: align must be one of {list(ALIGNMENTS)}, got {align!r}")
+        if mix not in MIXES:
+            raise ValueError(f"vimco-seq: mix must be one of {list(MIXES)}, got {mix!r}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"vimco-seq: decay must be in [0, 1), got {decay}")
+        self.align, self.mix, self.decay, self.check_finite = align, mix, decay, check_finite
+        self.register_buffer("mix_cross", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mix_spread", torch.zeros((), dtype=torch.float64))
 
     @property
     def takes_baseline(self) -> bool:
         """Always False: the baseline is built from the other particles."""
         return False
 
+    def extra_repr(self) -> str:
+        return f"align={self.align!r}, mix={self.mix!r}" + (f", decay={self.decay}" if self.mix == "running" else "")
+
+    def mix_coefficient(self) -> torch.Tensor:
+        """The ``beta`` the next call uses: ``clamp(mix_cross / mix_spread, 0, 1)``, 0 before any update."""
+        if self.mix == "none":
+            return torch.zeros((), dtype=torch.float64, device=self.mix_cross.device)
+        beta = self.mix_cross / self.mix_spread.clamp_min(1e-30)
+        return torch.where(self.mix_spread > 0, beta, torch.zeros_like(beta)).clamp(0, 1)
+
     def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None) -> EstimatorOutput:
         if baseline is not None:
             raise ValueError("vimco-seq: takes no baseline tensor (its baseline is built from the other particles); pass baseline=None")
-        return sequential_vimco_loss(log_weights, log_probs, mask, check_finite=self.check_finite)
+        inputs = canonical_inputs("vimco-seq", log_weights, log_probs, mask, min_samples=2)
+        if progress is not None and self.align != "time":
+            progress = check_progress("vimco-seq", progress, inputs)
+        else:
+            progress = None
+        _check("vimco-seq", inputs, self.check_finite, progress)
+        beta = self.mix_coefficient().to(dtype=inputs.step_log_weights.dtype, device=inputs.step_log_weights.device)
+        out, fit = _sequential_vimco(inputs, progress, self.align, beta)
+        if self.mix == "running" and self.training and fit is not None:
+            fit = fit.to(self.mix_cross)
+            seen = fit[2] > 0  # a batch with no usable step leaves the statistics alone (no host sync)
+            count = fit[2].clamp_min(1)
+            # running means of the batch means, updated after use so beta never sees the current sample
+            for buffer, total in ((self.mix_cross, fit[0]), (self.mix_spread, fit[1])):
+                buffer.copy_(torch.where(seen, self.decay * buffer + (1.0 - self.decay) * total / count, buffer))
+        return out
