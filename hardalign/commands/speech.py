@@ -65,35 +65,38 @@ def _plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speech_run_parser(add, *args, **kwargs):
+    """A parser for a command on a trained speech run: ``--checkpoint``, ``--split`` and config overrides."""
+    from hardalign.train.cli import OverridesParser
+
+    parser = add(*args, allow_abbrev=False, **kwargs)
+    parser.__class__ = OverridesParser  # unknown --key value pairs become config overrides
+    parser.add_argument("--checkpoint", required=True, help="checkpoint of a timit run")
+    parser.add_argument("--split", choices=("dev", "test"), default="test")
+    return parser
+
+
 def register(commands) -> None:
     """Add ``decode`` and ``plot alignment`` to the ``hardalign`` command."""
-    from hardalign.train.cli import _OverridesParser  # unknown --key value pairs become config overrides
-
-    decode = commands.add(
+    decode = _speech_run_parser(
+        commands.add,
         "decode",
         _decode_command,
         help="decode a split online with a trained speech model; writes hypotheses with emission times",
         description="Decode dev or test with a speech checkpoint (greedy or beam search), write OUT.jsonl and "
         "OUT.txt (phones with emission times in seconds) and print the 39-phone PER. Other --key value "
         "pairs override the stored config (e.g. --data-dir DIR).",
-        allow_abbrev=False,
     )
-    decode.__class__ = _OverridesParser
-    decode.add_argument("--checkpoint", required=True, help="checkpoint of a timit run")
-    decode.add_argument("--split", choices=("dev", "test"), default="test")
     decode.add_argument("--decoder", choices=("greedy", "beam"), default=None, help="default: the run's config")
     decode.add_argument("--beam-size", type=int, default=None)
     decode.add_argument("--out", default=None, help="output path without suffix (default: next to the checkpoint, hyp-SPLIT)")
-    plot = commands.add_to_group(
+    plot = _speech_run_parser(
+        commands.add_to_group,
         "plot",
         "alignment",
         _plot_command,
         help="spectrogram, emission probabilities of p and q, phones at their emission times (PNG)",
-        allow_abbrev=False,
     )
-    plot.__class__ = _OverridesParser
-    plot.add_argument("--checkpoint", required=True, help="checkpoint of a timit run")
-    plot.add_argument("--split", choices=("dev", "test"), default="test")
     plot.add_argument("--utt", default=None, help="utterance id (default: the split's first)")
     plot.add_argument("--seed", type=int, default=0, help="seed of the alignment drawn from q")
     plot.add_argument("--out", required=True, help="PNG path")

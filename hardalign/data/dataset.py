@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torchaudio.functional as AF
@@ -53,6 +54,7 @@ class UnalignableError(ValueError):
     """Utterances with fewer model steps than target labels (+ EOS) cannot be aligned."""
 
 
+@dataclass(eq=False, repr=False)
 class SpeechDataset(Dataset):
     """Utterances of one split as ``{"id", "speaker", "features" [T, F], "targets" [U]}`` items.
 
@@ -65,20 +67,21 @@ class SpeechDataset(Dataset):
         skipped: ``(id, steps, labels)`` of utterances left out as too short (``on_short="skip"``).
     """
 
-    def __init__(self, records: list[dict], *, split: str, vocab: Vocabulary, features: FeatureConfig,
-                 target_fn: Callable[[dict], list[int]], cmvn: CMVN | None = None, cache: FeatureCache | None = None,
-                 mixer=None):
-        self.records = records
-        self.split = split
-        self.vocab = vocab
-        self.features = features
-        self.target_fn = target_fn
-        self.cmvn = cmvn
-        self.cache = cache
-        self.mixer = mixer
-        self.epoch = 0
-        self.skipped: list[tuple[str, int, int]] = []
-        self.lengths = [self.num_steps(r) for r in records]
+    records: list[dict]
+    _: KW_ONLY
+    split: str
+    vocab: Vocabulary
+    features: FeatureConfig
+    target_fn: Callable[[dict], list[int]]
+    cmvn: CMVN | None = None
+    cache: FeatureCache | None = None
+    mixer: Any = None
+    epoch: int = field(default=0, init=False)
+    skipped: list[tuple[str, int, int]] = field(default_factory=list, init=False)
+    lengths: list[int] = field(init=False)
+
+    def __post_init__(self):
+        self.lengths = [self.num_steps(r) for r in self.records]
 
     def num_steps(self, record: dict) -> int:
         n = record["num_samples"]

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Iterator, Sequence
 
 import torch
@@ -110,6 +111,7 @@ def shard_batches(
         yield shard(batch, rank, world_size)
 
 
+@dataclass(eq=False, repr=False)
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of similar-length utterances, reshuffled per epoch, sharded over DDP ranks.
 
@@ -134,21 +136,23 @@ class BucketBatchSampler(Sampler[list[int]]):
         [[1, 3], [4, 2], [0]]
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 bucket_size: int = 50, drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < num_replicas:
-            raise ValueError(f"rank {rank} is outside 0..{num_replicas - 1}")
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.bucket_size = bucket_size
-        self.drop_last = drop_last
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.epoch = 0
+    lengths: Sequence[int]
+    batch_size: int
+    _: KW_ONLY
+    shuffle: bool = True
+    seed: int = 0
+    bucket_size: int = 50
+    drop_last: bool = False
+    num_replicas: int = 1
+    rank: int = 0
+    epoch: int = field(default=0, init=False)
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} is outside 0..{self.num_replicas - 1}")
+        self.lengths = list(self.lengths)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order is drawn."""

@@ -40,6 +40,7 @@ def load_run(
     device: str | torch.device | None = None,
     config: ResolvedConfig | str | os.PathLike | None = None,
     expect_task: str | None = None,
+    trust: bool = False,
 ) -> LoadedRun:
     """Rebuild the config, task and model of a trained run (model in eval mode).
 
@@ -50,6 +51,9 @@ def load_run(
             config's ``device``.
         config: a resolved config or a YAML file to use instead of the one stored in the checkpoint.
         expect_task: the task the run must be (``"timit"`` for a speech command); ``None``: any.
+        trust: open the checkpoint with a full unpickle (only for files you made yourself; see
+            :func:`hardalign.train.checkpoint.load_checkpoint`); also on when a given ``config``
+            sets ``trust_checkpoint``.
 
     Returns:
         a :class:`LoadedRun` ``(config, task, model, step, checkpoint)``.
@@ -66,7 +70,8 @@ def load_run(
     elif config is not None:
         config = resolve_config(config, overrides)
     path = Path(checkpoint) if checkpoint is not None else Path(config.train.out_dir) / CHECKPOINT_NAME
-    state = load_checkpoint(path)  # on the CPU; load_state_dict copies onto the model's device
+    trust = trust or bool(config is not None and config.train.trust_checkpoint)
+    state = load_checkpoint(path, trust=trust)  # on the CPU; load_state_dict copies onto the model's device
     if config is None:
         if "config" not in state:
             raise ValueError(f"checkpoint {str(path)!r} holds no config; pass --config FILE")

@@ -20,11 +20,24 @@ __all__ = ["VARIANTS", "make_canvas", "translate", "clutter"]
 VARIANTS = ("mnist", "translated", "cluttered")
 
 
+def _window(top: np.ndarray, left: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fancy indices ``(rows [N, h, 1], cols [N, 1, w])`` of an ``h x w`` window at each ``(top, left)``."""
+    rows = top[:, None, None] + np.arange(height)[None, :, None]
+    cols = left[:, None, None] + np.arange(width)[None, None, :]
+    return rows, cols
+
+
+def _corners(rng: np.random.Generator, n: int, size: tuple[int, int], window: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` uniform ``(top, left)`` positions of a ``window`` inside ``size`` (top drawn first)."""
+    top = rng.integers(0, size[0] - window[0] + 1, n)
+    left = rng.integers(0, size[1] - window[1] + 1, n)
+    return top, left
+
+
 def _paste_max(canvas: np.ndarray, patches: np.ndarray, top: np.ndarray, left: np.ndarray) -> None:
     """``canvas[n, top+i, left+j] = max(canvas[...], patches[n, i, j])`` for every n at once (in place)."""
     n, height, width = patches.shape
-    rows = top[:, None, None] + np.arange(height)[None, :, None]  # [N, h, 1]
-    cols = left[:, None, None] + np.arange(width)[None, None, :]  # [N, 1, w]
+    rows, cols = _window(top, left, height, width)
     index = np.arange(n)[:, None, None]
     # each canvas receives exactly one patch per call, so the fancy-indexed write has no collisions
     canvas[index, rows, cols] = np.maximum(canvas[index, rows, cols], patches)
@@ -55,11 +68,9 @@ def translate(images: np.ndarray, size: int, rng: np.random.Generator) -> np.nda
         ((3, 60, 60), 2352)
     """
     _check(images, size)
-    n, height, width = images.shape
+    n = len(images)
     canvas = np.zeros((n, size, size), dtype=images.dtype)
-    top = rng.integers(0, size - height + 1, n)
-    left = rng.integers(0, size - width + 1, n)
-    _paste_max(canvas, images, top, left)
+    _paste_max(canvas, images, *_corners(rng, n, (size, size), images.shape[1:]))
     return canvas
 
 
@@ -104,14 +115,10 @@ def clutter(
             # never the digit itself: shift a collision to the next digit of the pool
             same = source == np.arange(n)
             source[same] = (source[same] + 1) % len(pool)
-        crop_top = rng.integers(0, pool.shape[1] - distractor_size + 1, n)
-        crop_left = rng.integers(0, pool.shape[2] - distractor_size + 1, n)
-        rows = crop_top[:, None, None] + np.arange(distractor_size)[None, :, None]
-        cols = crop_left[:, None, None] + np.arange(distractor_size)[None, None, :]
+        crop = (distractor_size, distractor_size)
+        rows, cols = _window(*_corners(rng, n, pool.shape[1:], crop), *crop)
         crops = pool[source[:, None, None], rows, cols]  # [N, d, d]
-        top = rng.integers(0, size - distractor_size + 1, n)
-        left = rng.integers(0, size - distractor_size + 1, n)
-        _paste_max(canvas, crops, top, left)
+        _paste_max(canvas, crops, *_corners(rng, n, (size, size), crop))
     return canvas
 
 
