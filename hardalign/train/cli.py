@@ -2,7 +2,7 @@
 
 Train and evaluate take ``--config FILE`` and any config key as a ``--kebab-case`` override::
 
-    hardalign train --config recipes/timit/conf/nat.yaml --estimator vimco --num-samples 16
+    hardalign train --config recipes/timit/conf/vimco-seq.yaml --estimator vimco --num-samples 16
     hardalign train --config exp.yaml --out-dir exp/run1 --resume auto
     torchrun --nproc-per-node 4 -m hardalign.cli train --config exp.yaml
     hardalign evaluate --checkpoint exp/run1/checkpoint.pt --split test

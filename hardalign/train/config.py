@@ -49,6 +49,7 @@ __all__ = [
     "ResolvedConfig",
     "ConfigError",
     "TRAIN_KEYS",
+    "RENAMED_KEYS",
     "resolve_config",
     "load_yaml",
     "parse_overrides",
@@ -233,7 +234,16 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     raise ConfigError(f"{source}: {key} must be {_type_name(annotation)}, got {value!r} ({type(value).__name__})")
 
 
+#: Config keys that were renamed: old name -> new name. An old name in a YAML file or on the
+#: command line is an error naming the new one; in a checkpoint's stored config it is read as the
+#: new one (:func:`hardalign.train.run.load_run`).
+RENAMED_KEYS = {"eval_samples": "eval_num_samples"}
+
+
 def _unknown_key(key: str, valid: Sequence[str], source: str) -> ConfigError:
+    if RENAMED_KEYS.get(key) in valid:
+        new = RENAMED_KEYS[key]
+        return ConfigError(f"{source}: key {key!r} was renamed {new!r} (--{new.replace('_', '-')} on the command line)")
     return ConfigError(f"{source}: unknown key {key!r}{did_you_mean(key, valid)} (valid keys: {', '.join(sorted(valid))})")
 
 

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, Sequence
 import torch
 
 from hardalign.train.checkpoint import load_checkpoint
-from hardalign.train.config import ResolvedConfig, resolve_config
+from hardalign.train.config import RENAMED_KEYS, ResolvedConfig, resolve_config
 from hardalign.train.distributed import resolve_device
 from hardalign.train.loop import CHECKPOINT_NAME, seed_everything
 from hardalign.train.tasks import build_task
@@ -75,7 +75,9 @@ def load_run(
     if config is None:
         if "config" not in state:
             raise ValueError(f"checkpoint {str(path)!r} holds no config; pass --config FILE")
-        config = resolve_config(state["config"], overrides)
+        # a run saved before a key was renamed stores the old name: read it as the new one
+        stored = {RENAMED_KEYS.get(key, key): value for key, value in state["config"].items()}
+        config = resolve_config(stored, overrides)
     if expect_task is not None and config.train.task != expect_task:
         raise ValueError(f"checkpoint {str(path)!r} is a {config.train.task!r} run, not a {expect_task!r} run")
     device = resolve_device(str(device) if device is not None else config.train.device)

@@ -8,7 +8,7 @@ as ``dev``; ``test`` is the test split. Canvases (``variant``: ``mnist``, ``tran
 distractors cut from digits of the same split.
 
 Evaluation reports the single-rollout accuracy and error (M = 1: one sampled glimpse sequence
-per image, the number to quote). ``eval_samples = M > 1`` *adds* ``accuracy_mc{M}`` /
+per image, the number to quote). ``eval_num_samples = M > 1`` *adds* ``accuracy_mc{M}`` /
 ``error_mc{M}``, the class probabilities averaged over M rollouts, labelled as such;
 ``eval_greedy`` takes the policy's mode instead of sampling. Saccader runs also report
 ``attended_fraction``, the mean area of the union of the glimpse boxes.
@@ -62,7 +62,7 @@ class GlimpseConfig:
         representation_loss: Saccader stage 1: ``cells`` (each cell's own cross-entropy) or
             ``mean`` (cross-entropy of the mean of all cells' logits, BagNet-style).
         label_smoothing: Saccader stage 1: label smoothing of its cross-entropy.
-        eval_samples: M; M > 1 adds Monte Carlo averaged metrics (labelled ``_mc{M}``).
+        eval_num_samples: M; M > 1 adds Monte Carlo averaged metrics (labelled ``_mc{M}``).
         eval_greedy: evaluate with the policy's mode instead of a sampled rollout.
         eval_batch_size: images per evaluation batch.
     """
@@ -91,7 +91,7 @@ class GlimpseConfig:
     entropy_weight: float = 0.0
     representation_loss: str = "cells"
     label_smoothing: float = 0.1
-    eval_samples: int = 1
+    eval_num_samples: int = 1
     eval_greedy: bool = False
     eval_batch_size: int = 500
 
@@ -102,13 +102,13 @@ class GlimpseConfig:
             raise ValueError(f"variant={self.variant!r}: must be one of {VARIANTS}")
         if self.variant != "mnist" and self.image_size < 28:
             raise ValueError(f"image_size={self.image_size}: a {self.variant} canvas must be at least 28")
-        for name in ("num_glimpses", "eval_samples", "eval_batch_size", "patch_size", "num_scales"):
+        for name in ("num_glimpses", "eval_num_samples", "eval_batch_size", "patch_size", "num_scales"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.dev_size < 1:
             raise ValueError(f"dev_size={self.dev_size}: must be >= 1 (the dev split is held out from train)")
-        if self.eval_greedy and self.eval_samples > 1:
-            raise ValueError("eval_greedy=true is deterministic: eval_samples must be 1")
+        if self.eval_greedy and self.eval_num_samples > 1:
+            raise ValueError("eval_greedy=true is deterministic: eval_num_samples must be 1")
 
 
 def build_glimpse_model(config: GlimpseConfig, in_channels: int = 1, num_classes: int = 10) -> nn.Module:
@@ -216,7 +216,7 @@ class GlimpseTask:
         config = self.config
         generator = torch.Generator(device=self.device).manual_seed(config.data_seed)
         correct = correct_mc = attended = 0.0
-        mc = config.eval_samples
+        mc = config.eval_num_samples
         for start in range(0, len(labels), config.eval_batch_size):
             batch = {"images": images[start : start + config.eval_batch_size].to(self.device)}
             target = labels[start : start + config.eval_batch_size].to(self.device)

@@ -79,7 +79,7 @@ def test_batches_are_seeded_fresh_per_epoch_and_sharded():
 
 
 def test_evaluation_is_single_rollout_unless_monte_carlo_is_asked():
-    task = _task(model="ram", num_glimpses=2, patch_size=6, num_scales=2, hidden_size=16, glimpse_hidden=8, eval_samples=3)
+    task = _task(model="ram", num_glimpses=2, patch_size=6, num_scales=2, hidden_size=16, glimpse_hidden=8, eval_num_samples=3)
     model = task.build_model().eval()
     metrics = task.evaluate(model, "dev")
     assert set(metrics) == {"accuracy", "error", "accuracy_mc3", "error_mc3"}
@@ -96,5 +96,7 @@ def test_config_errors_name_the_key():
         resolve_config({"task": "glimpse", "num_glimpses": 0})
     with pytest.raises(ConfigError, match="did you mean 'num_glimpses'"):
         resolve_config({"task": "glimpse", "num_glimpse": 3})
+    with pytest.raises(ConfigError, match="'eval_samples' was renamed 'eval_num_samples'"):
+        resolve_config({"task": "glimpse"}, ["--eval-samples", "3"])
     with pytest.raises(ValueError, match="split"):
         _task().split_data("valid")

@@ -1,0 +1,49 @@
+"""load_run rebuilds config, task and model from a checkpoint; renamed keys of old runs still load."""
+
+import pytest
+import torch
+
+from hardalign.train import load_run, resolve_config, train
+from hardalign.train.checkpoint import load_checkpoint, save_checkpoint
+from hardalign.train.config import ConfigError
+
+BASE = {"task": "sbn", "estimator": "vimco", "num_samples": 2, "batch_size": 50, "train_limit": 100, "layers": "8,4",
+        "eval_num_samples": 3, "max_steps": 2, "log_every": 1, "progress": False, "tensorboard": False}
+
+
+@pytest.fixture(scope="module")
+def sbn_run(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("sbn_run")
+    train(resolve_config({**BASE, "out_dir": str(out_dir)}))
+    return out_dir
+
+
+def test_the_stored_run_comes_back_in_eval_mode(sbn_run):
+    run = load_run(sbn_run / "checkpoint.pt", overrides=["--eval-num-samples", "5"], device="cpu")
+    assert run.step == 2 and run.checkpoint == sbn_run / "checkpoint.pt"
+    assert run.config.train.estimator == "vimco" and run.config.task.eval_num_samples == 5
+    assert not run.model.training
+    stored = load_checkpoint(sbn_run / "checkpoint.pt")["model"]
+    assert all(torch.equal(value, run.model.state_dict()[key]) for key, value in stored.items())
+    # a config instead of the stored one: the checkpoint defaults to OUT_DIR/checkpoint.pt
+    assert load_run(None, config=run.config).checkpoint == sbn_run / "checkpoint.pt"
+
+
+def test_errors_name_the_problem(sbn_run, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_run(tmp_path / "nope.pt")
+    with pytest.raises(ValueError, match="is a 'sbn' run, not a 'timit' run"):
+        load_run(sbn_run / "checkpoint.pt", expect_task="timit")
+    with pytest.raises(ValueError, match="give a checkpoint"):
+        load_run(None)
+    with pytest.raises(ConfigError, match="did you mean 'eval_num_samples'|renamed"):
+        load_run(sbn_run / "checkpoint.pt", overrides=["--eval-num-sample", "5"])
+
+
+def test_a_run_stored_under_a_renamed_key_still_loads(sbn_run, tmp_path):
+    state = load_checkpoint(sbn_run / "checkpoint.pt")
+    state["config"]["eval_samples"] = state["config"].pop("eval_num_samples")  # as written before the rename
+    save_checkpoint(tmp_path / "old.pt", state)
+    assert load_run(tmp_path / "old.pt").config.task.eval_num_samples == 3
+    with pytest.raises(ConfigError, match="'eval_samples' was renamed 'eval_num_samples'"):
+        resolve_config({"task": "sbn", "eval_samples": 3})
