@@ -48,7 +48,7 @@ from torch import nn
 from hardalign.attention import Trajectory, rollout
 from hardalign.objective import LatentOutput
 from hardalign.sampling import fold_tree, unfold
-from hardalign.speech.posterior import Posterior
+from hardalign.speech.posterior import KINDS, Posterior, _Unfolded, count_features
 
 __all__ = ["HardAlignmentConfig", "HardAlignmentRecognizer", "append_eos", "forced_decisions"]
 
@@ -102,14 +102,6 @@ def forced_decisions(step: int, num_steps: torch.Tensor, emitted: torch.Tensor, 
     return is_forced, must_emit.float()
 
 
-def _count_features(step: int, num_steps: torch.Tensor, emitted: torch.Tensor, num_labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``[N, 3]``: log of labels left, log of steps left, and the logit of their ratio (the uniform emit rate)."""
-    labels_left = (num_labels - emitted).clamp_min(0).to(dtype)
-    steps_left = (num_steps - step).clamp_min(1).to(dtype)
-    rate = (labels_left / steps_left).clamp(1e-3, 1 - 1e-3)
-    return torch.stack([torch.log1p(labels_left), torch.log1p(steps_left), torch.logit(rate)], dim=-1)
-
-
 @dataclass
 class HardAlignmentConfig:
     """The options of :class:`HardAlignmentRecognizer` (and of the ``timit`` task, which extends it).
@@ -135,6 +127,10 @@ class HardAlignmentConfig:
             softmax) in q's emit logit: q starts out emitting where p expects the next label.
         posterior_aligner: give q its CTC aligner (:mod:`hardalign.speech.aligner`).
         aligner_weight: weight of the aligner's CTC loss (trains q's aligner only).
+        posterior_kind: ``"lattice"`` (q's emit logit depends on the step and the labels emitted
+            so far through a table computed in parallel: training is time-parallel) or
+            ``"recurrent"`` (q runs its own step RNN and reads p's state: training rolls out step
+            by step). See :mod:`hardalign.speech.posterior`.
     """
 
     hidden_size: int = 256
@@ -153,8 +149,11 @@ class HardAlignmentConfig:
     posterior_coupling: float = 0.0
     posterior_aligner: bool = True
     aligner_weight: float = 1.0
+    posterior_kind: str = "lattice"
 
     def __post_init__(self) -> None:
+        if self.posterior_kind not in KINDS:
+            raise ValueError(f"posterior_kind={self.posterior_kind!r}: must be one of {KINDS}")
         if self.proposal not in ("prior", "posterior"):
             raise ValueError(f"proposal={self.proposal!r}: must be 'prior' or 'posterior'")
         for name in ("hidden_size", "encoder_layers", "decision_hidden", "label_embedding", "posterior_hidden", "baseline_hidden"):
@@ -214,7 +213,12 @@ class HardAlignmentRecognizer(nn.Module):
         self.label_head = nn.Linear(H, self.num_classes)
         # --- posterior q(z | x, y), used only in training ---
         self.posterior = Posterior(
-            input_dim, num_phones, hidden_size=config.posterior_hidden, coupling=config.posterior_coupling, aligner=config.posterior_aligner
+            input_dim,
+            num_phones,
+            hidden_size=config.posterior_hidden,
+            coupling=config.posterior_coupling,
+            aligner=config.posterior_aligner,
+            kind=config.posterior_kind,
         )
         self.aligner_weight = config.aligner_weight
         # --- input-dependent baseline: per step, reads the proposal's state (detached) and the counts ---
@@ -290,7 +294,7 @@ class HardAlignmentRecognizer(nn.Module):
         gates = self.gate_input(encoded)  # [B, T, 4H], once per utterance
         # a tuple of per-step slices: indexing a [N, T, 4H] tensor per step would make autograd
         # allocate a full-size zero gradient at every step; unbind's backward is one stack.
-        memory: dict[str, Any] = {"gates": gates.unbind(1), "num_steps": feature_lengths}
+        memory: dict[str, Any] = {"gates": gates.unbind(1), "gate_inputs": _Unfolded(gates), "num_steps": feature_lengths}
         if targets is not None:
             if target_lengths is None or target_lengths.shape != (B,) or targets.dim() != 2 or targets.shape[0] != B:
                 raise ValueError(f"targets [B, U] and target_lengths [B] needed with B={B}, got {list(targets.shape)}")
@@ -347,7 +351,7 @@ class HardAlignmentRecognizer(nn.Module):
         return state["label_logp"].gather(1, (label_next - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
 
     def _posterior_step(self, state: dict[str, Any], memory: dict[str, Any], z_prev: torch.Tensor) -> None:
-        counts = _count_features(state["t"], memory["num_steps"], state["emitted"], memory["num_labels"], z_prev.dtype)
+        counts = count_features(state["t"], memory["num_steps"], state["emitted"], memory["num_labels"], z_prev.dtype)
         # p's view of this step (detached): q can learn to emit where p expects the next label
         # log-probabilities relative to a uniform softmax: 0 at initialisation
         log_classes = math.log(self.num_classes)
@@ -420,12 +424,13 @@ class HardAlignmentRecognizer(nn.Module):
         counts of labels and steps left, so it depends on ``z_{<t}`` only.
         """
         K = trajectory.num_samples
-        states = torch.stack(trajectory.final_state["record"]["proposal_state"], dim=1)  # [K * B, T, H]
+        states = trajectory.final_state["record"]["proposal_state"]
+        states = states() if callable(states) else torch.stack(states, dim=1)  # [K * B, T, H]
         z = trajectory.locations.flatten(0, 1)  # [K, B, T] -> [K * B, T]
         emitted = (z.cumsum(-1) - z).long()  # labels emitted before step t
         steps = torch.arange(z.shape[1], device=z.device)  # [T]
         folded = fold_tree({"num_steps": memory["num_steps"], "num_labels": memory["num_labels"]}, K)
-        counts = _count_features(steps, folded["num_steps"].unsqueeze(1), emitted, folded["num_labels"].unsqueeze(1), states.dtype)
+        counts = count_features(steps, folded["num_steps"].unsqueeze(1), emitted, folded["num_labels"].unsqueeze(1), states.dtype)
         values = self.baseline_net(torch.cat([states, counts], dim=-1)).squeeze(-1)  # [K * B, T]
         return unfold(values, K)  # [K, B, T]
 
@@ -478,6 +483,111 @@ class HardAlignmentRecognizer(nn.Module):
         trajectory.progress = z.cumsum(-1) - z
         return trajectory, memory
 
+    # ------------------------------------------------------------------ time-parallel training (lattice q)
+    @torch.no_grad()
+    def _draw_from_lattice(self, memory: dict[str, Any], num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """K alignments per utterance from the lattice posterior: ``z [K, B, T]`` (forced steps included).
+
+        A loop over steps of gathers and comparisons only (no network, no autograd, no host sync).
+        """
+        table = memory["posterior"]["table"].value.detach()  # [B, T, L]
+        B, T, L = table.shape
+        N = num_samples * B
+        example = torch.arange(N, device=table.device) % B  # row k * B + b -> b
+        num_steps, num_labels = memory["num_steps"][example], memory["num_labels"][example]
+        flat = table.reshape(-1)
+        emitted = torch.zeros(N, dtype=torch.long, device=table.device)
+        uniforms = torch.rand(T, N, generator=generator, device=table.device, dtype=table.dtype)
+        decisions = []
+        for t in range(T):
+            logit = flat[(example * T + t) * L + emitted.clamp(max=L - 1)]
+            is_forced, value = forced_decisions(t, num_steps, emitted, num_labels)
+            z = torch.where(is_forced, value.to(table.dtype), (uniforms[t] < torch.sigmoid(logit)).to(table.dtype))
+            emitted = emitted + z.long()
+            decisions.append(z)
+        return torch.stack(decisions, dim=-1).reshape(num_samples, B, T)  # [K * B, T] -> [K, B, T]
+
+    def score_alignments(self, memory: dict[str, Any], z: torch.Tensor) -> Trajectory:
+        """The trajectory of given alignments, every step at once (the time-parallel path).
+
+        log p(z_t, y-emissions | past) for all K x B rows and T steps: the decision cell's inputs
+        (encoder gates, previous decision, last emitted label) are known once z is, so the cell
+        runs as one lean recurrence and the heads as batched matmuls; log q is a gather from the
+        lattice posterior's table. Gives the same fields as :func:`hardalign.attention.rollout`
+        on the same alignments (tested).
+
+        Args:
+            memory: from :meth:`encode` with targets and the lattice posterior.
+            z: ``[K, B, T]`` decisions (0/1), forced steps included.
+        """
+        K, B, T = z.shape
+        gates = memory["gate_inputs"].value  # [B, T, 4H]
+        labels, num_labels, num_steps = memory["labels"], memory["num_labels"], memory["num_steps"]
+        L = labels.shape[1]
+        emitted = (z.cumsum(-1) - z).long()  # labels emitted before step t, [K, B, T]
+        steps = torch.arange(T, device=z.device)
+        valid = (steps < num_steps.view(1, B, 1)).expand(K, B, T)
+        is_forced, _ = forced_decisions(steps, num_steps.view(1, B, 1), emitted, num_labels.view(1, B, 1))
+        mask = valid & ~is_forced
+        emit = z > 0.5
+        # --- model p: the decision cell over all steps ---
+        z_prev = F.pad(z, (1, 0))[..., :-1]  # [K, B, T]
+        last = labels.unsqueeze(0).expand(K, B, L).gather(2, (emitted - 1).clamp(0, L - 1))  # label emitted last
+        label_prev = torch.where(emitted > 0, last, torch.zeros_like(last))
+        label_gates = self.gate_label(self.label_embedding.weight)  # [n + 2, 4H]: one row per label id
+        inputs = gates.unsqueeze(0) + self.gate_decision(z_prev.long()) + F.embedding(label_prev, label_gates)  # [K, B, T, 4H]
+        inputs = inputs.flatten(0, 1).unbind(1)  # T x [K * B, 4H]
+        h = c = gates.new_zeros(K * B, self.hidden_size)
+        hidden = []
+        for x in inputs:
+            i, f, g, o = (x + self.gate_hidden(h)).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            hidden.append(h)
+        out = torch.stack(hidden, dim=1)  # [K * B, T, H]
+        if self.training and self._dropout_now > 0:
+            out = F.dropout(out, self._dropout_now, training=True)
+        emit_logit = unfold(self.emit_head(out).squeeze(-1), K)  # [K, B, T]
+        label_logp = unfold(torch.log_softmax(self.label_head(out), dim=-1), K)  # [K, B, T, n + 1]
+        label_next = labels.unsqueeze(0).expand(K, B, L).gather(2, emitted.clamp(max=L - 1))
+        label_next_logp = label_logp.gather(-1, (label_next - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        zero = torch.zeros_like(emit_logit)
+        log_p = torch.where(is_forced, zero, -F.binary_cross_entropy_with_logits(emit_logit, z, reduction="none"))
+        log_p = torch.where(valid, log_p + torch.where(emit, label_next_logp, zero), zero)
+        # --- the proposal q: its logits along the paths ---
+        q_logit = self.posterior.path_logits(memory["posterior"], emitted)  # [K, B, T]
+        log_q = torch.where(mask, -F.binary_cross_entropy_with_logits(q_logit, z, reduction="none"), zero)
+        q_prob = torch.sigmoid(q_logit)
+        entropy = torch.where(mask, F.binary_cross_entropy_with_logits(q_logit, q_prob, reduction="none"), zero)
+
+        def proposal_state() -> torch.Tensor:  # what the lattice posterior "knew" before each decision
+            frames = self.posterior_frames(memory)  # [B, T, Hq]
+            encoded = memory["posterior"]["labels"].value.view(B, L, -1)  # [B, L, Hq]
+            label_next_code = encoded.unsqueeze(0).expand(K, -1, -1, -1).gather(2, emitted.clamp(max=L - 1).unsqueeze(-1).expand(-1, -1, -1, encoded.shape[-1]))
+            return torch.tanh(frames.unsqueeze(0) + label_next_code).flatten(0, 1).detach()  # [K * B, T, Hq]
+
+        return Trajectory(
+            locations=z,
+            log_q=log_q,
+            log_p=log_p,
+            log_weights=log_p - log_q,
+            entropy=entropy,
+            mask=mask,
+            valid=valid,
+            final_state={"record": {"proposal_state": proposal_state}},
+            progress=emitted,
+        )
+
+    @staticmethod
+    def posterior_frames(memory: dict[str, Any]) -> torch.Tensor:
+        """q's frame encodings ``[B, T, Hq]`` from an unfolded memory."""
+        return torch.stack(memory["posterior"]["frames"], dim=1)
+
+    @property
+    def time_parallel(self) -> bool:
+        """Whether training draws from the lattice posterior and scores all steps at once."""
+        return self.proposal == "posterior" and self.posterior.kind == "lattice"
+
     def forward(self, batch: dict[str, Any], *, num_samples: int, step: int = 0) -> LatentOutput:
         """Draw K alignments per utterance from the proposal: the training output.
 
@@ -499,7 +609,11 @@ class HardAlignmentRecognizer(nn.Module):
         """
         self._dropout_now = self.dropout_at(step) if self.training else 0.0
         self._check_alignable(batch)
-        trajectory, memory = self._rollout(batch, num_samples)
+        if self.time_parallel:
+            memory = self.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
+            trajectory = self.score_alignments(memory, self._draw_from_lattice(memory, num_samples))
+        else:
+            trajectory, memory = self._rollout(batch, num_samples)
         entropy = trajectory.entropy.sum(-1).mean()  # per utterance, mean over particles and batch
         weight = self.entropy_weight_at(step)
         losses = {"entropy_bonus": -weight * entropy}

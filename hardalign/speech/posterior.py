@@ -24,11 +24,24 @@ DESIGN.md section 4: q sees the whole utterance and the whole label sequence. He
 
 Everything that does not depend on the decisions is projected once per utterance; the step only
 gathers, adds and runs one small recurrent matrix product for all particles.
+
+Two kinds (``kind``):
+
+* ``"recurrent"``: all of the above; q at step t depends on ``z_{<t}`` through its step RNN and
+  p's view, so sampling from it is a recurrent pass over the particles;
+* ``"lattice"``: q's emit logit depends on ``z_{<t}`` only through n, the labels emitted so far:
+  ``logit(t, n) = gain * <frames_t, labels_n> / sqrt(Hq) + w . [counts(t, n), aligner(t, n)]``, a
+  ``[B, T, L]`` table computed in parallel once per utterance (as a transducer's joint network
+  is). Drawing K alignments is then a loop of cheap gathers with no network in it, and log q of
+  given alignments is one gather (:meth:`Posterior.path_logits`), which is what lets the
+  hard-alignment model train time-parallel (:meth:`HardAlignmentRecognizer.forward`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +49,24 @@ from torch import nn
 
 from hardalign.speech.aligner import emission_hazard, label_start_posteriors
 
-__all__ = ["Posterior", "reverse_within_length"]
+__all__ = ["KINDS", "Posterior", "count_features", "reverse_within_length"]
+
+KINDS = ("recurrent", "lattice")
+
+
+def count_features(step, num_steps: torch.Tensor, emitted: torch.Tensor, num_labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``[..., 3]``: log of labels left, log of steps left, and the logit of their ratio (the uniform emit rate).
+
+    The arguments broadcast: ``step`` is an int or a tensor of step indices, the others tensors.
+
+    Example:
+        >>> count_features(0, torch.tensor([4]), torch.tensor([0]), torch.tensor([2]), torch.float32)[0, 2].item()
+        0.0
+    """
+    labels_left = (num_labels - emitted).clamp_min(0).to(dtype)
+    steps_left = (num_steps - step).clamp_min(1).to(dtype)
+    rate = (labels_left / steps_left).clamp(1e-3, 1 - 1e-3)
+    return torch.stack(torch.broadcast_tensors(torch.log1p(labels_left), torch.log1p(steps_left), torch.logit(rate)), dim=-1)
 
 
 def reverse_within_length(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -85,10 +115,17 @@ class Posterior(nn.Module):
         coupling: initial coefficient of p's relative ``log d_t[y_next]`` in the logit.
         aligner: include the CTC aligner (:mod:`hardalign.speech.aligner`); its emission hazard
             enters the logit with coefficient 1 at initialisation (otherwise the uniform rate does).
+        kind: ``"recurrent"`` or ``"lattice"`` (see the module docstring); ``coupling`` applies
+            to the recurrent kind only (the lattice does not read p).
     """
 
-    def __init__(self, input_dim: int, num_phones: int, *, hidden_size: int = 128, coupling: float = 0.0, aligner: bool = True):
+    def __init__(
+        self, input_dim: int, num_phones: int, *, hidden_size: int = 128, coupling: float = 0.0, aligner: bool = True, kind: str = "recurrent"
+    ):
         super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"posterior kind must be one of {KINDS}, got {kind!r}")
+        self.kind = kind
         half = max(1, hidden_size // 2)
         self.hidden_size = hidden_size
         self.frames = _Bidirectional(input_dim, half)
@@ -96,21 +133,28 @@ class Posterior(nn.Module):
         self.labels = _Bidirectional(self.label_embedding.embedding_dim, half)
         self.frame_proj = nn.Linear(2 * half, hidden_size)
         self.label_proj = nn.Linear(2 * half, hidden_size, bias=False)
-        self.recurrent = nn.Linear(hidden_size, hidden_size, bias=False)
-        self.decision = nn.Embedding(2, hidden_size)
-        self.side = nn.Linear(7, hidden_size, bias=False)  # 3 counts + 3 values of p's view + aligner
-        self.out = nn.Linear(hidden_size, 1)
-        self.direct = nn.Linear(7, 1, bias=False)  # the same features straight into the logit
+        if kind == "recurrent":
+            self.recurrent = nn.Linear(hidden_size, hidden_size, bias=False)
+            self.decision = nn.Embedding(2, hidden_size)
+            self.side = nn.Linear(7, hidden_size, bias=False)  # 3 counts + 3 values of p's view + aligner
+            self.out = nn.Linear(hidden_size, 1)
+            self.direct = nn.Linear(7, 1, bias=False)  # the same features straight into the logit
+        else:
+            self.gain = nn.Parameter(torch.tensor(0.1))  # of the frame-label score (small at first)
+            self.direct = nn.Linear(4, 1, bias=False)  # 3 counts + the aligner's hazard logit
         self.use_aligner = aligner
         self.eos_id = num_phones + 1
         if aligner:
             self.aligner = nn.LSTM(input_dim, hidden_size, batch_first=True)  # unidirectional CTC inside q
             self.aligner_out = nn.Linear(hidden_size, num_phones + 1)  # blank + phones
         with torch.no_grad():
+            self.direct.weight.zero_()
+            if kind == "lattice":
+                self.direct.weight[0, 3 if aligner else 2] = 1.0
+                return
             nn.init.zeros_(self.decision.weight)
             self.out.weight.mul_(0.1)
             self.out.bias.zero_()
-            self.direct.weight.zero_()
             if aligner:
                 self.direct.weight[0, 6] = 1.0  # logit of the aligner's emission hazard
             else:
@@ -142,8 +186,31 @@ class Posterior(nn.Module):
             hazard = F.pad(hazard, (0, 1), value=0.5)  # [B, T, L]
             slot = torch.arange(L, device=features.device).view(1, 1, L)
             hazard = torch.where(slot >= target_lengths.view(B, 1, 1), torch.full_like(hazard, 0.5), hazard)
-            memory["hazard"] = torch.logit(hazard).unbind(1)  # T x [B, L]
+            hazard = torch.logit(hazard)  # [B, T, L]
+            memory["hazard"] = hazard.unbind(1)  # T x [B, L]
+        if self.kind == "lattice":
+            memory["table"] = _Unfolded(self._table(frames, encoded, feature_lengths, num_labels, hazard if self.use_aligner else None))
         return memory
+
+    def _table(self, frames, labels, num_steps, num_labels, hazard) -> torch.Tensor:
+        """The lattice kind's emit logits ``[B, T, L]`` for every (step t, labels emitted n)."""
+        B, T, _ = frames.shape
+        L = labels.shape[1]
+        score = torch.bmm(frames, labels.transpose(1, 2)) / math.sqrt(self.hidden_size)  # [B, T, L]
+        steps = torch.arange(T, device=frames.device).view(1, T, 1)
+        emitted = torch.arange(L, device=frames.device).view(1, 1, L)
+        counts = count_features(steps, num_steps.view(B, 1, 1), emitted, num_labels.view(B, 1, 1), frames.dtype)  # [B, T, L, 3]
+        aligner = hazard if hazard is not None else counts[..., 2]
+        features = torch.cat([counts, aligner.unsqueeze(-1)], dim=-1)  # [B, T, L, 4]
+        return self.gain * score + self.direct(features).squeeze(-1)
+
+    def path_logits(self, memory: dict[str, Any], emitted: torch.Tensor) -> torch.Tensor:
+        """The lattice kind's emit logits along given paths: ``emitted [K, B, T]`` (labels emitted
+        before each step) -> ``[K, B, T]``, differentiable (one gather from the unfolded table)."""
+        table = memory["table"].value  # [B, T, L]
+        L = table.shape[-1]
+        index = emitted.clamp(max=L - 1)  # [K, B, T]
+        return table.unsqueeze(0).expand(index.shape[0], -1, -1, -1).gather(-1, index.unsqueeze(-1)).squeeze(-1)
 
     def initial_state(self, memory: dict[str, Any], num_rows: int) -> torch.Tensor:
         first = memory["frames"][0]
@@ -175,6 +242,11 @@ class Posterior(nn.Module):
         example = torch.arange(emitted.shape[0], device=emitted.device) % B  # row k * B + b -> b
         rows = example * L + emitted.clamp(max=L - 1)
         label_next = F.embedding(rows, memory["labels"].value)  # [N, Hq]; backward is an index_add
+        if self.kind == "lattice":
+            table = memory["table"].value  # [B, T, L]
+            T = table.shape[1]
+            logit = table.reshape(-1)[(example * T + min(t, T - 1)) * L + emitted.clamp(max=L - 1)]
+            return torch.tanh(frames + label_next), logit  # the state the baseline network reads
         if "hazard" in memory:
             hazard = memory["hazard"][min(t, len(memory["hazard"]) - 1)]  # [N, L]
             aligner = hazard.gather(1, emitted.clamp(max=L - 1).unsqueeze(1))  # [N, 1]

@@ -434,7 +434,8 @@ def _probe_estimator(train: TrainConfig) -> None:
     shape = (train.num_samples, 1, 2)  # [K, B, T]
     try:
         with torch.no_grad():
-            estimator(torch.zeros(shape, dtype=torch.float64), torch.zeros(shape, dtype=torch.float64))
+            zeros = torch.zeros(shape, dtype=torch.float64)
+            estimator(zeros, zeros, baseline=zeros if getattr(estimator, "takes_baseline", False) else None)
     except ValueError as error:  # the estimator's message says what it needs and how to fix it
         raise ConfigError(f"num_samples={train.num_samples} with estimator={train.estimator!r}: {error}") from None
 

@@ -32,7 +32,7 @@ def tight_batch() -> dict:
 
 @pytest.mark.parametrize("proposal", ["posterior", "prior"])
 def test_forced_emission_and_masks_are_exact(proposal):
-    model = small_model(proposal=proposal)
+    model = small_model(proposal=proposal, posterior_kind="recurrent")  # the lattice q: tests/speech/test_time_parallel.py
     batch = tight_batch()
     # large emit bias either way: forcing, not the policy, must produce the counts
     for bias in (-8.0, 8.0):

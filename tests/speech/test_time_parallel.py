@@ -1,0 +1,77 @@
+"""Time-parallel training (lattice posterior): the same log-probabilities as the step-by-step rollout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hardalign.estimators import build_estimator
+from hardalign.objective import training_terms
+from hardalign.speech.model import HardAlignmentRecognizer
+from tests.speech.toy import toy_batch, toy_utterances
+
+DIM, PHONES = 12, 8
+
+
+def lattice_model(**kwargs) -> HardAlignmentRecognizer:
+    options = dict(hidden_size=16, encoder_layers=1, decision_hidden=16, label_embedding=8, posterior_hidden=16, baseline_hidden=8)
+    options.update(kwargs)
+    torch.manual_seed(0)
+    model = HardAlignmentRecognizer(DIM, PHONES, posterior_kind="lattice", **options)
+    with torch.no_grad():  # make every path matter: non-trivial weights everywhere
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return model
+
+
+def tight_batch() -> dict:
+    batch = toy_batch(toy_utterances(6, num_phones=PHONES, dim=DIM))
+    batch["feature_lengths"][0] = batch["target_lengths"][0] + 1  # every step forced
+    return batch
+
+
+@pytest.mark.parametrize("aligner", [True, False])
+def test_parallel_scores_equal_the_step_by_step_rollout(aligner):
+    model = lattice_model(posterior_aligner=aligner).double()
+    batch = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in tight_batch().items()}
+    stepwise = model.sample_alignments(batch, num_samples=5, generator=torch.Generator().manual_seed(1))
+    memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
+    parallel = model.score_alignments(memory, stepwise.locations)
+    for name in ("log_q", "log_p", "log_weights", "entropy"):
+        torch.testing.assert_close(getattr(parallel, name), getattr(stepwise, name), rtol=1e-9, atol=1e-9, msg=name)
+    for name in ("mask", "valid", "progress"):
+        assert torch.equal(getattr(parallel, name), getattr(stepwise, name)), name
+    stepwise_states = torch.stack(stepwise.final_state["record"]["proposal_state"], dim=1)
+    torch.testing.assert_close(parallel.final_state["record"]["proposal_state"](), stepwise_states)
+
+
+def test_lattice_draws_respect_forcing_and_match_the_rollout_distribution():
+    model = lattice_model()
+    batch = tight_batch()
+    memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
+    z = model._draw_from_lattice(memory, 4000, generator=torch.Generator().manual_seed(0))
+    steps = torch.arange(z.shape[-1])
+    valid = steps < batch["feature_lengths"].unsqueeze(1)
+    assert not (z.bool() & ~valid).any()  # nothing in the padding
+    assert torch.equal((z * valid).sum(-1), (batch["target_lengths"] + 1).to(z.dtype).expand(z.shape[:2]))
+    # first-step emission frequency against q's probability there (forced rows excluded)
+    traj = model.score_alignments(memory, z)
+    free = traj.mask[:, :, 0]
+    expected = torch.sigmoid(model.posterior.path_logits(memory["posterior"], torch.zeros_like(z, dtype=torch.long))[:, :, 0])
+    for b in range(z.shape[1]):
+        if free[:, b].all():
+            frequency = z[:, b, 0].mean()
+            assert abs(frequency - expected[0, b]) < 4.5 * (expected[0, b] * (1 - expected[0, b]) / z.shape[0]).sqrt() + 1e-6
+
+
+@pytest.mark.parametrize("name", ["vimco-seq", "nvil", "reinforce"])
+def test_time_parallel_training_step(name):
+    model = lattice_model(dropout=0.2, dropout_ramp_steps=4)
+    estimator = build_estimator(name, **({"baseline": "learned"} if name == "reinforce" else {}))
+    terms = training_terms(model(tight_batch(), num_samples=3, step=2), estimator)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"])
+    assert model.posterior.gain.grad is not None and model.posterior.gain.grad.abs() > 0
+    assert model.gate_hidden.weight.grad.abs().sum() > 0 and model.emit_head.weight.grad.abs().sum() > 0
+    if name != "vimco-seq":
+        assert model.baseline_net[-1].bias.grad.abs() > 0
