@@ -3,8 +3,11 @@
 Each problem has proposal parameters ``phi`` and model parameters ``theta`` (both ``[N, D]``
 leaves: N independent replicas of the same values, so one batched call yields N independent
 gradient estimates). ``draw`` gives per-step log weights and log q for K particles of every
-replica (``[K, N, T]``); ``exact_objective`` enumerates the objective (the ELBO for K=1 or the
-K-sample bound ``E log mean_k w^k``) for one replica, differentiably, in float64.
+replica (``[K, N, T]``); ``sample`` adds a progress index ``[K, N, T]`` where the problem has one
+(None otherwise); ``exact_objective`` enumerates the objective (the ELBO for K=1 or the K-sample
+bound ``E log mean_k w^k``) for one replica, differentiably, in float64. With impossible states
+(log weight ``-inf``) the K-sample bound counts the draws whose K particles are all impossible as
+0, the convention of the VIMCO estimators.
 """
 
 from __future__ import annotations
@@ -12,9 +15,16 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import distributions as D
+
+
+class Draw(NamedTuple):
+    log_weights: torch.Tensor  # [K, N, T]
+    log_probs: torch.Tensor  # [K, N, T]
+    progress: torch.Tensor | None  # [K, N, T] long, or None
 
 
 @dataclass
@@ -22,6 +32,10 @@ class Problem:
     name: str
     phi0: torch.Tensor  # [D]
     theta0: torch.Tensor  # [D]
+    impossible_states = False  # some states have log weight -inf (only the VIMCO variants apply)
+
+    def sample(self, phi, theta, num_samples, generator) -> Draw:
+        return Draw(*self.draw(phi, theta, num_samples, generator), None)
 
     def leaves(self, replicas: int, dtype=torch.float64):
         phi = self.phi0.to(dtype).expand(replicas, -1).clone().requires_grad_(True)
@@ -125,13 +139,88 @@ class MarkovBernoulli(Problem):
         return _enumerate_bound((log_p - log_q).sum(-1), log_q.sum(-1), num_samples)
 
 
+class LabelCounter(Problem):
+    """A toy hard alignment with label structure: T binary emit/skip decisions and U labels.
+
+    The progress index is the counter ``c_t = sum_{i<t} z_i`` (labels emitted before t), the state
+    that q and p condition on: q emits with logit ``phi_t - 0.8 c_t``, p with ``theta_t + 0.3 c_t``.
+    Emitting label ``c`` at step t scores ``r[c, t]`` (label c fits best near its own time), a
+    skip costs ``offset``; at the end every label not emitted costs 2 nats. With ``strict``,
+    emitting more than U labels is impossible (log weight ``-inf`` from that step on), otherwise it
+    costs 3 nats. Particles at the same t have emitted different numbers of labels, which is what
+    progress alignment is for.
+    """
+
+    def __init__(self, length: int = 5, labels: int = 2, offset: float = -0.5, strict: bool = False):
+        gen = torch.Generator().manual_seed(100 + length)
+        super().__init__(
+            f"labels{length}" + ("-strict" if strict else ""),
+            0.3 * torch.randn(length, generator=gen, dtype=torch.float64),
+            0.3 * torch.randn(length, generator=gen, dtype=torch.float64),
+        )
+        self.length, self.labels, self.offset, self.strict = length, labels, offset, strict
+        self.impossible_states = strict
+        centres = torch.linspace(0, length - 1, labels + 2, dtype=torch.float64)[1:-1]  # label u fits near centres[u]
+        time = torch.arange(length, dtype=torch.float64)
+        self.score = 1.5 - 0.6 * (time[None, :] - centres[:, None]).abs()  # [U, T]
+
+    def step_terms(self, z, phi, theta):  # z [..., T] -> (log p [..., T], log q [..., T])
+        counter = exclusive_count(z)  # labels emitted before t
+        log_q = D.Bernoulli(logits=phi - 0.8 * counter).log_prob(z)
+        log_p = D.Bernoulli(logits=theta + 0.3 * counter).log_prob(z)
+        label = counter.long().clamp_max(self.labels - 1)
+        time = torch.arange(self.length).expand_as(label)
+        fits = self.score.to(z)[label, time]
+        extra = counter >= self.labels  # an emission beyond the last label
+        emission = torch.where(extra, torch.full_like(fits, -3.0), fits)
+        log_p = log_p + torch.where(z > 0, emission, torch.full_like(fits, self.offset))
+        missing = (self.labels - z.sum(-1)).clamp_min(0)  # labels never emitted
+        log_p = torch.cat([log_p[..., :-1], log_p[..., -1:] - 2.0 * missing.unsqueeze(-1)], dim=-1)
+        if self.strict:
+            log_p = log_p.masked_fill(extra & (z > 0), float("-inf"))
+        return log_p, log_q
+
+    def sample(self, phi, theta, num_samples, generator) -> Draw:
+        counter = torch.zeros(num_samples, phi.shape[0], dtype=phi.dtype)
+        steps = []
+        for t in range(self.length):
+            probs = torch.sigmoid(phi[:, t].detach() - 0.8 * counter)
+            z_t = torch.bernoulli(probs, generator=generator)
+            steps.append(z_t)
+            counter = counter + z_t
+        z = torch.stack(steps, -1)  # [K, N, T]
+        log_p, log_q = self.step_terms(z, phi, theta)
+        return Draw(log_p - log_q, log_q, exclusive_count(z).long())
+
+    def draw(self, phi, theta, num_samples, generator):
+        return self.sample(phi, theta, num_samples, generator)[:2]
+
+    def states(self):
+        return torch.tensor(list(itertools.product([0.0, 1.0], repeat=self.length)), dtype=torch.float64)
+
+    def exact_objective(self, phi, theta, num_samples):
+        log_p, log_q = self.step_terms(self.states(), phi, theta)
+        return _enumerate_bound((log_p - log_q).sum(-1), log_q.sum(-1), num_samples)
+
+
+def exclusive_count(z: torch.Tensor) -> torch.Tensor:
+    """``sum_{i < t} z_i`` along the last axis."""
+    return torch.cat([torch.zeros_like(z[..., :1]), z.cumsum(-1)[..., :-1]], dim=-1)
+
+
 def _enumerate_bound(log_w: torch.Tensor, log_q: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """``E_{z^1..z^K ~ q} log mean_k w^k`` by enumerating all S^K tuples of the S states."""
+    """``E_{z^1..z^K ~ q} log mean_k w^k`` by enumerating all S^K tuples of the S states; a tuple of
+    impossible states only (all ``log w = -inf``) counts as 0."""
     num_states = log_w.shape[0]
     tuples = torch.tensor(list(itertools.product(range(num_states), repeat=num_samples)))  # [S^K, K]
     log_prob = log_q[tuples].sum(-1)
-    bound = torch.logsumexp(log_w[tuples], dim=-1) - math.log(num_samples)
+    tuple_log_w = log_w[tuples]  # [S^K, K]
+    dead = (tuple_log_w == float("-inf")).all(-1)
+    safe = torch.where(dead.unsqueeze(-1), torch.zeros_like(tuple_log_w), tuple_log_w)  # no NaN in logsumexp's backward
+    bound = torch.where(dead, torch.zeros_like(log_prob), torch.logsumexp(safe, dim=-1) - math.log(num_samples))
     return (log_prob.exp() * bound).sum()
 
 
-PROBLEMS = [IndependentBernoulli(), SingleCategorical(), MarkovBernoulli(3)]
+PROBLEMS = [IndependentBernoulli(), SingleCategorical(), MarkovBernoulli(3), LabelCounter(5)]
+#: problems with impossible states: only the VIMCO variants have a finite objective there
+IMPOSSIBLE_PROBLEMS = [LabelCounter(5, strict=True)]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hardalign.estimators import build_estimator, reinforce_loss
-from tests.estimators.problems import PROBLEMS, MarkovBernoulli
+from tests.estimators.problems import IMPOSSIBLE_PROBLEMS, PROBLEMS, MarkovBernoulli
 
 Z = 4.5
 REPLICAS = 20000
@@ -29,7 +29,14 @@ CASES = [
     ("vimco", {"loo": "arithmetic"}, 3, 3),
     ("vimco-seq", {}, 2, 2),
     ("vimco-seq", {}, 3, 3),
+    ("vimco-seq", {"align": "time"}, 3, 3),
+    ("vimco-seq", {"align": "progress-time"}, 3, 3),
+    ("vimco-seq", {"mix": "running"}, 3, 3),  # beta = 0.4 from prepared running statistics
+    ("vimco-seq", {"align": "time", "mix": "running"}, 2, 2),
+    ("reinforce", {"baseline": "learned"}, 2, 1),
 ]
+#: the VIMCO variants also run on problems with impossible (log weight -inf) states
+IMPOSSIBLE_CASES = [case for case in CASES if case[0].startswith("vimco")]
 
 
 def estimate(problem, name, options, num_samples, *, seed, prepare=None):
@@ -39,13 +46,15 @@ def estimate(problem, name, options, num_samples, *, seed, prepare=None):
     if prepare is not None:
         prepare(estimator)
     phi, theta = problem.leaves(REPLICAS)
-    log_weights, log_probs = problem.draw(phi, theta, num_samples, generator)
+    log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, generator)
     baseline = None
-    if name == "nvil":  # a constant stand-in for the baseline network, different per step
+    if estimator.takes_baseline:  # a stand-in for the baseline network, different per step; its
+        # regression term must not bias the proposal's or the model's gradient
         baseline = torch.linspace(-0.5, 0.5, log_weights.shape[-1], dtype=torch.float64).expand_as(log_weights)
         if not options.get("per_step", True):
             baseline = baseline[..., 0]
-    out = estimator(log_weights, log_probs, baseline=baseline)
+        baseline = baseline.clone().requires_grad_(True)
+    out = estimator(log_weights, log_probs, baseline=baseline, progress=progress)
     out.loss.backward()
     # loss is the batch mean: replica b's own estimate of -grad is N * grad[b]
     return -REPLICAS * phi.grad, -REPLICAS * theta.grad
@@ -68,7 +77,12 @@ def assert_unbiased(estimates, expected, label):
 
 def warm_up(estimator):
     """Give the stateful baselines non-trivial pre-update values (the estimate must stay unbiased)."""
-    estimator(torch.full((2, 4, 3), 1.5, dtype=torch.float64), torch.zeros(2, 4, 3, dtype=torch.float64))
+    if hasattr(estimator, "mix_cross"):  # beta = 0.4: halfway between the two stand-ins' extremes
+        estimator.mix_cross.fill_(0.4)
+        estimator.mix_spread.fill_(1.0)
+        return
+    baseline = torch.zeros(2, 4, 3, dtype=torch.float64) if estimator.takes_baseline else None
+    estimator(torch.full((2, 4, 3), 1.5, dtype=torch.float64), torch.zeros(2, 4, 3, dtype=torch.float64), baseline=baseline)
 
 
 @pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.name)
@@ -78,6 +92,18 @@ def test_mean_estimate_matches_exact_gradient(problem, name, options, num_sample
     phi_exact, theta_exact = exact(problem, objective_samples)
     assert_unbiased(phi_hat, phi_exact, f"{name}{options} K={num_samples} phi")
     assert_unbiased(theta_hat, theta_exact, f"{name}{options} K={num_samples} theta")
+
+
+@pytest.mark.parametrize("problem", IMPOSSIBLE_PROBLEMS, ids=lambda p: p.name)
+@pytest.mark.parametrize("name,options,num_samples,objective_samples", IMPOSSIBLE_CASES, ids=lambda c: str(c))
+def test_impossible_particles_keep_the_estimate_unbiased(problem, name, options, num_samples, objective_samples):
+    """Some particles have log weight -inf (and some draws have all K impossible): the estimate is
+    unbiased for the bound that counts all-impossible draws as 0."""
+    phi_hat, theta_hat = estimate(problem, name, options, num_samples, seed=4, prepare=warm_up)
+    assert bool(torch.isfinite(phi_hat).all() and torch.isfinite(theta_hat).all())
+    phi_exact, theta_exact = exact(problem, objective_samples)
+    assert_unbiased(phi_hat, phi_exact, f"{name}{options} K={num_samples} phi ({problem.name})")
+    assert_unbiased(theta_hat, theta_exact, f"{name}{options} K={num_samples} theta ({problem.name})")
 
 
 @pytest.mark.parametrize("problem", PROBLEMS, ids=lambda p: p.name)

@@ -23,19 +23,44 @@ def loop_vimco_signals(log_w, geometric=True):
     return signals
 
 
-def loop_vimco_seq_signals(steps):
-    """steps [K][T] per-step log weights of one example -> A[k][t] by the definition."""
+def loop_vimco_seq_signals(steps, progress=None, align="progress", mix=0.0):
+    """steps [K][T] per-step log weights of one example (entries may be -inf), progress [K][T] ints
+    -> A[k][t] by the definition (DESIGN.md 2.4). Particle j's future starts at
+    tau_j = #{i : p_i^j < p_t^k} ("progress"), plus #{i : p_i^j = p_t^k, i < t} ("progress-time")."""
     K, T = len(steps), len(steps[0])
+    if progress is None or align == "time":
+        progress = [list(range(T)) for _ in range(K)]
     log_w = [sum(row) for row in steps]
-    L = math.log(sum(math.exp(v) for v in log_w) / K)
+    total = sum(math.exp(v) for v in log_w)
     out = [[0.0] * T for _ in range(K)]
+    if total == 0:  # every particle impossible: no signal
+        return out
+    L = math.log(total / K)
     for k, t in itertools.product(range(K), range(T)):
-        past = sum(steps[k][:t])
-        futures = [sum(steps[j][t:]) for j in range(K) if j != k]
-        stand_in = past + sum(futures) / (K - 1)
+        n = progress[k][t]
+        futures = []
+        for j in range(K):
+            if j == k:
+                continue
+            tau = sum(1 for i in range(T) if progress[j][i] < n)
+            if align == "progress-time":
+                tau += sum(1 for i in range(T) if progress[j][i] == n and i < t)
+            futures.append(sum(steps[j][tau:]))
+        stand_in = sum(steps[k][:t]) + sum(futures) / (K - 1)
+        plain = sum(log_w[j] for j in range(K) if j != k) / (K - 1)
+        if mix == 1:
+            stand_in = plain
+        elif mix:
+            stand_in = (1 - mix) * stand_in + mix * plain
         rest = sum(math.exp(log_w[j]) for j in range(K) if j != k)
-        out[k][t] = L - math.log((rest + math.exp(stand_in)) / K)
+        out[k][t] = L - (math.log((rest + math.exp(stand_in)) / K) if rest > 0 else 0.0)
     return out
+
+
+def random_progress(k, b, t, generator, rate=0.4):
+    """A counter of emissions before each step: non-decreasing, different across particles."""
+    emit = (torch.rand(k, b, t, generator=generator) < rate).long()
+    return torch.cat([torch.zeros_like(emit[..., :1]), emit.cumsum(-1)[..., :-1]], dim=-1)
 
 
 def test_vimco_matches_loop_reference():
@@ -58,6 +83,46 @@ def test_sequential_vimco_matches_loop_reference_and_starts_as_vimco():
     plain = vimco_loss(steps, torch.zeros_like(steps))
     torch.testing.assert_close(out.signals[..., 0], plain.signals[..., 0])  # at t = 1 it is VIMCO
     torch.testing.assert_close(out.objective, plain.objective)
+
+
+@pytest.mark.parametrize("align", ["progress", "progress-time", "time"])
+@pytest.mark.parametrize("mix", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("impossible", [False, True], ids=["finite", "with-inf"])
+def test_aligned_sequential_vimco_matches_loop_reference(align, mix, impossible):
+    g = torch.Generator().manual_seed(7)
+    K, B, T = 4, 5, 7
+    steps = torch.randn(K, B, T, generator=g, dtype=torch.float64)
+    progress = random_progress(K, B, T, g)
+    if impossible:  # some impossible steps; example 1 has every particle impossible, example 2 all but one
+        steps[0, 0, 3] = steps[2, 0, 5] = float("-inf")
+        steps[:, 1, 2] = float("-inf")
+        steps[1:, 2, 6] = float("-inf")
+    out = sequential_vimco_loss(steps, torch.zeros_like(steps), progress=progress, align=align, mix=mix)
+    for b in range(B):
+        expected = loop_vimco_seq_signals(steps[:, b].tolist(), progress[:, b].tolist(), align, mix)
+        torch.testing.assert_close(out.signals[:, b], torch.tensor(expected, dtype=torch.float64))
+    assert bool(torch.isfinite(out.signals).all()) and bool(torch.isfinite(out.loss))
+
+
+def test_progress_equal_to_time_is_the_time_aligned_form():
+    g = torch.Generator().manual_seed(8)
+    steps = torch.randn(3, 2, 6, generator=g, dtype=torch.float64)
+    time = torch.arange(6).expand(3, 2, 6)
+    reference = sequential_vimco_loss(steps, torch.zeros_like(steps), align="time")
+    for align in ("progress", "progress-time"):
+        out = sequential_vimco_loss(steps, torch.zeros_like(steps), progress=time, align=align)
+        torch.testing.assert_close(out.signals, reference.signals)
+
+
+def test_progress_aligned_float32_with_a_dominant_sample_matches_float64():
+    g = torch.Generator().manual_seed(9)
+    steps = torch.randn(5, 2, 40, generator=g, dtype=torch.float64) - 2.0
+    steps[0] += 1.5  # particle 0 dominates by 60 nats
+    progress = random_progress(5, 2, 40, g)
+    reference = sequential_vimco_loss(steps, torch.zeros_like(steps), progress=progress).signals
+    got = sequential_vimco_loss(steps.float(), torch.zeros(5, 2, 40), progress=progress).signals
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), reference, rtol=0, atol=2e-3)
 
 
 def test_leave_one_out_logsumexp_matches_loop():

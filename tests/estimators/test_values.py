@@ -1,0 +1,202 @@
+"""Impossible particles (-inf log weights), opt-in value checks, progress validation, the running mix."""
+
+import pytest
+import torch
+
+from hardalign.estimators import ESTIMATORS, build_estimator, reinforce_loss, sequential_vimco_loss, vimco_loss
+from tests.estimators.test_numerics import random_progress
+
+INF = float("inf")
+VIMCO_VARIANTS = [
+    ("vimco", {}),
+    ("vimco", {"loo": "arithmetic"}),
+    ("vimco-seq", {"align": "time"}),
+    ("vimco-seq", {"align": "progress"}),
+    ("vimco-seq", {"align": "progress-time"}),
+    ("vimco-seq", {"mix": "running"}),
+]
+
+
+def leaves(k=3, b=3, t=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    steps = torch.randn(k, b, t, generator=g, dtype=torch.float64)
+    log_probs = -torch.rand(k, b, t, generator=g, dtype=torch.float64)
+    return steps, log_probs, random_progress(k, b, t, g)
+
+
+@pytest.mark.parametrize("name,options", VIMCO_VARIANTS)
+def test_an_impossible_particle_gives_finite_loss_and_gradients(name, options):
+    steps, log_probs, progress = leaves()
+    steps[1, 0, 2] = -INF  # one impossible particle in example 0
+    steps[0, 2, 4] = steps[2, 2, 0] = -INF  # two of three in example 2
+    steps, log_probs = steps.requires_grad_(True), log_probs.requires_grad_(True)
+    out = build_estimator(name, **options)(steps, log_probs, progress=progress)
+    out.loss.backward()
+    assert bool(torch.isfinite(out.loss)) and bool(torch.isfinite(out.objective).all())
+    assert bool(torch.isfinite(out.signals).all())
+    assert bool(torch.isfinite(steps.grad).all()) and bool(torch.isfinite(log_probs.grad).all())
+    assert bool((steps.grad[1, 0] == 0).all())  # a zero weight gets no pathwise gradient
+    assert float(out.stats["impossible"]) == 0.0
+
+
+@pytest.mark.parametrize("name,options", VIMCO_VARIANTS)
+def test_an_all_impossible_example_is_dropped_from_the_loss(name, options):
+    """Objective -inf for that example, 0 signals and gradients there; the loss stays finite and the
+    other examples' contributions are unchanged."""
+    steps, log_probs, progress = leaves()
+    steps[:, 1, 3] = -INF  # example 1: every particle impossible
+    steps, log_probs = steps.requires_grad_(True), log_probs.requires_grad_(True)
+    out = build_estimator(name, **options)(steps, log_probs, progress=progress)
+    out.loss.backward()
+    assert out.objective[1] == -INF and bool(torch.isfinite(out.objective[[0, 2]]).all())
+    assert bool(torch.isfinite(out.loss))
+    assert bool((out.signals[:, 1] == 0).all())
+    assert bool((steps.grad[:, 1] == 0).all()) and bool((log_probs.grad[:, 1] == 0).all())
+    assert float(out.stats["impossible"]) == pytest.approx(1 / 3)
+    # the loss is the sum over the possible examples divided by the whole batch size
+    keep = [0, 2]
+    alone = build_estimator(name, **options)(steps.detach()[:, keep], log_probs.detach()[:, keep], progress=progress[:, keep])
+    torch.testing.assert_close(out.loss.detach(), alone.loss * 2 / 3)
+    torch.testing.assert_close(out.signals[:, keep], alone.signals)
+
+
+@pytest.mark.parametrize("name", ["reinforce", "nvil"])
+def test_elbo_estimators_with_an_impossible_particle(name):
+    """Documented behaviour: the ELBO is -inf and the loss NaN; check_finite says so up front."""
+    steps, log_probs, _ = leaves()
+    steps[1, 0, 2] = -INF
+    out = build_estimator(name)(steps, log_probs)
+    assert out.objective[0] == -INF and bool(torch.isnan(out.loss))
+    with pytest.raises(ValueError, match=r"log_weights: has 1 bad value\(s\) \(-inf at index \[1, 0, 2\].*use vimco"):
+        build_estimator(name, check_finite=True)(steps, log_probs)
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+@pytest.mark.parametrize("bad", [float("nan"), INF])
+def test_check_finite_names_bad_log_weights(name, bad):
+    steps, log_probs, _ = leaves()
+    steps[2, 1, 3] = bad
+    with pytest.raises(ValueError, match=rf"{name}: log_weights: has 1 bad value\(s\) \({bad} at index \[2, 1, 3\]"):
+        build_estimator(name, check_finite=True)(steps, log_probs)
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_check_finite_names_bad_log_probs_only_on_masked_in_steps(name):
+    steps, log_probs, _ = leaves()
+    mask = torch.ones_like(log_probs, dtype=torch.bool)
+    log_probs[0, 2, 1] = -INF  # a forced step with probability 0 under q: fine once masked off
+    mask[0, 2, 1] = False
+    estimator = build_estimator(name, check_finite=True)
+    estimator(steps, log_probs, mask)
+    mask[0, 2, 1] = True
+    with pytest.raises(ValueError, match=r"log_probs: has 1 bad value\(s\) \(-inf at index \[0, 2, 1\]"):
+        estimator(steps, log_probs, mask)
+
+
+def test_check_finite_names_a_bad_baseline():
+    steps, log_probs, _ = leaves()
+    baseline = torch.zeros(3, 3, dtype=torch.float64)
+    baseline[1, 1] = float("nan")
+    for estimator in (build_estimator("nvil", check_finite=True), build_estimator("reinforce", baseline="learned", check_finite=True)):
+        with pytest.raises(ValueError, match=r"baseline: has 1 bad value"):
+            estimator(steps, log_probs, baseline=baseline)
+    with pytest.raises(ValueError, match=r"baseline: has 1 bad value"):
+        reinforce_loss(steps, log_probs, baseline=baseline, check_finite=True)
+
+
+def test_check_finite_accepts_impossible_particles_for_vimco():
+    steps, log_probs, progress = leaves()
+    steps[0, 0, 0] = -INF
+    vimco_loss(steps, log_probs, check_finite=True)
+    sequential_vimco_loss(steps, log_probs, progress=progress, check_finite=True)
+
+
+def test_without_check_finite_nan_flows_through():
+    """No value check by default (it would cost a host sync): NaN in, NaN out."""
+    steps, log_probs, _ = leaves()
+    steps[0, 0, 0] = float("nan")
+    assert bool(torch.isnan(vimco_loss(steps, log_probs).loss))
+
+
+# --------------------------------------------------------------------------------- progress checks
+BAD_PROGRESS = {
+    "float": (lambda p: p.double(), TypeError, r"progress: expected an integer tensor .* got dtype torch.float64"),
+    "bool": (lambda p: p > 0, TypeError, r"progress: expected an integer tensor"),
+    "wrong T": (lambda p: p[..., :-1], ValueError, r"progress: expected shape \[K, B, T\] = \[3, 3, 5\]"),
+    "not a tensor": (lambda p: p.tolist(), TypeError, r"progress: expected an integer torch.Tensor"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PROGRESS))
+def test_bad_progress_names_the_argument(case):
+    make, error, pattern = BAD_PROGRESS[case]
+    steps, log_probs, progress = leaves()
+    with pytest.raises(error, match=pattern):
+        build_estimator("vimco-seq", align="progress")(steps, log_probs, progress=make(progress))
+    with pytest.raises(error, match=pattern):
+        sequential_vimco_loss(steps, log_probs, progress=make(progress))
+
+
+def test_progress_needs_per_step_terms():
+    steps, log_probs, progress = leaves()
+    with pytest.raises(ValueError, match="progress: vimco-seq aligns steps, so it needs per-step"):
+        sequential_vimco_loss(steps.sum(-1), log_probs.sum(-1), progress=progress)
+
+
+def test_decreasing_progress_is_caught_only_with_check_finite():
+    steps, log_probs, progress = leaves()
+    progress[1, 2, 3] = progress[1, 2, 2] - 1
+    sequential_vimco_loss(steps, log_probs, progress=progress)  # metadata only: no host sync
+    with pytest.raises(ValueError, match=r"progress: must be non-decreasing along T .* after index \[1, 2, 2\]"):
+        sequential_vimco_loss(steps, log_probs, progress=progress, check_finite=True)
+
+
+def test_time_alignment_ignores_progress():
+    steps, log_probs, progress = leaves()
+    time = sequential_vimco_loss(steps, log_probs, align="time")
+    given = sequential_vimco_loss(steps, log_probs, progress=progress.double(), align="time")  # not even checked
+    torch.testing.assert_close(given.signals, time.signals)
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match=r"align must be one of \['time', 'progress', 'progress-time'\]"):
+        build_estimator("vimco-seq", align="labels")
+    with pytest.raises(ValueError, match=r"mix must be one of \['none', 'running'\]"):
+        build_estimator("vimco-seq", mix=0.5)
+    with pytest.raises(ValueError, match=r"mix must be in \[0, 1\]"):
+        sequential_vimco_loss(*leaves()[:2], mix=1.5)
+
+
+# ------------------------------------------------------------------------------------ running mix
+def test_running_mix_uses_the_pre_update_coefficient_and_updates_only_in_training():
+    steps, log_probs, progress = leaves(k=4, b=6, t=9)
+    # per-step terms that nearly cancel within a particle: VIMCO's stand-in predicts log w^k well
+    steps = steps - steps.mean(-1, keepdim=True) + 0.05 * torch.arange(4, dtype=torch.float64)[:, None, None]
+    estimator = build_estimator("vimco-seq", mix="running", decay=0.5)
+    assert float(estimator.mix_coefficient()) == 0.0
+    first = estimator(steps, log_probs, progress=progress)
+    assert float(first.stats["mix"]) == 0.0  # nothing learnt before the first call
+    torch.testing.assert_close(first.signals, sequential_vimco_loss(steps, log_probs, progress=progress).signals)
+    beta = estimator.mix_coefficient()
+    assert 0.0 < float(beta) <= 1.0, float(beta)
+    second = estimator(steps, log_probs, progress=progress)
+    torch.testing.assert_close(second.stats["mix"], beta.to(torch.float64))
+    torch.testing.assert_close(second.signals, sequential_vimco_loss(steps, log_probs, progress=progress, mix=float(beta)).signals)
+    state = {key: value.clone() for key, value in estimator.state_dict().items()}
+    estimator.eval()(steps, log_probs, progress=progress)
+    assert all(torch.equal(state[key], value) for key, value in estimator.state_dict().items())
+
+
+def test_running_mix_fits_the_least_squares_coefficient():
+    """With decay 0, beta is this batch's least-squares fit of log w^k by (1 - beta) s + beta g_{-k}."""
+    steps, log_probs, progress = leaves(k=4, b=6, t=9)
+    estimator = build_estimator("vimco-seq", mix="running", decay=0.0)
+    estimator(steps, log_probs, progress=progress)
+    from hardalign.estimators._align import exclusive_cumsum, others_future_mean
+    from hardalign.estimators._baselines import leave_one_out_mean
+
+    s = exclusive_cumsum(steps) + others_future_mean(steps, progress)
+    g = leave_one_out_mean(steps.sum(-1), 0).unsqueeze(-1)
+    residual, difference = steps.sum(-1, keepdim=True) - s, g - s
+    expected = ((residual * difference).sum() / (difference**2).sum()).clamp(0, 1)
+    torch.testing.assert_close(estimator.mix_coefficient(), expected)
