@@ -22,13 +22,15 @@ The contract, as the trainer calls it::
         def build_model(self) -> torch.nn.Module:
             # called once per process after seeding; the trainer moves it to the device, wraps it
             # in DistributedDataParallel when world_size > 1 and builds the optimiser over
-            # model.parameters() (include any NVIL baseline network in the model).
-            # Its forward is called as
-            #     model(batch, *, estimator, num_samples: int, step: int) -> dict[str, Tensor]
-            # with the batch already on the device. "loss" is the scalar the trainer minimises
-            # (the estimator's out.loss plus any regulariser); every other entry is a detached
-            # 0-dim tensor the trainer logs as its own term ("objective", "entropy", ...). Never
-            # call .item() in forward: the trainer syncs only at its logging interval.
+            # model.parameters() (include any input-dependent baseline network in the model).
+            # Its training forward is called as
+            #     model(batch, *, num_samples: int, step: int) -> LatentOutput | dict[str, Tensor]
+            # with the batch already on the device; the model never sees the estimator. A
+            # hardalign.objective.LatentOutput (trajectory [K, B, T], optional baseline
+            # prediction, extra loss terms by name, detached metrics) becomes the loss in
+            # hardalign.objective.training_terms; a model without latent decisions returns a
+            # dict whose "loss" is the scalar to minimise, every other entry a detached 0-dim
+            # term. Never call .item() in forward: the trainer syncs only at its logging interval.
 
         def train_batches(self, epoch: int) -> Iterable[dict]:
             # this rank's shard of the epoch's training batches: dicts of tensors (non-tensor
