@@ -251,12 +251,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except pickle.UnpicklingError as error:
         if not trust and _unsafe_globals(error):  # a refused type; otherwise the pickle itself is damaged
             raise UnsafeCheckpointError(_unsafe_message(path, error)) from None
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {_first_line(error)}") from None
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read (damaged, or not a checkpoint): {_unpickler_reason(error)}") from None
     except Exception as error:  # noqa: BLE001 - a truncated zip, a wrong magic number: all mean "damaged"
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read (damaged or truncated?): {_first_line(error)}") from None
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read (damaged, or not a checkpoint): {_first_line(error)}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} does not hold a dict (got {type(state).__name__})")
     return state
+
+
+def _unpickler_reason(error: BaseException) -> str:
+    """The unpickler's own reason, without torch's advice to retry with weights_only=False (wrong for a damaged file)."""
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)", str(error), re.DOTALL)
+    return " ".join(match.group(1).split()) if match else _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:
@@ -365,8 +371,9 @@ def find_resume_checkpoint(
         trust: passed to :func:`load_checkpoint`.
 
     Returns:
-        a :class:`ResumePoint`; ``warnings`` holds one line per damaged file skipped and stale
-        temporary files removed (print them).
+        a :class:`ResumePoint`; ``warnings`` holds one line per damaged file skipped (a numbered
+        one is renamed ``NAME.damaged``: kept, but out of the rotation) and per stale temporary
+        file removed (print them).
 
     Raises:
         FileExistsError: ``resume`` is None but checkpoints exist.
@@ -400,17 +407,32 @@ def find_resume_checkpoint(
         except UnsafeCheckpointError:
             raise
         except (CheckpointError, FileNotFoundError) as error:
-            problems.append(str(error))
+            problems.append((str(error), candidate))
             continue
-        for problem in problems:
-            warnings.append(f"warning: skipped a damaged checkpoint: {problem}")
+        numbered = set(checkpoint_files(checkpoint_path))
+        for problem, damaged in problems:
+            # the stable name is replaced by the next save; a numbered file would stay in the rotation
+            aside = _set_aside(damaged) if damaged in numbered else None
+            moved = f"; moved it to {aside.name}" if aside is not None else ""
+            warnings.append(f"warning: skipped a damaged checkpoint: {problem}{moved}")
         return ResumePoint(candidate, state, warnings)
     if candidates:
         raise CheckpointError(
             f"resume=auto: none of the {len(candidates)} checkpoint(s) in {str(checkpoint_path.parent)!r} loads "
-            f"({'; '.join(problems)}); not starting from scratch over them: move them away to start afresh"
+            f"({'; '.join(problem for problem, _ in problems)}); not starting from scratch over them: "
+            "move them away to start afresh"
         )
     return ResumePoint(None, None, warnings)
+
+
+def _set_aside(path: Path) -> Path | None:
+    """Rename a damaged numbered checkpoint to ``NAME.damaged`` (kept for inspection, out of the rotation)."""
+    aside = path.with_name(path.name + ".damaged")
+    try:
+        os.replace(path, aside)
+    except OSError:  # another rank moved it first, or a read-only folder: the warning still stands
+        return None
+    return aside
 
 
 def _remove_stale_temporaries(checkpoint_path: Path) -> list[str]:
