@@ -63,6 +63,12 @@ def test_defaults_and_real_sbn_task():
         (["--estimator", "vimco", "--estimator-options", "baseline=loo"],
          "'vimco' has no option 'baseline'"),
         (["--estimator", "reinforce", "--estimator-options", "baselin=loo"], "did you mean 'baseline'?"),
+        (["--keep-checkpoints", "0"], "keep_checkpoints=0: must be >= 1"),
+        # the estimator is built and called once with K = num_samples: its own checks, now
+        (["--estimator", "vimco", "--num-samples", "1"], "num_samples=1 with estimator='vimco': vimco: needs K >= 2"),
+        (["--estimator", "vimco-seq", "--num-samples", "1"], "needs K >= 2"),
+        (["--estimator", "reinforce", "--estimator-options", "baseline=loo", "--num-samples", "1"], "needs K >= 2"),
+        (["--estimator", "nvil", "--estimator-options", "decay=1.5"], "estimator_options: nvil: decay must be in [0, 1)"),
     ],
 )
 def test_override_errors_name_the_key(overrides, message):
@@ -127,3 +133,37 @@ def test_parse_overrides_forms():
     assert parse_overrides(["--resume", "null", "--seed=3", "--tensorboard", "--out-dir", "exp/a"]) == {
         "resume": None, "seed": 3, "tensorboard": True, "out_dir": "exp/a"}
     assert TrainConfig().estimator in ("reinforce", "nvil", "vimco", "vimco-seq")
+
+
+def test_single_sample_estimators_accept_k_1():
+    for estimator in ("reinforce", "nvil"):
+        assert resolve_config({}, ["--estimator", estimator, "--num-samples", "1"], task_config_class=TaskOptions).train.num_samples == 1
+
+
+@dataclass
+class PathOptions:
+    data_dir: str = ""
+    mnist_root: Union[str, None] = None
+
+
+def test_check_run_names_missing_folders_and_existing_work(tmp_path):
+    from hardalign.train.config import check_run
+
+    def check(*overrides):
+        check_run(resolve_config({"out_dir": str(tmp_path / "run")}, list(overrides), task_config_class=PathOptions))
+
+    check("--data-dir", str(tmp_path))  # an existing folder, a new out_dir: fine
+    with pytest.raises(ConfigError, match=r"data_dir='.*missing': no such folder"):
+        check("--data-dir", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError, match=r"mnist_root='/nope': no such folder"):
+        check("--mnist-root", "/nope")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"out_dir='.*file' exists and is not a folder"):
+        check("--out-dir", str(tmp_path / "file"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint-4.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"already holds checkpoints \(checkpoint-4.pt\); continue it with --resume auto"):
+        check()
+    check("--resume", "auto")
+    with pytest.raises(ConfigError, match=r"resume='/nope.pt': no such checkpoint file"):
+        check("--resume", "/nope.pt")
