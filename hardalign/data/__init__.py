@@ -11,7 +11,9 @@ Public surface (everything a recipe needs)::
   :class:`NoiseConfig`) into a :class:`SpeechDataset` whose items :func:`collate_speech` pads into
   ``{"features" [B, T, F], "feature_lengths" [B], "targets" [B, U], "target_lengths" [B], "ids"}``;
 * :class:`Vocabulary`: id 0 = padding / CTC blank, symbols ``1..n``, ``eos_id = n + 1``;
-* :func:`phone_error_rate` scores on 39 phones (Kaldi policy) with S/D/I counts.
+* :func:`phone_error_rate` scores on 39 phones (Kaldi policy) with S/D/I counts;
+* :func:`shard_batches` / :class:`BucketBatchSampler` (:mod:`hardalign.data.sampling`): the one
+  epoch order and per-rank sharding of training batches every task uses.
 """
 
 # Names are imported lazily (PEP 562) so that light users such as the synthesis worker process
@@ -51,6 +53,7 @@ _EXPORTS = {
     "read_manifest": "hardalign.data.timit",
     "reference_token_count": "hardalign.data.scoring",
     "scan_timit": "hardalign.data.timit",
+    "shard_batches": "hardalign.data.sampling",
     "speech_dataloader": "hardalign.data.dataset",
     "stack_frames": "hardalign.data.features",
     "write_sphere": "hardalign.data.audio",
@@ -106,6 +109,7 @@ __all__ = [
     "read_manifest",
     "reference_token_count",
     "scan_timit",
+    "shard_batches",
     "speech_dataloader",
     "stack_frames",
     "write_sphere",
