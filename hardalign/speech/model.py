@@ -131,6 +131,10 @@ class HardAlignmentConfig:
             so far through a table computed in parallel: training is time-parallel) or
             ``"recurrent"`` (q runs its own step RNN and reads p's state: training rolls out step
             by step). See :mod:`hardalign.speech.posterior`.
+        posterior_encoder: ``"own"`` (q encodes the frames with its own LSTMs) or ``"shared"``
+            (q reads p's encoder output: detached for its frame encoding, and its aligner is a
+            CTC head on it, so ``aligner_weight`` times the aligner's CTC loss also trains p's
+            encoder, as in hybrid CTC/attention training).
     """
 
     hidden_size: int = 256
@@ -150,8 +154,11 @@ class HardAlignmentConfig:
     posterior_aligner: bool = True
     aligner_weight: float = 1.0
     posterior_kind: str = "lattice"
+    posterior_encoder: str = "own"
 
     def __post_init__(self) -> None:
+        if self.posterior_encoder not in ("own", "shared"):
+            raise ValueError(f"posterior_encoder={self.posterior_encoder!r}: must be 'own' or 'shared'")
         if self.posterior_kind not in KINDS:
             raise ValueError(f"posterior_kind={self.posterior_kind!r}: must be one of {KINDS}")
         if self.proposal not in ("prior", "posterior"):
@@ -219,6 +226,7 @@ class HardAlignmentRecognizer(nn.Module):
             coupling=config.posterior_coupling,
             aligner=config.posterior_aligner,
             kind=config.posterior_kind,
+            shared_width=config.hidden_size if config.posterior_encoder == "shared" else 0,
         )
         self.aligner_weight = config.aligner_weight
         # --- input-dependent baseline: per step, reads the proposal's state (detached) and the counts ---
@@ -302,7 +310,7 @@ class HardAlignmentRecognizer(nn.Module):
             memory["labels"] = labels
             memory["num_labels"] = num_labels
             if with_posterior:
-                memory["posterior"] = self.posterior.encode(features, feature_lengths, labels, num_labels)
+                memory["posterior"] = self.posterior.encode(features, feature_lengths, labels, num_labels, shared=encoded)
         return memory
 
     # ------------------------------------------------------------------ one step of p

@@ -117,10 +117,24 @@ class Posterior(nn.Module):
             enters the logit with coefficient 1 at initialisation (otherwise the uniform rate does).
         kind: ``"recurrent"`` or ``"lattice"`` (see the module docstring); ``coupling`` applies
             to the recurrent kind only (the lattice does not read p).
+        shared_width: 0: q encodes the frames itself (a bidirectional LSTM, and an LSTM under
+            the aligner's CTC head). > 0: q reads the output of p's encoder (this width) instead:
+            its frame encoding is that output (detached) with a backward LSTM over it, and the
+            aligner is a linear CTC head on it, *not* detached, so the aligner's CTC loss is also
+            an auxiliary loss on p's encoder (as in hybrid CTC/attention training). Much less
+            computation; see docs/speech.md.
     """
 
     def __init__(
-        self, input_dim: int, num_phones: int, *, hidden_size: int = 128, coupling: float = 0.0, aligner: bool = True, kind: str = "recurrent"
+        self,
+        input_dim: int,
+        num_phones: int,
+        *,
+        hidden_size: int = 128,
+        coupling: float = 0.0,
+        aligner: bool = True,
+        kind: str = "recurrent",
+        shared_width: int = 0,
     ):
         super().__init__()
         if kind not in KINDS:
@@ -128,10 +142,16 @@ class Posterior(nn.Module):
         self.kind = kind
         half = max(1, hidden_size // 2)
         self.hidden_size = hidden_size
-        self.frames = _Bidirectional(input_dim, half)
+        self.shared_width = shared_width
+        if shared_width:
+            self.frames_behind = nn.LSTM(shared_width, half, batch_first=True)  # the forward direction is p's encoder
+            frame_width = shared_width + half
+        else:
+            self.frames = _Bidirectional(input_dim, half)
+            frame_width = 2 * half
         self.label_embedding = nn.Embedding(num_phones + 2, hidden_size // 2 or 1, padding_idx=0)
         self.labels = _Bidirectional(self.label_embedding.embedding_dim, half)
-        self.frame_proj = nn.Linear(2 * half, hidden_size)
+        self.frame_proj = nn.Linear(frame_width, hidden_size)
         self.label_proj = nn.Linear(2 * half, hidden_size, bias=False)
         if kind == "recurrent":
             self.recurrent = nn.Linear(hidden_size, hidden_size, bias=False)
@@ -144,7 +164,9 @@ class Posterior(nn.Module):
             self.direct = nn.Linear(4, 1, bias=False)  # 3 counts + the aligner's hazard logit
         self.use_aligner = aligner
         self.eos_id = num_phones + 1
-        if aligner:
+        if aligner and shared_width:
+            self.aligner_out = nn.Linear(shared_width, num_phones + 1)  # CTC head on p's encoder
+        elif aligner:
             self.aligner = nn.LSTM(input_dim, hidden_size, batch_first=True)  # unidirectional CTC inside q
             self.aligner_out = nn.Linear(hidden_size, num_phones + 1)  # blank + phones
         with torch.no_grad():
@@ -161,14 +183,29 @@ class Posterior(nn.Module):
                 self.direct.weight[0, 2] = 1.0  # logit(labels left / steps left): a uniform alignment
             self.direct.weight[0, 4] = coupling  # p's log d_t[y_next] + log(classes)
 
-    def encode(self, features: torch.Tensor, feature_lengths: torch.Tensor, labels: torch.Tensor, num_labels: torch.Tensor) -> dict[str, Any]:
+    def encode(
+        self,
+        features: torch.Tensor,
+        feature_lengths: torch.Tensor,
+        labels: torch.Tensor,
+        num_labels: torch.Tensor,
+        shared: torch.Tensor | None = None,
+    ) -> dict[str, Any]:
         """Once per utterance: ``frames`` (tuple of T ``[B, Hq]``), the label encodings and, with
         the aligner, its CTC loss and the emission-hazard logits.
 
         The label encodings ``[B * L, Hq]`` are kept unfolded (one copy, not K): a step looks up
         row ``b * L + emitted`` for particle row ``k * B + b``. ``labels [B, L]`` end with EOS.
+        ``shared``: p's encoder output ``[B, T, shared_width]`` (required when ``shared_width``).
         """
-        frames = self.frame_proj(self.frames(features, feature_lengths))  # [B, T, Hq]
+        if self.shared_width:
+            if shared is None or shared.shape[-1] != self.shared_width:
+                raise ValueError(f"posterior: expected p's encoder output [B, T, {self.shared_width}] as shared=")
+            ahead = shared.detach()  # q's score-function gradient must not reach p's encoder
+            behind, _ = self.frames_behind(reverse_within_length(ahead, feature_lengths))
+            frames = self.frame_proj(torch.cat([ahead, reverse_within_length(behind, feature_lengths)], dim=-1))  # [B, T, Hq]
+        else:
+            frames = self.frame_proj(self.frames(features, feature_lengths))  # [B, T, Hq]
         B, L = labels.shape
         T = features.shape[1]
         encoded = self.label_proj(self.labels(self.label_embedding(labels), num_labels))  # [B, L, Hq]
@@ -176,7 +213,7 @@ class Posterior(nn.Module):
         if self.use_aligner:
             targets = labels.masked_fill(labels == self.eos_id, 0)[:, : L - 1]  # EOS dropped
             target_lengths = num_labels - 1
-            hidden, _ = self.aligner(features)
+            hidden = shared if self.shared_width else self.aligner(features)[0]
             log_probs = torch.log_softmax(self.aligner_out(hidden), dim=-1)  # [B, T, n + 1]
             ctc = F.ctc_loss(log_probs.transpose(0, 1), targets, feature_lengths, target_lengths, blank=0, reduction="none", zero_infinity=True)
             memory["aligner_loss"] = _Unfolded(ctc.mean())
