@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -19,7 +18,6 @@ import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
-TRAIN_TESTS = HERE.parent / "train"
 
 #: A tiny training run of the toy task (tests/train/toytask.py): 8 steps per epoch, a checkpoint every 2.
 TOY = [
@@ -29,14 +27,10 @@ TOY = [
 
 
 def register_faulty_task() -> None:
-    """Register the toy task as ``toy`` and the fault-injecting variant below as ``faulty``."""
+    """Register the toy task with injectable faults (tests/faults/faulttask.py) as ``faulty``."""
     from hardalign.train import TASKS
 
-    for path in (str(TRAIN_TESTS), str(HERE)):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    TASKS["toy"] = "toytask:ToyTask"
-    TASKS["faulty"] = "faulttask:FaultyTask"
+    TASKS["faulty"] = "tests.faults.faulttask:FaultyTask"
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +39,6 @@ def _faulty_task():
     yield
     from hardalign.train import TASKS
 
-    TASKS.pop("toy", None)
     TASKS.pop("faulty", None)
 
 

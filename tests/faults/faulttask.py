@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from toytask import ToyConfig, ToyTask
+
+from tests.train.toytask import ToyConfig, ToyTask
 
 
 @dataclass
