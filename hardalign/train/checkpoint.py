@@ -195,10 +195,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], *, keep: int
 
 # -- reading --------------------------------------------------------------------------------------
 
-#: What a format-1 checkpoint of this project pickled besides tensors: numpy's RNG state array.
-_FORMAT1_GLOBALS = ("numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.ndarray", "numpy.dtype")
-
-
 def _format1_safe_globals() -> list[Any]:
     """numpy's array types, the only extra types a format-1 checkpoint needs (no code runs)."""
     try:
@@ -220,7 +216,7 @@ def _unsafe_message(path: Path, error: BaseException) -> str:
     wanted = ", ".join(names) if names else "an object that is not a tensor, container, number or string"
     if names and all(name.startswith("numpy.") for name in names):
         return (
-            f"checkpoint {str(path)!r} was written by an older hardalign (format 1, numpy RNG state: {wanted}); "
+            f"checkpoint {str(path)!r} looks like an older hardalign checkpoint (format 1, numpy RNG state: {wanted}); "
             f"convert it once with: hardalign checkpoint convert {path} {path}"
         )
     return (
@@ -303,7 +299,13 @@ def convert_checkpoint(old: str | os.PathLike, new: str | os.PathLike, *, trust:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     buffer.seek(0)
-    torch.load(buffer, weights_only=True)  # the result must be safe to open
+    try:
+        torch.load(buffer, weights_only=True)  # the result must be safe to open
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(
+            f"checkpoint {str(old)!r} holds more than a format-1 hardalign checkpoint ({', '.join(_unsafe_globals(error)) or 'objects'} "
+            "outside its RNG state); not converted"
+        ) from None
     atomic_write_bytes(new, buffer.getvalue())
     return state
 

@@ -158,7 +158,7 @@ CHECKPOINT_FAULTS = [
     CheckpointFault("checkpoint-that-runs-code-on-convert", malicious_convert, 2,
                     r"^hardalign checkpoint convert: .*evil.pt' refused.*not a hardalign format-1 checkpoint", nothing_ran),
     CheckpointFault("format-1-checkpoint", format_1_resume, 2,
-                    r"^hardalign train: checkpoint '(.*checkpoint-4.pt)' was written by an older hardalign \(format 1.*\); "
+                    r"^hardalign train: checkpoint '(.*checkpoint-4.pt)' looks like an older hardalign checkpoint \(format 1.*\); "
                     r"convert it once with: hardalign checkpoint convert \1 \1$", lambda run, before: assert_kept(before, run)),
     CheckpointFault("format-1-checkpoint-trusted", format_1_trusted, 0, r"resumed from .*checkpoint-4.pt at step 4", resumed_to_six),
     CheckpointFault("format-1-checkpoint-converted", format_1_convert, 0, r"^$", converted_loads),
