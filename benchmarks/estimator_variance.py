@@ -1,8 +1,17 @@
 """Gradient variance and speed of every estimator on the same problems, side by side.
 
 Variance: total variance (summed over the T proposal parameters) of the proposal-gradient
-estimates of a Markov Bernoulli chain (z_t depends on z_{t-1}, per-step reward, a constant
-per-step log-likelihood offset of -2 nats), over R independent replicas, at T = 3 and T = 50.
+estimates over R independent replicas, on
+
+* a Markov Bernoulli chain (z_t depends on z_{t-1}, per-step reward, a constant per-step
+  log-likelihood offset of -2 nats) at T = 3 and T = 50 (no progress index: steps match by time);
+* label-structured toy alignments (``tests/estimators/problems.py::LabelCounter``: T = 50 emit/skip
+  decisions, U = 12 labels, label c scores best near its own time, missing labels cost nats, the
+  progress index is the number of labels emitted): "labels" with a learned p(z) and a per-frame
+  cost; "policy" speech-like, q = p so log w is the labels' log-likelihood only, with the
+  proposal keeping pace with the labels (pace 0.8) or not (pace 0, particles drift apart in
+  labels emitted at the same frame).
+
 Speed: the fastest of 20 forward + backward calls, in milliseconds, at a speech-like size (K=16, B=32, T=300).
 
     python benchmarks/estimator_variance.py [--replicas 4000] [--out benchmarks/results/estimator_variance.md]
@@ -19,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from hardalign.estimators import build_estimator  # noqa: E402
-from tests.estimators.problems import MarkovBernoulli  # noqa: E402
+from tests.estimators.problems import LabelCounter, MarkovBernoulli  # noqa: E402
 
 ROWS = [
     ("reinforce", {}, 1, "no baseline"),
@@ -30,20 +39,25 @@ ROWS = [
     ("reinforce", {"baseline": "loo"}, 8, "leave-one-out (RLOO)"),
     ("vimco", {}, 8, "geometric stand-in"),
     ("vimco", {"loo": "arithmetic"}, 8, "arithmetic stand-in"),
-    ("vimco-seq", {}, 8, "per-step stand-in"),
+    ("vimco-seq", {"align": "time"}, 8, "per-step stand-in, steps matched by time"),
+    ("vimco-seq", {"align": "progress"}, 8, "per-step stand-in, matched by progress (labels emitted)"),
+    ("vimco-seq", {"align": "progress-time"}, 8, "matched by (labels emitted, frames left)"),
+    ("vimco-seq", {"align": "time", "mix": "running"}, 8, "time-matched, running convex mix with VIMCO's stand-in"),
+    ("vimco-seq", {"align": "progress", "mix": "running"}, 8, "progress-matched, running convex mix with VIMCO's stand-in"),
 ]
 
 
 def gradient_variance(problem, name, options, num_samples, replicas, seed=0):
     estimator = build_estimator(name, **options).double()
     generator = torch.Generator().manual_seed(seed)
-    if name in ("nvil",) or options.get("baseline") == "ema":  # warm the running statistics up
+    if name in ("nvil",) or options.get("baseline") == "ema" or options.get("mix") == "running":  # warm the running statistics up
         for _ in range(20):
             phi, theta = problem.leaves(256)
-            estimator(*problem.draw(phi, theta, num_samples, generator))
+            log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, generator)
+            estimator(log_weights, log_probs, progress=progress)
     phi, theta = problem.leaves(replicas)
-    log_weights, log_probs = problem.draw(phi, theta, num_samples, generator)
-    out = estimator(log_weights, log_probs)
+    log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, generator)
+    out = estimator(log_weights, log_probs, progress=progress)
     out.loss.backward()
     grads = replicas * phi.grad  # one estimate per replica
     return grads.var(0).sum().item(), out.objective.mean().item()
@@ -55,20 +69,31 @@ def call_time(name, options, device, repeats=20):
     log_weights = torch.randn(K, B, T, device=device, generator=g).requires_grad_(True)
     log_probs = (-torch.rand(K, B, T, device=device, generator=g)).requires_grad_(True)
     mask = torch.rand(K, B, T, device=device, generator=g) < 0.9
+    emit = torch.rand(K, B, T, device=device, generator=g) < 0.2
+    progress = torch.cat([torch.zeros_like(emit[..., :1], dtype=torch.long), emit.long().cumsum(-1)[..., :-1]], dim=-1)
     estimator = build_estimator(name, **options).to(device)
-    baseline = torch.zeros(K, B, T, device=device, requires_grad=True) if name == "nvil" else None
+    baseline = torch.zeros(K, B, T, device=device, requires_grad=True) if estimator.takes_baseline else None
     for _ in range(3):
-        estimator(log_weights, log_probs, mask, baseline=baseline).loss.backward()
+        estimator(log_weights, log_probs, mask, baseline=baseline, progress=progress).loss.backward()
     times = []
     for _ in range(repeats):  # the fastest call: other processes on a shared machine only add time
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        estimator(log_weights, log_probs, mask, baseline=baseline).loss.backward()
+        estimator(log_weights, log_probs, mask, baseline=baseline, progress=progress).loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return 1000 * min(times)
+
+
+def format_variance(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    digits = 3 if mean < 10 else 1
+    text = f"{mean:.{digits}f}"
+    if len(values) > 1:
+        text += f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    return text
 
 
 def main() -> None:
@@ -76,22 +101,37 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=4000)
     parser.add_argument("--out", default="benchmarks/results/estimator_variance.md")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1: stable timings on a shared machine)")
+    parser.add_argument("--seeds", type=int, default=1, help="repeat the variance runs with this many seeds; report mean (min-max)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    short, long = MarkovBernoulli(3, offset=-2.0), MarkovBernoulli(50, offset=-2.0)
+    problems = [
+        ("Markov T=3", MarkovBernoulli(3, offset=-2.0)),
+        ("Markov T=50", MarkovBernoulli(50, offset=-2.0)),
+        ("labels T=50", LabelCounter(50, labels=12)),
+        ("policy T=50, pace 0.8", LabelCounter(50, labels=12, policy=True)),
+        ("policy T=50, pace 0", LabelCounter(50, labels=12, policy=True, pace=0.0)),
+    ]
     lines = [
-        f"Proposal-gradient variance (sum over parameters, {args.replicas} replicas, float64) and time per "
-        f"forward+backward call (K=16, B=32, T=300, float32, {device.type}, {torch.get_num_threads()} threads).",
+        f"Proposal-gradient variance (sum over parameters, {args.replicas} replicas, float64"
+        + (f", mean (min-max) over {args.seeds} seeds" if args.seeds > 1 else "")
+        + f") and time per forward+backward call (K=16, B=32, T=300, float32, {device.type}, "
+        f"{torch.get_num_threads()} threads). Objective: the mean over replicas (ELBO for K=1 and "
+        "REINFORCE/NVIL, the K-sample bound for the VIMCO variants).",
         "",
-        "| estimator | options | K | variance T=3 | variance T=50 | objective T=50 | ms / call (min of 20) |",
-        "|---|---|---|---|---|---|---|",
+        "| estimator | options | K | " + " | ".join(f"variance {label}" for label, _ in problems)
+        + " | objective policy pace 0 | ms / call (min of 20) |",
+        "|---|---|---|" + "---|" * len(problems) + "---|---|",
     ]
     for name, options, k, label in ROWS:
-        var_short, _ = gradient_variance(short, name, options, k, args.replicas)
-        var_long, objective = gradient_variance(long, name, options, k, args.replicas)
+        cells, objective = [], 0.0
+        for _, problem in problems:
+            runs = [gradient_variance(problem, name, options, k, args.replicas, seed=seed) for seed in range(args.seeds)]
+            values = [v for v, _ in runs]
+            objective = sum(o for _, o in runs) / len(runs)
+            cells.append(format_variance(values))
         ms = call_time(name, options, device)
-        lines.append(f"| {name} | {label} | {k} | {var_short:.3f} | {var_long:.1f} | {objective:.2f} | {ms:.2f} |")
+        lines.append(f"| {name} | {label} | {k} | " + " | ".join(cells) + f" | {objective:.2f} | {ms:.2f} |")
         print(lines[-1], flush=True)
     table = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

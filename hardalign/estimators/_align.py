@@ -15,8 +15,9 @@ steps whose progress is below n) and ``F^j(tau_j(n)) = log w^j - sum_{i : p_i^j 
 
     sum_{j != k} F^j(tau_j(n)) = (sum_j log w^j - log w^k) - (P(n) - P^k(n)),
 
-so one sort of the example's K*T progress values, a cumulative sum and a ``searchsorted`` give
-``P`` at every queried ``n``; ``P^k`` is k's own exclusive cumulative sum gathered at ``tau_k``.
+so one sort of the example's K*T progress values and a cumulative sum give ``P`` at every queried
+``n`` (the query is a value in the sorted list: ``P`` there is the prefix sum where its run of equal
+values starts); ``P^k`` is k's own exclusive cumulative sum gathered at ``tau_k``.
 No table over the range of n is built and nothing synchronises with the host.
 
 ``-inf`` per-step log weights (impossible alignments) are exact: the sums run in two channels, the
@@ -93,16 +94,31 @@ def others_future_mean(steps: torch.Tensor, key: torch.Tensor | None = None) -> 
     flat_channels = channels.permute(0, 2, 1, 3).reshape(2, B, K * T)
     sorted_key, order = torch.sort(flat_key, dim=-1, stable=True)
     prefix = exclusive_prefix(flat_channels.gather(-1, order.expand(2, B, K * T)))  # [2, B, K*T + 1]
-    below = torch.searchsorted(sorted_key, flat_key, side="left")  # #{(j, i) : key_i^j < key_t^k}, [B, K*T]
+    # #{(j, i) : key_i^j < key_t^k} is where the run of k's key value starts in the sorted order
+    below = torch.empty_like(order).scatter_(-1, order, run_starts(sorted_key))  # [B, K*T], back in original order
     all_past = prefix.gather(-1, below.expand(2, B, K * T)).reshape(2, B, K, T).permute(0, 2, 1, 3)  # [2, K, B, T]
-    # P^k(n): k's own steps with key below n are its first tau_k(n) steps (key is non-decreasing)
-    own_key = key.reshape(K * B, T).contiguous()  # [K*B, T]
-    tau = torch.searchsorted(own_key, own_key, side="left").reshape(K, B, T)
+    # P^k(n): k's own steps with key below n are its first tau_k(n) steps (key is non-decreasing),
+    # and tau_k(key_t^k) is where k's run of equal keys containing t starts
+    tau = run_starts(key)  # [K, B, T]
     own_past = exclusive_prefix(channels).gather(-1, tau.expand(2, K, B, T))  # [2, K, B, T]
     others_future = others_total.unsqueeze(-1) - (all_past - own_past)  # [2, K, B, T]
     mean = others_future[0] / (K - 1)
     # a count above 1/2 (counts are exact small integers) means some other future holds a -inf step
     return torch.where(others_future[1] > 0.5, torch.full_like(mean, float("-inf")), mean)
+
+
+def run_starts(key: torch.Tensor) -> torch.Tensor:
+    """For a key sorted along the last axis: the index where each entry's run of equal values starts,
+    i.e. ``#{i : key_i < key_t}`` (a cumulative maximum, cheaper than ``searchsorted``).
+
+    Example:
+        >>> run_starts(torch.tensor([0, 0, 1, 3, 3, 3])).tolist()
+        [0, 0, 2, 3, 3, 3]
+    """
+    positions = torch.arange(key.shape[-1], device=key.device).expand_as(key)
+    new_run = torch.ones_like(key, dtype=torch.bool)
+    new_run[..., 1:] = key[..., 1:] != key[..., :-1]
+    return torch.where(new_run, positions, torch.zeros_like(positions)).cummax(-1).values
 
 
 def exclusive_prefix(x: torch.Tensor) -> torch.Tensor:

@@ -216,9 +216,9 @@ def sequential_vimco_loss(
     return _sequential_vimco(inputs, progress, align, mix)[0]
 
 
-def _sequential_vimco(inputs: Inputs, progress, align: str, mix) -> tuple[EstimatorOutput, torch.Tensor | None]:
-    """The estimate and, for the running mixture, ``[2]`` batch means of ``(log w^k - s) d`` and
-    ``d^2`` with ``d = g_{-k} - s``, ``s`` the per-step stand-in (None with per-sample totals)."""
+def _sequential_vimco(inputs: Inputs, progress, align: str, mix, *, fit: bool = False) -> tuple[EstimatorOutput, torch.Tensor | None]:
+    """The estimate and, with ``fit``, the running mixture's batch sums (:func:`_mix_fit`; None
+    without ``fit`` or with per-sample totals)."""
     if not inputs.per_step:
         return _vimco(inputs, "geometric"), None
     bound = _bound(inputs)
@@ -230,15 +230,15 @@ def _sequential_vimco(inputs: Inputs, progress, align: str, mix) -> tuple[Estima
     stand_in = exclusive_cumsum(steps) + others_future_mean(steps, key)  # own past + others' future: log wbar_k^(t)
     plain = leave_one_out_mean(log_weights, dim=0).unsqueeze(-1)  # g_{-k}, [K, B, 1]
     mix = torch.as_tensor(mix, dtype=steps.dtype, device=steps.device).clamp(0, 1)
-    fit = _mix_fit(log_weights, stand_in, plain, inputs.mask & ~bound.impossible[None, :, None])
+    sums = _mix_fit(log_weights, stand_in, plain, inputs.mask & ~bound.impossible[None, :, None]) if fit else None
     stand_in = _convex(stand_in, plain, mix)
     others = leave_one_out_logsumexp(log_weights, dim=0).unsqueeze(-1)  # independent of t: [K, B, 1]
     signals = bound.bound.detach()[None, :, None] - _bound_without(others, stand_in, num)  # [K, B, T]
-    return _multi_sample(inputs, signals, bound, {"mix": mix}), fit
+    return _multi_sample(inputs, signals, bound, {"mix": mix}), sums
 
 
 def _mix_fit(log_weights, stand_in, plain, mask) -> torch.Tensor:
-    """Masked means ``[sum (log w^k - s) d, sum d^2, count]`` over finite entries, ``d = g_{-k} - s``:
+    """Masked sums ``[sum (log w^k - s) d, sum d^2, count]`` over finite entries, ``d = g_{-k} - s``:
     the least-squares beta for predicting ``log w^k`` by ``(1 - beta) s + beta g_{-k}`` is their ratio."""
     residual = log_weights.unsqueeze(-1) - stand_in
     difference = plain - stand_in
@@ -344,8 +344,9 @@ class SequentialVIMCO(nn.Module):
             progress = None
         _check("vimco-seq", inputs, self.check_finite, progress)
         beta = self.mix_coefficient().to(dtype=inputs.step_log_weights.dtype, device=inputs.step_log_weights.device)
-        out, fit = _sequential_vimco(inputs, progress, self.align, beta)
-        if self.mix == "running" and self.training and fit is not None:
+        update = self.mix == "running" and self.training
+        out, fit = _sequential_vimco(inputs, progress, self.align, beta, fit=update)
+        if fit is not None:
             fit = fit.to(self.mix_cross)
             seen = fit[2] > 0  # a batch with no usable step leaves the statistics alone (no host sync)
             count = fit[2].clamp_min(1)

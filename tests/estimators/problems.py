@@ -143,18 +143,27 @@ class LabelCounter(Problem):
     """A toy hard alignment with label structure: T binary emit/skip decisions and U labels.
 
     The progress index is the counter ``c_t = sum_{i<t} z_i`` (labels emitted before t), the state
-    that q and p condition on: q emits with logit ``phi_t - 0.8 c_t``, p with ``theta_t + 0.3 c_t``.
+    that q and p condition on: q emits with logit ``phi_t - pace (c_t - U t / T)`` (it keeps pace with
+    the labels; ``pace`` 0.8 by default), p with ``theta_t + 0.3 c_t``.
     Emitting label ``c`` at step t scores ``r[c, t]`` (label c fits best near its own time), a
     skip costs ``offset``; at the end every label not emitted costs 2 nats. With ``strict``,
     emitting more than U labels is impossible (log weight ``-inf`` from that step on), otherwise it
     costs 3 nats. Particles at the same t have emitted different numbers of labels, which is what
     progress alignment is for.
+
+    With ``policy`` (speech-like: the proposal is the model's own alignment policy, so
+    ``log p(z) - log q(z)`` cancels and ``log w`` is the reward ``log p(y | z)``): emitting label c at
+    t costs ``-cost_c - 0.4 |t - centre_c| + theta_t`` with a label-specific ``cost_c`` in [1, 4]
+    nats, skips cost nothing, a missing or an extra label 3 nats. Here the labels, not the frames,
+    carry the log-likelihood, as in the speech model.
     """
 
-    def __init__(self, length: int = 5, labels: int = 2, offset: float = -0.5, strict: bool = False):
+    def __init__(
+        self, length: int = 5, labels: int = 2, offset: float = -0.5, strict: bool = False, policy: bool = False, pace: float = 0.8
+    ):
         gen = torch.Generator().manual_seed(100 + length)
         super().__init__(
-            f"labels{length}" + ("-strict" if strict else ""),
+            f"labels{length}" + ("-policy" if policy else "") + ("-strict" if strict else ""),
             0.3 * torch.randn(length, generator=gen, dtype=torch.float64),
             0.3 * torch.randn(length, generator=gen, dtype=torch.float64),
         )
@@ -163,19 +172,29 @@ class LabelCounter(Problem):
         centres = torch.linspace(0, length - 1, labels + 2, dtype=torch.float64)[1:-1]  # label u fits near centres[u]
         time = torch.arange(length, dtype=torch.float64)
         self.score = 1.5 - 0.6 * (time[None, :] - centres[:, None]).abs()  # [U, T]
+        self.pace = labels * time / length  # labels due before t
+        self.policy, self.coupling = policy, pace
+        if policy:
+            cost = 1.0 + 3.0 * torch.rand(labels, generator=gen, dtype=torch.float64)
+            self.score = -cost[:, None] - 0.4 * (time[None, :] - centres[:, None]).abs()
 
     def step_terms(self, z, phi, theta):  # z [..., T] -> (log p [..., T], log q [..., T])
         counter = exclusive_count(z)  # labels emitted before t
-        log_q = D.Bernoulli(logits=phi - 0.8 * counter).log_prob(z)
-        log_p = D.Bernoulli(logits=theta + 0.3 * counter).log_prob(z)
+        log_q = D.Bernoulli(logits=phi - self.coupling * (counter - self.pace.to(z))).log_prob(z)
         label = counter.long().clamp_max(self.labels - 1)
         time = torch.arange(self.length).expand_as(label)
         fits = self.score.to(z)[label, time]
         extra = counter >= self.labels  # an emission beyond the last label
         emission = torch.where(extra, torch.full_like(fits, -3.0), fits)
-        log_p = log_p + torch.where(z > 0, emission, torch.full_like(fits, self.offset))
+        if self.policy:  # log p(z) = log q(z): only the labels' log-likelihood remains
+            log_p = log_q + z * (emission + theta)
+            missing_cost = 3.0
+        else:
+            log_p = D.Bernoulli(logits=theta + 0.3 * counter).log_prob(z)
+            log_p = log_p + torch.where(z > 0, emission, torch.full_like(fits, self.offset))
+            missing_cost = 2.0
         missing = (self.labels - z.sum(-1)).clamp_min(0)  # labels never emitted
-        log_p = torch.cat([log_p[..., :-1], log_p[..., -1:] - 2.0 * missing.unsqueeze(-1)], dim=-1)
+        log_p = torch.cat([log_p[..., :-1], log_p[..., -1:] - missing_cost * missing.unsqueeze(-1)], dim=-1)
         if self.strict:
             log_p = log_p.masked_fill(extra & (z > 0), float("-inf"))
         return log_p, log_q
@@ -184,7 +203,7 @@ class LabelCounter(Problem):
         counter = torch.zeros(num_samples, phi.shape[0], dtype=phi.dtype)
         steps = []
         for t in range(self.length):
-            probs = torch.sigmoid(phi[:, t].detach() - 0.8 * counter)
+            probs = torch.sigmoid(phi[:, t].detach() - self.coupling * (counter - float(self.pace[t])))
             z_t = torch.bernoulli(probs, generator=generator)
             steps.append(z_t)
             counter = counter + z_t
@@ -221,6 +240,6 @@ def _enumerate_bound(log_w: torch.Tensor, log_q: torch.Tensor, num_samples: int)
     return (log_prob.exp() * bound).sum()
 
 
-PROBLEMS = [IndependentBernoulli(), SingleCategorical(), MarkovBernoulli(3), LabelCounter(5)]
+PROBLEMS = [IndependentBernoulli(), SingleCategorical(), MarkovBernoulli(3), LabelCounter(5), LabelCounter(5, policy=True)]
 #: problems with impossible states: only the VIMCO variants have a finite objective there
 IMPOSSIBLE_PROBLEMS = [LabelCounter(5, strict=True)]
