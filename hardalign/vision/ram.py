@@ -55,8 +55,8 @@ class RAM(GlimpseModel):
         >>> model = RAM(num_glimpses=3, patch_size=4, num_scales=2, glimpse_hidden=8, hidden_size=16)
         >>> batch = {"images": torch.rand(5, 1, 20, 30), "labels": torch.randint(0, 10, (5,))}
         >>> terms = training_terms(model(batch, num_samples=2, step=0), build_estimator("vimco"))
-        >>> terms["loss"].shape, sorted(terms)[:4]
-        (torch.Size([]), ['accuracy', 'entropy', 'ess', 'loss'])
+        >>> terms["loss"].shape, {"loss", "objective", "accuracy", "entropy", "ess"} <= set(terms)
+        (torch.Size([]), True)
     """
 
     def __init__(

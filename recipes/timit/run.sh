@@ -28,6 +28,7 @@ synth_eval_speakers=4
 synth_eval_utterances=30
 eval_noise="white:10,white:0"
 plots=3
+nproc=auto
 
 usage() {
   sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -42,6 +43,8 @@ Options:
   --synth-speakers N, --synth-utterances N, --synth-eval-speakers N, --synth-eval-utterances N
                                size of the synthetic corpus (default 20 x 80 train, 4 x 30 dev and test)
   --plots N                    alignment pictures written after evaluation (default 3)
+  --nproc N                    data-parallel training processes (torchrun, one thread each; default
+                               auto: 2 where the machine has 2 or more cores, else 1)
   -- KEY VALUE ...             overrides of training config keys (e.g. -- --num-samples 8)
 EOF
 }
@@ -60,6 +63,7 @@ while [[ $# -gt 0 ]]; do
     --synth-eval-speakers) synth_eval_speakers=$2; shift 2 ;;
     --synth-eval-utterances) synth_eval_utterances=$2; shift 2 ;;
     --plots) plots=$2; shift 2 ;;
+    --nproc) nproc=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
     *) echo "run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
@@ -126,7 +130,16 @@ if [[ $stage -le 2 && $stop_stage -ge 2 ]]; then
   t=$SECONDS
   echo "[run.sh] stage 2 train: $config -> $run ${overrides[*]:-}"
   # dev evaluations during training are clean; the noisy conditions are scored in stage 3
-  "${hardalign[@]}" train --config "$config" --data-dir "$data" --out-dir "$run" --resume auto "${overrides[@]}"
+  if [[ $nproc == auto ]]; then
+    nproc=$(( $(nproc) >= 2 ? 2 : 1 ))
+  fi
+  if [[ $nproc -gt 1 ]]; then
+    # data-parallel: each process trains on its share of every global batch (one thread each)
+    train=(torchrun --standalone --nproc-per-node "$nproc" -m hardalign.cli)
+  else
+    train=("${hardalign[@]}")
+  fi
+  "${train[@]}" train --config "$config" --data-dir "$data" --out-dir "$run" --resume auto "${overrides[@]}"
   elapsed "stage 2" "$t"
 fi
 
