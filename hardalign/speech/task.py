@@ -131,6 +131,9 @@ class SpeechTask:
 
     Config = SpeechTaskConfig
     metrics_to_minimize = ("per",)
+    #: keys added since the first checkpoints were written, with the value those runs used (a
+    #: stored config without them rebuilds the model they trained; see hardalign.train.run.load_run)
+    legacy_defaults = {"posterior_kind": "recurrent", "posterior_encoder": "own"}
 
     def __init__(self, config: SpeechTaskConfig, train_config: Any, *, device: torch.device, rank: int = 0, world_size: int = 1):
         from hardalign.data import FeatureConfig, Vocabulary

@@ -50,6 +50,7 @@ __all__ = [
     "ConfigError",
     "TRAIN_KEYS",
     "RENAMED_KEYS",
+    "RETIRED_KEYS",
     "resolve_config",
     "load_yaml",
     "parse_overrides",
@@ -239,8 +240,17 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
 #: new one (:func:`hardalign.train.run.load_run`).
 RENAMED_KEYS = {"eval_samples": "eval_num_samples"}
 
+#: Config keys that were retired: name -> what to use instead. In a YAML file or on the command
+#: line such a key is an error saying so; in a checkpoint's stored config it is dropped.
+RETIRED_KEYS = {
+    "learned_baseline": "the model always offers its baseline network; give reinforce the option "
+    "--estimator-options baseline=learned (nvil always uses it)",
+}
+
 
 def _unknown_key(key: str, valid: Sequence[str], source: str) -> ConfigError:
+    if key in RETIRED_KEYS:
+        return ConfigError(f"{source}: key {key!r} was retired: {RETIRED_KEYS[key]}")
     if RENAMED_KEYS.get(key) in valid:
         new = RENAMED_KEYS[key]
         return ConfigError(f"{source}: key {key!r} was renamed {new!r} (--{new.replace('_', '-')} on the command line)")

@@ -15,10 +15,10 @@ from typing import Any, NamedTuple, Sequence
 import torch
 
 from hardalign.train.checkpoint import load_checkpoint
-from hardalign.train.config import RENAMED_KEYS, ResolvedConfig, resolve_config
+from hardalign.train.config import RENAMED_KEYS, RETIRED_KEYS, ResolvedConfig, resolve_config
 from hardalign.train.distributed import resolve_device
 from hardalign.train.loop import CHECKPOINT_NAME, seed_everything
-from hardalign.train.tasks import build_task
+from hardalign.train.tasks import build_task, get_task_class
 
 __all__ = ["LoadedRun", "load_run"]
 
@@ -75,8 +75,11 @@ def load_run(
     if config is None:
         if "config" not in state:
             raise ValueError(f"checkpoint {str(path)!r} holds no config; pass --config FILE")
-        # a run saved before a key was renamed stores the old name: read it as the new one
-        stored = {RENAMED_KEYS.get(key, key): value for key, value in state["config"].items()}
+        # a run saved before a key was renamed stores the old name: read it as the new one; retired
+        # keys are dropped, and keys added since take the value such runs were trained with
+        stored = {RENAMED_KEYS.get(key, key): value for key, value in state["config"].items() if key not in RETIRED_KEYS}
+        legacy = getattr(get_task_class(stored.get("task", "sbn")), "legacy_defaults", {})
+        stored = {**legacy, **stored}
         config = resolve_config(stored, overrides)
     if expect_task is not None and config.train.task != expect_task:
         raise ValueError(f"checkpoint {str(path)!r} is a {config.train.task!r} run, not a {expect_task!r} run")

@@ -47,3 +47,32 @@ def test_a_run_stored_under_a_renamed_key_still_loads(sbn_run, tmp_path):
     assert load_run(tmp_path / "old.pt").config.task.eval_num_samples == 3
     with pytest.raises(ConfigError, match="'eval_samples' was renamed 'eval_num_samples'"):
         resolve_config({"task": "sbn", "eval_samples": 3})
+
+
+def test_a_speech_checkpoint_from_before_the_objective_layer_loads(tmp_path):
+    """Written the old way: a stored config with the retired ``learned_baseline`` key and without
+    the posterior options added since (those runs used the recurrent posterior, own encoder)."""
+    import dataclasses
+
+    from hardalign.speech.model import HardAlignmentRecognizer
+    from hardalign.train.checkpoint import save_checkpoint
+    from hardalign.train.config import resolve_config
+    from hardalign.train.run import load_run
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.jsonl").write_text("")
+    config = resolve_config({"task": "timit", "data_dir": str(data), "hidden_size": 8, "encoder_layers": 1, "decision_hidden": 8,
+                             "label_embedding": 4, "posterior_hidden": 8, "baseline_hidden": 4})
+    stored = config.to_dict()
+    del stored["posterior_kind"], stored["posterior_encoder"]
+    stored["learned_baseline"] = True
+    sizes = {f.name: getattr(config.task, f.name) for f in dataclasses.fields(config.task) if f.name in
+             ("hidden_size", "encoder_layers", "decision_hidden", "label_embedding", "posterior_hidden", "baseline_hidden")}
+    old_model = HardAlignmentRecognizer(123 * 3, 60, posterior_kind="recurrent", **sizes)
+    save_checkpoint(tmp_path / "checkpoint.pt", {"format": 1, "step": 7, "model": old_model.state_dict(), "config": stored})
+    run = load_run(tmp_path / "checkpoint.pt", device="cpu")
+    assert run.step == 7 and run.config.task.posterior_kind == "recurrent"
+    for key, value in old_model.state_dict().items():
+        assert torch.equal(run.model.state_dict()[key], value), key
