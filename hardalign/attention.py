@@ -33,6 +33,7 @@ leaving the reward (for example ``z_t log d_t[y_next]``).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -148,6 +149,22 @@ def rollout(
     """
     if num_steps < 1:
         raise ValueError(f"rollout(): num_steps must be >= 1, got {num_steps}")
+    # argument validation of torch.distributions checks values (a host sync on CUDA at every step)
+    with _argument_validation(False):
+        return _rollout(model, memory, num_samples, num_steps, generator)
+
+
+@contextmanager
+def _argument_validation(enabled: bool):
+    previous = D.Distribution._validate_args
+    D.Distribution.set_default_validate_args(enabled)
+    try:
+        yield
+    finally:
+        D.Distribution.set_default_validate_args(previous)
+
+
+def _rollout(model: HardAttention, memory: Any, num_samples: int, num_steps: int, generator: torch.Generator | None) -> Trajectory:
     memory = fold_tree(memory, num_samples)  # [B, ...] -> [K * B, ...]
     state = model.initial_state(memory)
     forced_fn = getattr(model, "forced", None)

@@ -27,7 +27,9 @@ def _nvil(inputs: Inputs, *, baseline, centre, scale, per_step: bool) -> tuple[E
     log_weights = inputs.log_weights
     surrogate = score_function_surrogate(signals, inputs.log_probs, inputs.mask)
     loss = -(log_weights + surrogate).mean(0)  # [B]
-    stats = {"centre": torch.as_tensor(centre).detach(), "scale": torch.as_tensor(scale).detach()}
+    # on the inputs' device and dtype (a float centre must not become a CPU tensor next to CUDA ones)
+    like = dict(device=signals.device, dtype=signals.dtype)
+    stats = {"centre": torch.as_tensor(centre, **like).detach(), "scale": torch.as_tensor(scale, **like).detach()}
     if baseline is not None:
         # regress b_psi onto the centred return R - c on the steps that carry a signal
         regression = baseline_regression(learned, returns.detach() - centre, inputs.mask)  # [B]
