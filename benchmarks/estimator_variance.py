@@ -44,13 +44,16 @@ ROWS = [
     ("vimco-seq", {"align": "progress-time"}, 8, "matched by (labels emitted, frames left)"),
     ("vimco-seq", {"align": "time", "mix": "running"}, 8, "time-matched, running convex mix with VIMCO's stand-in"),
     ("vimco-seq", {"align": "progress", "mix": "running"}, 8, "progress-matched, running convex mix with VIMCO's stand-in"),
+    ("vimco-seq", {"align": "fitted"}, 8, "fitted blend of time- and progress-matched stand-ins"),
+    ("vimco-seq", {"align": "fitted", "mix": "running"}, 8, "fitted blend of time-, progress-matched and VIMCO's stand-ins"),
 ]
 
 
 def gradient_variance(problem, name, options, num_samples, replicas, seed=0):
     estimator = build_estimator(name, **options).double()
     generator = torch.Generator().manual_seed(seed)
-    if name in ("nvil",) or options.get("baseline") == "ema" or options.get("mix") == "running":  # warm the running statistics up
+    stateful = options.get("baseline") == "ema" or options.get("mix") == "running" or options.get("align") == "fitted"
+    if name == "nvil" or stateful:  # warm the running statistics up
         for _ in range(20):
             phi, theta = problem.leaves(256)
             log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, generator)

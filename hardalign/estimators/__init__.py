@@ -17,9 +17,9 @@ Every estimator follows one call convention::
   The estimator subtracts it detached and, when it requires grad, adds its regression onto the
   detached returns to the loss (``stats["baseline_loss"]``). The VIMCO variants refuse one.
 * ``progress``: an integer ``[K, B, T]`` index, non-decreasing along T, a function of ``z^k_{<t}``
-  (for the speech model: labels emitted before step t). Only ``vimco-seq`` with
-  ``align="progress"`` (or ``"progress-time"``) uses it to match steps across particles;
-  every other estimator's signals do not depend on how steps align, and it ignores it.
+  (for the speech model: labels emitted before step t). Only ``vimco-seq`` uses it, to match
+  steps across particles (unless ``align="time"``); every other estimator's signals do not
+  depend on how steps align, and it ignores it.
 
 Value checks cost a host synchronisation and are opt-in: ``check_finite=True`` (an option of every
 module and pure function) raises a ValueError naming the argument for NaN (or ``+inf``) log

@@ -31,7 +31,7 @@ import torch
 
 from hardalign.estimators._baselines import leave_one_out_mean, reward_to_go
 
-ALIGNMENTS = ("time", "progress", "progress-time")
+ALIGNMENTS = ("progress", "time", "progress-time", "fitted")
 
 
 def alignment_key(progress: torch.Tensor | None, align: str, steps: int) -> torch.Tensor | None:
@@ -45,7 +45,7 @@ def alignment_key(progress: torch.Tensor | None, align: str, steps: int) -> torc
     """
     if align not in ALIGNMENTS:
         raise ValueError(f"vimco-seq: align must be one of {list(ALIGNMENTS)}, got {align!r}")
-    if align == "time" or progress is None:
+    if align in ("time", "fitted") or progress is None:  # "fitted" builds its two keys itself
         return None
     if align == "progress":
         return progress

@@ -72,6 +72,16 @@ def masked_moments(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return moments
 
 
+def masked_sums(values: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """``[count, sum v_1, ..., sum v_n]`` over the entries where ``mask`` is True, detached, in one
+    ``all_reduce`` across ``torch.distributed`` ranks (as :func:`masked_moments`)."""
+    weights = mask.to(values[0].dtype)
+    sums = torch.stack([weights.sum(), *((v.detach() * weights).sum() for v in values)])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(sums)
+    return sums
+
+
 def mean_and_variance(moments: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and (biased) variance from :func:`masked_moments`; zero where the count is zero."""
     count = moments[0].clamp_min(1)

@@ -13,7 +13,7 @@ CASES = {
     "reinforce": [({}, 1), ({"baseline": "ema"}, 1), ({"baseline": "loo"}, 2), ({"baseline": "learned"}, 1)],
     "nvil": [({}, 1), ({"normalize_variance": False}, 2)],
     "vimco": [({}, 2), ({"loo": "arithmetic"}, 2)],
-    "vimco-seq": [({}, 2)],
+    "vimco-seq": [({}, 2), ({"align": "time"}, 2), ({"align": "progress", "mix": "running"}, 2), ({"align": "progress-time"}, 2)],
 }
 ALL = [(name, options, k) for name, cases in CASES.items() for options, k in cases]
 

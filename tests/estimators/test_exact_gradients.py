@@ -31,8 +31,10 @@ CASES = [
     ("vimco-seq", {}, 3, 3),
     ("vimco-seq", {"align": "time"}, 3, 3),
     ("vimco-seq", {"align": "progress-time"}, 3, 3),
-    ("vimco-seq", {"mix": "running"}, 3, 3),  # beta = 0.4 from prepared running statistics
+    ("vimco-seq", {"align": "progress", "mix": "running"}, 3, 3),  # coefficients from prepared running statistics
     ("vimco-seq", {"align": "time", "mix": "running"}, 2, 2),
+    ("vimco-seq", {"align": "fitted"}, 3, 3),
+    ("vimco-seq", {"align": "fitted", "mix": "running"}, 2, 2),
     ("reinforce", {"baseline": "learned"}, 2, 1),
 ]
 #: the VIMCO variants also run on problems with impossible (log weight -inf) states
@@ -77,9 +79,8 @@ def assert_unbiased(estimates, expected, label):
 
 def warm_up(estimator):
     """Give the stateful baselines non-trivial pre-update values (the estimate must stay unbiased)."""
-    if hasattr(estimator, "mix_cross"):  # beta = 0.4: halfway between the two stand-ins' extremes
-        estimator.mix_cross.fill_(0.4)
-        estimator.mix_spread.fill_(1.0)
+    if hasattr(estimator, "fit_moments"):  # coefficients a = 0.3 (progress weight), beta = 0.4 (mix)
+        estimator.fit_moments.copy_(torch.tensor([0.3, 0.4, 1.0, 1.0, 0.0]))
         return
     baseline = torch.zeros(2, 4, 3, dtype=torch.float64) if estimator.takes_baseline else None
     estimator(torch.full((2, 4, 3), 1.5, dtype=torch.float64), torch.zeros(2, 4, 3, dtype=torch.float64), baseline=baseline)

@@ -23,19 +23,43 @@ def loop_vimco_signals(log_w, geometric=True):
     return signals
 
 
-def loop_vimco_seq_signals(steps, progress=None, align="progress", mix=0.0):
+def loop_vimco_seq_signals(steps, progress=None, align="progress", mix=0.0, progress_weight=0.5):
     """steps [K][T] per-step log weights of one example (entries may be -inf), progress [K][T] ints
     -> A[k][t] by the definition (DESIGN.md 2.4). Particle j's future starts at
-    tau_j = #{i : p_i^j < p_t^k} ("progress"), plus #{i : p_i^j = p_t^k, i < t} ("progress-time")."""
+    tau_j = #{i : p_i^j < p_t^k} ("progress"), plus #{i : p_i^j = p_t^k, i < t} ("progress-time");
+    "fitted" mixes the time- and progress-aligned stand-ins with weight progress_weight."""
     K, T = len(steps), len(steps[0])
-    if progress is None or align == "time":
-        progress = [list(range(T)) for _ in range(K)]
+    if align == "fitted":
+        time = loop_stand_ins(steps, None, "time")
+        other = loop_stand_ins(steps, progress, "progress")
+        stand_ins = [[mixed(time[k][t], other[k][t], progress_weight) for t in range(T)] for k in range(K)]
+    else:
+        stand_ins = loop_stand_ins(steps, progress, align)
     log_w = [sum(row) for row in steps]
     total = sum(math.exp(v) for v in log_w)
     out = [[0.0] * T for _ in range(K)]
     if total == 0:  # every particle impossible: no signal
         return out
     L = math.log(total / K)
+    for k, t in itertools.product(range(K), range(T)):
+        plain = sum(log_w[j] for j in range(K) if j != k) / (K - 1)
+        stand_in = mixed(stand_ins[k][t], plain, mix)
+        rest = sum(math.exp(log_w[j]) for j in range(K) if j != k)
+        out[k][t] = L - (math.log((rest + math.exp(stand_in)) / K) if rest > 0 else 0.0)
+    return out
+
+
+def mixed(a, b, weight):
+    """(1 - weight) a + weight b, with 0 * -inf taken as 0."""
+    return a if weight == 0 else b if weight == 1 else (1 - weight) * a + weight * b
+
+
+def loop_stand_ins(steps, progress, align):
+    """log wbar_k^(t) = own past + the others' mean future from tau_j, by the definition."""
+    K, T = len(steps), len(steps[0])
+    if progress is None or align == "time":
+        progress = [list(range(T)) for _ in range(K)]
+    out = [[0.0] * T for _ in range(K)]
     for k, t in itertools.product(range(K), range(T)):
         n = progress[k][t]
         futures = []
@@ -46,14 +70,7 @@ def loop_vimco_seq_signals(steps, progress=None, align="progress", mix=0.0):
             if align == "progress-time":
                 tau += sum(1 for i in range(T) if progress[j][i] == n and i < t)
             futures.append(sum(steps[j][tau:]))
-        stand_in = sum(steps[k][:t]) + sum(futures) / (K - 1)
-        plain = sum(log_w[j] for j in range(K) if j != k) / (K - 1)
-        if mix == 1:
-            stand_in = plain
-        elif mix:
-            stand_in = (1 - mix) * stand_in + mix * plain
-        rest = sum(math.exp(log_w[j]) for j in range(K) if j != k)
-        out[k][t] = L - (math.log((rest + math.exp(stand_in)) / K) if rest > 0 else 0.0)
+        out[k][t] = sum(steps[k][:t]) + sum(futures) / (K - 1)
     return out
 
 
@@ -85,7 +102,7 @@ def test_sequential_vimco_matches_loop_reference_and_starts_as_vimco():
     torch.testing.assert_close(out.objective, plain.objective)
 
 
-@pytest.mark.parametrize("align", ["progress", "progress-time", "time"])
+@pytest.mark.parametrize("align", ["progress", "progress-time", "time", "fitted"])
 @pytest.mark.parametrize("mix", [0.0, 0.3, 1.0])
 @pytest.mark.parametrize("impossible", [False, True], ids=["finite", "with-inf"])
 def test_aligned_sequential_vimco_matches_loop_reference(align, mix, impossible):
@@ -97,9 +114,9 @@ def test_aligned_sequential_vimco_matches_loop_reference(align, mix, impossible)
         steps[0, 0, 3] = steps[2, 0, 5] = float("-inf")
         steps[:, 1, 2] = float("-inf")
         steps[1:, 2, 6] = float("-inf")
-    out = sequential_vimco_loss(steps, torch.zeros_like(steps), progress=progress, align=align, mix=mix)
+    out = sequential_vimco_loss(steps, torch.zeros_like(steps), progress=progress, align=align, mix=mix, progress_weight=0.7)
     for b in range(B):
-        expected = loop_vimco_seq_signals(steps[:, b].tolist(), progress[:, b].tolist(), align, mix)
+        expected = loop_vimco_seq_signals(steps[:, b].tolist(), progress[:, b].tolist(), align, mix, 0.7)
         torch.testing.assert_close(out.signals[:, b], torch.tensor(expected, dtype=torch.float64))
     assert bool(torch.isfinite(out.signals).all()) and bool(torch.isfinite(out.loss))
 
@@ -109,7 +126,7 @@ def test_progress_equal_to_time_is_the_time_aligned_form():
     steps = torch.randn(3, 2, 6, generator=g, dtype=torch.float64)
     time = torch.arange(6).expand(3, 2, 6)
     reference = sequential_vimco_loss(steps, torch.zeros_like(steps), align="time")
-    for align in ("progress", "progress-time"):
+    for align in ("progress", "progress-time", "fitted"):
         out = sequential_vimco_loss(steps, torch.zeros_like(steps), progress=time, align=align)
         torch.testing.assert_close(out.signals, reference.signals)
 

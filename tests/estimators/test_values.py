@@ -13,7 +13,9 @@ VIMCO_VARIANTS = [
     ("vimco-seq", {"align": "time"}),
     ("vimco-seq", {"align": "progress"}),
     ("vimco-seq", {"align": "progress-time"}),
-    ("vimco-seq", {"mix": "running"}),
+    ("vimco-seq", {"align": "progress", "mix": "running"}),
+    ("vimco-seq", {"align": "fitted"}),
+    ("vimco-seq", {"align": "fitted", "mix": "running"}),
 ]
 
 
@@ -36,7 +38,7 @@ def test_an_impossible_particle_gives_finite_loss_and_gradients(name, options):
     assert bool(torch.isfinite(out.signals).all())
     assert bool(torch.isfinite(steps.grad).all()) and bool(torch.isfinite(log_probs.grad).all())
     assert bool((steps.grad[1, 0] == 0).all())  # a zero weight gets no pathwise gradient
-    assert float(out.stats["impossible"]) == 0.0
+    assert float(out.stats["impossible_fraction"]) == 0.0
 
 
 @pytest.mark.parametrize("name,options", VIMCO_VARIANTS)
@@ -52,7 +54,7 @@ def test_an_all_impossible_example_is_dropped_from_the_loss(name, options):
     assert bool(torch.isfinite(out.loss))
     assert bool((out.signals[:, 1] == 0).all())
     assert bool((steps.grad[:, 1] == 0).all()) and bool((log_probs.grad[:, 1] == 0).all())
-    assert float(out.stats["impossible"]) == pytest.approx(1 / 3)
+    assert float(out.stats["impossible_fraction"]) == pytest.approx(1 / 3)
     # the loss is the sum over the possible examples divided by the whole batch size
     keep = [0, 2]
     alone = build_estimator(name, **options)(steps.detach()[:, keep], log_probs.detach()[:, keep], progress=progress[:, keep])
@@ -159,7 +161,7 @@ def test_time_alignment_ignores_progress():
 
 
 def test_bad_options_are_named():
-    with pytest.raises(ValueError, match=r"align must be one of \['time', 'progress', 'progress-time'\]"):
+    with pytest.raises(ValueError, match=r"align must be one of \['progress', 'time', 'progress-time', 'fitted'\]"):
         build_estimator("vimco-seq", align="labels")
     with pytest.raises(ValueError, match=r"mix must be one of \['none', 'running'\]"):
         build_estimator("vimco-seq", mix=0.5)
@@ -167,36 +169,78 @@ def test_bad_options_are_named():
         sequential_vimco_loss(*leaves()[:2], mix=1.5)
 
 
-# ------------------------------------------------------------------------------------ running mix
+# ------------------------------------------------------------------------------ fitted coefficients
 def test_running_mix_uses_the_pre_update_coefficient_and_updates_only_in_training():
     steps, log_probs, progress = leaves(k=4, b=6, t=9)
     # per-step terms that nearly cancel within a particle: VIMCO's stand-in predicts log w^k well
     steps = steps - steps.mean(-1, keepdim=True) + 0.05 * torch.arange(4, dtype=torch.float64)[:, None, None]
-    estimator = build_estimator("vimco-seq", mix="running", decay=0.5)
-    assert float(estimator.mix_coefficient()) == 0.0
+    estimator = build_estimator("vimco-seq", align="progress", mix="running", decay=0.5)
+    assert float(estimator.coefficients()[1]) == 0.0
     first = estimator(steps, log_probs, progress=progress)
-    assert float(first.stats["mix"]) == 0.0  # nothing learnt before the first call
+    assert float(first.stats["mix_coefficient"]) == 0.0  # nothing learnt before the first call
     torch.testing.assert_close(first.signals, sequential_vimco_loss(steps, log_probs, progress=progress).signals)
-    beta = estimator.mix_coefficient()
+    beta = estimator.coefficients()[1]
     assert 0.0 < float(beta) <= 1.0, float(beta)
     second = estimator(steps, log_probs, progress=progress)
-    torch.testing.assert_close(second.stats["mix"], beta.to(torch.float64))
+    torch.testing.assert_close(second.stats["mix_coefficient"], beta.to(torch.float64))
     torch.testing.assert_close(second.signals, sequential_vimco_loss(steps, log_probs, progress=progress, mix=float(beta)).signals)
     state = {key: value.clone() for key, value in estimator.state_dict().items()}
     estimator.eval()(steps, log_probs, progress=progress)
     assert all(torch.equal(state[key], value) for key, value in estimator.state_dict().items())
 
 
-def test_running_mix_fits_the_least_squares_coefficient():
-    """With decay 0, beta is this batch's least-squares fit of log w^k by (1 - beta) s + beta g_{-k}."""
-    steps, log_probs, progress = leaves(k=4, b=6, t=9)
-    estimator = build_estimator("vimco-seq", mix="running", decay=0.0)
-    estimator(steps, log_probs, progress=progress)
+def stand_ins(steps, progress):
     from hardalign.estimators._align import exclusive_cumsum, others_future_mean
     from hardalign.estimators._baselines import leave_one_out_mean
 
-    s = exclusive_cumsum(steps) + others_future_mean(steps, progress)
-    g = leave_one_out_mean(steps.sum(-1), 0).unsqueeze(-1)
-    residual, difference = steps.sum(-1, keepdim=True) - s, g - s
-    expected = ((residual * difference).sum() / (difference**2).sum()).clamp(0, 1)
-    torch.testing.assert_close(estimator.mix_coefficient(), expected)
+    time = exclusive_cumsum(steps) + others_future_mean(steps, None)
+    aligned = exclusive_cumsum(steps) + others_future_mean(steps, progress)
+    plain = leave_one_out_mean(steps.sum(-1), 0).unsqueeze(-1)
+    return time, aligned, plain
+
+
+@pytest.mark.parametrize("align,mix", [("progress", "running"), ("fitted", "none"), ("fitted", "running")])
+def test_coefficients_are_the_least_squares_fit(align, mix):
+    """With decay 0 the coefficients are this batch's least-squares fit of log w^k by the stand-ins."""
+    g = torch.Generator().manual_seed(11)
+    steps = torch.randn(6, 8, 12, generator=g, dtype=torch.float64)
+    steps = steps - 0.7 * steps.mean(-1, keepdim=True)  # neither extreme fits best
+    progress = random_progress(6, 8, 12, g)
+    estimator = build_estimator("vimco-seq", align=align, mix=mix, decay=0.0)
+    estimator(steps, log_probs=torch.zeros_like(steps), progress=progress)
+    a, beta = estimator.coefficients()
+    time, aligned, plain = stand_ins(steps, progress)
+    target = steps.sum(-1, keepdim=True)
+    base = aligned if align == "progress" else time
+    columns = ([aligned - base] if align == "fitted" else []) + ([(plain - base).expand_as(base)] if mix == "running" else [])
+    design = torch.stack([c.flatten() for c in columns], -1)
+    solution = torch.linalg.lstsq(design, (target - base).flatten().unsqueeze(-1)).solution.flatten()
+    assert bool(((solution > 0) & (solution < 1)).all()), solution  # the test data keep the fit inside [0, 1]
+    if align == "fitted" and mix == "running":
+        expected_beta = solution[1]
+        torch.testing.assert_close(beta, expected_beta)
+        torch.testing.assert_close(a, solution[0] / (1 - expected_beta))
+    elif align == "fitted":
+        torch.testing.assert_close(a, solution[0])
+        assert float(beta) == 0.0
+    else:
+        torch.testing.assert_close(beta, solution[0])
+    # the next call uses them: module == pure function with those coefficients
+    out = estimator(steps, torch.zeros_like(steps), progress=progress)
+    expected = sequential_vimco_loss(
+        steps, torch.zeros_like(steps), progress=progress, align=align, mix=float(beta) if mix == "running" else 0.0, progress_weight=float(a)
+    )
+    torch.testing.assert_close(out.signals, expected.signals)
+
+
+def test_fitted_alignment_starts_halfway():
+    steps, log_probs, progress = leaves()
+    estimator = build_estimator("vimco-seq", align="fitted")
+    out = estimator(steps, log_probs, progress=progress)
+    assert float(out.stats["progress_weight"]) == 0.5 and "mix_coefficient" not in out.stats
+
+
+def test_checkpoints_without_fit_moments_still_load():
+    estimator = build_estimator("vimco-seq")
+    estimator.load_state_dict({})  # written before the fitted coefficients existed
+    assert bool((estimator.fit_moments == 0).all())
