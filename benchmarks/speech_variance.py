@@ -1,0 +1,175 @@
+"""Gradient variance of the proposal on the speech model, every estimator side by side.
+
+For one fixed batch of utterances and fixed weights (at initialisation, or from a checkpoint), the
+training loss is differentiated ``--draws`` times with fresh alignments; the rows report the trace
+of the covariance of the proposal's gradient (q's parameters for the posterior proposal; p's
+emit-decision parameters, its decision cell and emit head, for the prior proposal, where q = p),
+and its ratio to the ``vimco`` row and to the REINFORCE row of the same setting, with bootstrap
+95% intervals (draws resampled with replacement, each row independently). Rows:
+
+* ``reinforce (prior)``: Luo et al., the prior as proposal, learned per-step baseline, K = 1;
+* ``nvil``: posterior proposal, learned per-step baseline, running centre and scale, K = 1;
+* ``vimco`` and ``vimco-seq`` with each ``align`` (``time``, ``progress``, ``progress-time``,
+  ``fitted``, the default) at each K of ``--samples``.
+
+Estimators with running state (NVIL's statistics, vimco-seq's fitted coefficients) are first run
+for ``--warmup`` draws in training mode on the same batch, then frozen (eval mode) while measured.
+Writes a markdown table (``--out``, default ``benchmarks/results/speech_variance.md``) and JSON::
+
+    python benchmarks/speech_variance.py --data-dir exp/timit/data                     # at initialisation
+    python benchmarks/speech_variance.py --data-dir exp/timit/data --checkpoint RUN/checkpoint.pt
+    python benchmarks/speech_variance.py --data-dir exp/timit/data -- --posterior-aligner false
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def proposal_parameters(model) -> list[torch.nn.Parameter]:
+    if model.proposal == "posterior":
+        return list(model.posterior.parameters())
+    return [*model.gate_hidden.parameters(), *model.gate_decision.parameters(), *model.emit_head.parameters()]
+
+
+def gradient_draws(model, estimator, batch, num_samples: int, draws: int, warmup: int) -> torch.Tensor:
+    """``[draws, P]`` flattened proposal gradients of the whole training loss."""
+    from hardalign.objective import training_terms
+
+    params = proposal_parameters(model)
+    rows = []
+    for i in range(warmup + draws):
+        estimator.train(i < warmup)
+        model.zero_grad(set_to_none=True)
+        training_terms(model(batch, num_samples=num_samples, step=0), estimator)["loss"].backward()
+        if i >= warmup:
+            rows.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]).double())
+    return torch.stack(rows)
+
+
+def trace(draws: torch.Tensor) -> float:
+    return float(draws.var(dim=0).sum())
+
+
+def bootstrap_traces(draws: torch.Tensor, resamples: int, generator: torch.Generator) -> torch.Tensor:
+    n = draws.shape[0]
+    values = []
+    for _ in range(resamples):
+        index = torch.randint(0, n, (n,), generator=generator)
+        values.append(trace(draws[index]))
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def interval(values: torch.Tensor) -> tuple[float, float]:
+    low, high = torch.quantile(values, torch.tensor([0.025, 0.975], dtype=values.dtype)).tolist()
+    return low, high
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="exp/timit/data")
+    parser.add_argument("--config", default=str(REPO / "recipes/timit/conf/vimco-seq.yaml"))
+    parser.add_argument("--checkpoint", default=None, help="weights to measure at (default: initialisation, seeded)")
+    parser.add_argument("--utterances", type=int, default=16, help="the fixed batch")
+    parser.add_argument("--samples", default="4,16", help="K values for the multi-sample rows")
+    parser.add_argument("--aligns", default="time,progress,progress-time,fitted", help="vimco-seq align options")
+    parser.add_argument("--draws", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=16)
+    parser.add_argument("--resamples", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--label", default="", help="a name for this setting in the table")
+    parser.add_argument("--out", default=str(RESULTS / "speech_variance.md"))
+    parser.add_argument("--append", action="store_true", help="add to --out instead of overwriting it")
+    parser.add_argument("overrides", nargs="*", help="config overrides after --, e.g. -- --posterior-aligner false")
+    args = parser.parse_args(argv)
+
+    from hardalign.data import collate_speech
+    from hardalign.estimators import build_estimator
+    from hardalign.train.config import resolve_config
+    from hardalign.train.tasks import build_task
+
+    torch.set_num_threads(1)
+    state = None
+    if args.checkpoint:
+        from hardalign.train.checkpoint import load_checkpoint
+
+        state = load_checkpoint(args.checkpoint)
+    base = ["--data-dir", args.data_dir, "--model", "hardalign", *args.overrides]
+
+    def build(proposal: str):
+        config = resolve_config(args.config, [*base, "--proposal", proposal])
+        task = build_task("timit", config.task, config.train, device=torch.device("cpu"))
+        torch.manual_seed(args.seed)  # the same initial weights for every row
+        model = task.build_model()
+        if state is not None:
+            # the prior model's baseline network reads p's state (another width): keep it fresh there
+            weights = {k: v for k, v in state["model"].items() if proposal == "posterior" or not k.startswith("baseline_net.")}
+            model.load_state_dict(weights, strict=proposal == "posterior")
+        model.train()
+        dataset = task.train_set
+        batch = collate_speech([dataset[i] for i in range(min(args.utterances, len(dataset)))])
+        return model, batch
+
+    rows = [("reinforce (prior, learned baseline)", "prior", "reinforce", {"baseline": "learned"}, 1), ("nvil", "posterior", "nvil", {}, 1)]
+    for k in (int(v) for v in args.samples.split(",")):
+        rows.append(("vimco", "posterior", "vimco", {}, k))
+        for align in args.aligns.split(","):
+            rows.append((f"vimco-seq (align={align})", "posterior", "vimco-seq", {"align": align}, k))
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    results = []
+    models = {}
+    for name, proposal, estimator_name, options, k in rows:
+        if proposal not in models:
+            models[proposal] = build(proposal)
+        model, batch = models[proposal]
+        torch.manual_seed(args.seed + 17)
+        started = time.perf_counter()
+        draws = gradient_draws(model, build_estimator(estimator_name, **options), batch, k, args.draws, args.warmup)
+        boot = bootstrap_traces(draws, args.resamples, generator)
+        results.append({"row": name, "K": k, "trace": trace(draws), "boot": boot, "seconds": time.perf_counter() - started})
+        print(f"{name:40s} K={k:2d} trace {results[-1]['trace']:.4g} ({results[-1]['seconds']:.0f} s)", flush=True)
+
+    def ratio(row, reference) -> str:
+        value = row["trace"] / reference["trace"]
+        low, high = interval(row["boot"] / reference["boot"])
+        return f"{value:.3g} [{low:.3g}, {high:.3g}]"
+
+    reinforce = results[0]
+    setting = args.label or ("checkpoint " + args.checkpoint if args.checkpoint else "initialisation")
+    overrides = " ".join(args.overrides) or "recipe defaults"
+    lines = [
+        f"### {setting} ({overrides})",
+        "",
+        f"{args.utterances} utterances, {args.draws} draws per row after {args.warmup} warm-up draws, "
+        f"bootstrap 95% intervals from {args.resamples} resamples; one CPU thread.",
+        "",
+        "| estimator | K | trace of covariance | x vimco (same K) | x reinforce (prior) |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results:
+        vimco = next((r for r in results if r["row"] == "vimco" and r["K"] == row["K"]), None)
+        lines.append(
+            f"| {row['row']} | {row['K']} | {row['trace']:.4g} | {ratio(row, vimco) if vimco else '-'} | {ratio(row, reinforce)} |"
+        )
+    table = "\n".join(lines) + "\n"
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a" if args.append else "w", encoding="utf-8") as handle:
+        handle.write(table + "\n")
+    record = {"setting": setting, "overrides": args.overrides, "rows": [{k: v for k, v in r.items() if k != "boot"} for r in results]}
+    with open(out.with_suffix(".jsonl"), "a" if args.append else "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
