@@ -102,6 +102,7 @@ class TrainConfig:
             can run code: only for old files you made yourself (see docs/reliability.md).
         progress: show a tqdm progress bar (rank 0 only).
         tensorboard: write TensorBoard events under ``out_dir/tensorboard``.
+        health_checks: warn (stderr and ``metrics.jsonl``) when training stalls (:mod:`hardalign.train.health`).
     """
 
     task: str = "sbn"
@@ -130,6 +131,7 @@ class TrainConfig:
     trust_checkpoint: bool = False
     progress: bool = True
     tensorboard: bool = True
+    health_checks: bool = True
 
     def __post_init__(self) -> None:
         self.validate()

@@ -320,6 +320,9 @@ def _evaluate(task: Any, run: _Run, ctx: DistributedContext, logger: "_Logger", 
         run.model.train()
         set_rng_state(saved)
         logger.log(run.step, split, metrics, echo=f"step {run.step} {split}: {_format(metrics)}")
+        from hardalign.train.health import check_eval  # the health report: dev metric plateau
+
+        check_eval(logger, run.config, task, run.step, metrics)
     ctx.barrier()
     return metrics
 
@@ -451,6 +454,9 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
                     interval_started, interval_steps = now, 0
                     train_metrics = averages
                     logger.log(run.step, "train", {"epoch": run.epoch, **averages})
+                    from hardalign.train.health import check_train  # the health report (host floats, no extra sync)
+
+                    check_train(logger, run.config, task, run.step, averages)
                     if ctx.is_main and tc.progress:
                         progress.set_postfix(loss=f"{averages['loss']:.4g}", refresh=False)
                     if any_rank_stops and not last:  # every rank leaves at the same step
