@@ -610,7 +610,8 @@ class HardAlignmentRecognizer(nn.Module):
             labels emitted before each step), the baseline network's per-step prediction
             (computed only if the estimator uses it), the loss terms ``entropy_bonus`` (minus the
             scheduled weight times the proposal's entropy per utterance) and ``aligner_ctc``
-            (weighted), and the metrics ``entropy``, ``entropy_weight``, ``emit_rate``.
+            (weighted), and the metrics ``entropy``, ``entropy_weight``, ``emit_rate`` (emissions
+            per valid step) and ``free_emit_rate`` (emissions per sampled, unforced step).
 
         Raises:
             ValueError: an utterance has fewer steps than labels + EOS (it cannot be aligned).
@@ -633,5 +634,8 @@ class HardAlignmentRecognizer(nn.Module):
             "entropy": entropy.detach(),
             "entropy_weight": entropy.new_tensor(weight).detach(),
             "emit_rate": (trajectory.locations * valid).sum() / valid.sum().clamp_min(1),
+            # at the sampled (not forced) steps: what the health report watches (emit_rate itself is
+            # the data's labels per step, whatever the model does, since forcing completes every path)
+            "free_emit_rate": (trajectory.locations * trajectory.mask).sum() / trajectory.mask.sum().clamp_min(1),
         }
         return LatentOutput(trajectory, baseline=lambda: self.baselines(trajectory, memory), losses=losses, metrics=metrics)

@@ -205,31 +205,6 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
-def free_emit_rate_logged():
-    """The speech model's emission rate at sampled (not forced) steps, as a logged metric.
-
-    ``emit_rate`` (over all valid steps) is the data's labels per step whatever the model does:
-    every label and EOS is emitted, forced where needed. Collapse shows only at the free steps.
-    Until the model logs ``free_emit_rate`` itself, this adds it with the same formula.
-    """
-    from hardalign.speech.model import HardAlignmentRecognizer
-
-    original = HardAlignmentRecognizer.forward
-
-    def forward(self, batch, *, num_samples, step=0):
-        out = original(self, batch, num_samples=num_samples, step=step)
-        if "free_emit_rate" not in out.metrics:
-            traj = out.trajectory
-            out.metrics["free_emit_rate"] = ((traj.locations * traj.mask).sum() / traj.mask.sum().clamp_min(1)).detach()
-        return out
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(HardAlignmentRecognizer, "forward", forward)
-    yield
-    mp.undo()
-
-
 def speech_run(corpus: Path, out: Path, *extra: str) -> list[dict]:
     from hardalign.train.config import resolve_config
     from hardalign.train.loop import train
@@ -248,7 +223,7 @@ def speech_run(corpus: Path, out: Path, *extra: str) -> list[dict]:
      (["--proposal", "prior", "--emit-prior", "0.999"], "emission_explosion", False)],
     ids=["emit-prior-0.001", "emit-prior-0.999"],
 )
-def test_broken_emission_prior_warns(broken, expected, stuck, tiny_corpus, tmp_path, capsys, free_emit_rate_logged):
+def test_broken_emission_prior_warns(broken, expected, stuck, tiny_corpus, tmp_path, capsys):
     records = speech_run(tiny_corpus, tmp_path / "run", *broken, "--eval-every", "1")
     health = [r for r in records if r["split"] == "health"]
     train_lines = [r for r in records if r["split"] == "train"]
@@ -262,7 +237,7 @@ def test_broken_emission_prior_warns(broken, expected, stuck, tiny_corpus, tmp_p
     assert f"health: {expected} at step 3: " in err and "recipes/timit/README.md" in err
 
 
-def test_default_config_is_silent(tiny_corpus, tmp_path, capsys, free_emit_rate_logged):
+def test_default_config_is_silent(tiny_corpus, tmp_path, capsys):
     records = speech_run(tiny_corpus, tmp_path / "run", "--eval-every", "2")
     assert [r for r in records if r["split"] == "health"] == []
     assert len([r for r in records if r["split"] == "train"]) == 6 and "health:" not in capsys.readouterr().err
