@@ -51,12 +51,15 @@ ROWS = [
 
 def gradient_variance(problem, name, options, num_samples, replicas, seed=0):
     estimator = build_estimator(name, **options).double()
+    # warm-up draws come from their own generator, so every row sees the same final sample
+    # (paired comparison: differences between rows are not sampling noise)
+    warm_up = torch.Generator().manual_seed(10_000 + seed)
     generator = torch.Generator().manual_seed(seed)
     stateful = options.get("baseline") == "ema" or options.get("mix") == "running" or options.get("align") == "fitted"
     if name == "nvil" or stateful:  # warm the running statistics up
         for _ in range(20):
             phi, theta = problem.leaves(256)
-            log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, generator)
+            log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, warm_up)
             estimator(log_weights, log_probs, progress=progress)
     phi, theta = problem.leaves(replicas)
     log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, generator)

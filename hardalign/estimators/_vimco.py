@@ -29,7 +29,8 @@ gradient of ``E[log mean_k w^k; some w^k > 0]`` (all-impossible draws counted as
 a particle whose others are all impossible gets the baseline ``L_{-k} = 0`` (signal ``L``): any
 other value would correlate with the event that the example is dropped.
 
-Everything is O(K) (O(K*T)) in time and memory; ``log sum_{j != k} w^j`` comes from the stable
+Everything is O(K) (O(K*T)) in memory, with no loops over particles or steps (the progress forms
+sort each example's K*T progress values once); ``log sum_{j != k} w^j`` comes from the stable
 leave-one-out log-sum-exp in :mod:`hardalign.estimators._logspace`.
 """
 
