@@ -139,7 +139,7 @@ class HardAlignmentConfig:
 
     hidden_size: int = 256
     encoder_layers: int = 2
-    decision_hidden: int = 128
+    decision_hidden: int = 64
     label_embedding: int = 64
     posterior_hidden: int = 128
     baseline_hidden: int = 64
@@ -154,7 +154,7 @@ class HardAlignmentConfig:
     posterior_aligner: bool = True
     aligner_weight: float = 1.0
     posterior_kind: str = "lattice"
-    posterior_encoder: str = "own"
+    posterior_encoder: str = "shared"
 
     def __post_init__(self) -> None:
         if self.posterior_encoder not in ("own", "shared"):
