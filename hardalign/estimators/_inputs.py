@@ -180,7 +180,14 @@ def finish(inputs: Inputs, loss_per_example: torch.Tensor, objective: torch.Tens
     return EstimatorOutput(loss=loss_per_example.mean(), objective=objective.detach(), signals=signals, stats=stats)
 
 
-def effective_sample_size(log_weights: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of ``1 / sum_k softmax(log w)_k^2`` for ``[K, B]`` log weights (between 1 and K)."""
+def effective_sample_size(log_weights: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of ``1 / sum_k softmax(log w)_k^2`` for ``[K, B]`` log weights (between 1 and K).
+
+    ``valid`` (bool ``[B]``) restricts the mean to those examples (0 when there is none).
+    """
     normalized = torch.softmax(log_weights.detach(), dim=0)
-    return (1.0 / (normalized * normalized).sum(0)).mean()
+    per_example = 1.0 / (normalized * normalized).sum(0)  # [B]
+    if valid is None:
+        return per_example.mean()
+    weights = valid.to(per_example.dtype)
+    return (per_example * weights).sum() / weights.sum().clamp_min(1)

@@ -44,7 +44,7 @@ from torch import nn
 
 from hardalign.estimators._align import ALIGNMENTS, alignment_key, exclusive_cumsum, others_future_mean
 from hardalign.estimators._baselines import leave_one_out_mean, masked_sums
-from hardalign.estimators._inputs import EstimatorOutput, Inputs, canonical_inputs, check_progress, check_values, finish
+from hardalign.estimators._inputs import EstimatorOutput, Inputs, canonical_inputs, check_progress, check_values, effective_sample_size, finish
 from hardalign.estimators._logspace import leave_one_out_logsumexp, log_mean_exp
 from hardalign.estimators._surrogate import score_function_surrogate
 
@@ -78,11 +78,8 @@ def _multi_sample(inputs: Inputs, signals: torch.Tensor, bound: _Bound, extra_st
     surrogate = score_function_surrogate(signals, inputs.log_probs, inputs.mask).sum(0)  # [B]
     loss = torch.where(bound.impossible, torch.zeros_like(surrogate), -(bound.bound + surrogate))
     objective = torch.where(bound.impossible, torch.full_like(bound.bound, NEG_INF), bound.bound)
-    possible = (~bound.impossible).to(signals.dtype)
-    normalized = torch.softmax(bound.log_weights.detach(), dim=0)
-    ess = 1.0 / (normalized * normalized).sum(0)  # [B], between 1 and K
     stats = {
-        "ess": (ess * possible).sum() / possible.sum().clamp_min(1),
+        "ess": effective_sample_size(bound.log_weights, valid=~bound.impossible),
         "impossible_fraction": bound.impossible.to(signals.dtype).mean(),
         **(extra_stats or {}),
     }
