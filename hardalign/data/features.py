@@ -9,7 +9,9 @@ frames at 16 kHz, dither 0) followed by deltas and delta-deltas
 
 Mean/variance normalisation (:class:`CMVN`) uses statistics gathered on the training split
 (``global``) or on each speaker's own utterances (``speaker``); they are saved beside the
-manifests (``cmvn-<key>.pt``) by :func:`load_cmvn`. After normalisation, :func:`stack_frames`
+manifests (``cmvn-<key>.pt``) by :func:`load_cmvn`. ``utterance`` normalises each utterance by
+its own mean and deviation (:class:`UtteranceCMVN`; no stored statistics; it follows the level
+and colour of added noise). After normalisation, :func:`stack_frames`
 concatenates 3 consecutive frames into one 369-dim step (30 ms).
 """
 
@@ -27,10 +29,10 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 import torchaudio.functional as AF
 
-__all__ = ["CMVN", "FeatureConfig", "compute_cmvn", "extract_features", "load_cmvn", "num_frames", "stack_frames"]
+__all__ = ["CMVN", "UtteranceCMVN", "FeatureConfig", "compute_cmvn", "extract_features", "load_cmvn", "num_frames", "stack_frames"]
 
 _FRONTENDS = ("kaldi", "librosa")
-_CMVN_MODES = ("global", "speaker", "none")
+_CMVN_MODES = ("global", "speaker", "utterance", "none")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class FeatureConfig:
         dither: Kaldi dither amount (0 keeps features deterministic).
         sample_rate: rate the audio is resampled to before feature extraction.
         stack: consecutive frames concatenated per model step (3).
-        cmvn: ``"global"`` (training-set statistics), ``"speaker"`` (per speaker) or ``"none"``.
+        cmvn: ``"global"`` (training-set statistics), ``"speaker"`` (per speaker), ``"utterance"``
+            (each utterance by its own statistics) or ``"none"``.
     """
 
     frontend: str = "kaldi"
@@ -222,6 +225,23 @@ class CMVN:
         return {"mean": self.mean, "std": self.std, "speakers": self.speakers}
 
 
+class UtteranceCMVN:
+    """Mean/variance normalisation of each utterance by its own statistics (``cmvn="utterance"``).
+
+    Example:
+        >>> UtteranceCMVN()(torch.tensor([[1.], [3.]])).flatten().tolist()
+        [-1.0, 1.0]
+    """
+
+    def __call__(self, features: torch.Tensor, speaker: str | None = None) -> torch.Tensor:
+        """Normalise ``[T, D]`` features by their own mean and deviation (floored at 1e-3)."""
+        if features.shape[0] == 0:
+            return features
+        mean = features.mean(0)
+        std = features.var(0, unbiased=False).clamp_min(1e-6).sqrt()
+        return (features - mean) / std
+
+
 def _finalise(count: float, total: torch.Tensor, sq: torch.Tensor, floor: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
     mean = total / count
     var = (sq / count - mean ** 2).clamp_min(floor ** 2)
@@ -267,7 +287,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 
 def load_cmvn(manifest_dir: str | os.PathLike, config: FeatureConfig, split: str,
-              features_of: Callable[[dict], torch.Tensor], records_of: Callable[[str], list[dict]]) -> CMVN | None:
+              features_of: Callable[[dict], torch.Tensor], records_of: Callable[[str], list[dict]]) -> CMVN | UtteranceCMVN | None:
     """Load (or compute once and save beside the manifests) the statistics ``config.cmvn`` asks for.
 
     Global statistics always come from the clean ``train`` split: ``cmvn-<key>-global.pt``. With
@@ -283,10 +303,13 @@ def load_cmvn(manifest_dir: str | os.PathLike, config: FeatureConfig, split: str
         records_of: split name -> its records.
 
     Returns:
-        a :class:`CMVN`, or None when ``config.cmvn == "none"``.
+        a :class:`CMVN`, an :class:`UtteranceCMVN` for ``config.cmvn == "utterance"``, or None
+        when ``config.cmvn == "none"``.
     """
     if config.cmvn == "none":
         return None
+    if config.cmvn == "utterance":
+        return UtteranceCMVN()
     manifest_dir = Path(manifest_dir)
     key = config.extraction_key()
     path = manifest_dir / f"cmvn-{key}-global.pt"

@@ -2,7 +2,8 @@
 
 Noise is scaled against the clean utterance over its whole length:
 ``a = (rms_s / rms_n) * 10^(-SNR / 20)``, ``x = s + a * n``, computed in float64 so the measured
-SNR of the result equals the request to well within 0.05 dB. Sources (``NoiseConfig.noise``):
+SNR of the result equals the request to well within 0.05 dB. Sources (``NoiseConfig.noise``, one
+or a comma-separated list for multi-condition training):
 
 * ``white``, ``pink`` (1/f power), ``brown`` (1/f^2 power): generated per utterance;
 * ``babble``: the sum of ``babble_talkers`` other utterances of the *same split*, each brought to
@@ -12,9 +13,10 @@ SNR of the result equals the request to well within 0.05 dB. Sources (``NoiseCon
   by top-level ``train``/``dev``/``test`` sub-directories when present, otherwise by a stable hash
   of each file's relative path (10% dev, 10% test, the rest train).
 
-Every random choice (noise file, offset, SNR drawn from a range such as ``"0:15"``, generated
-samples, babble talkers) comes from a generator seeded by ``(seed, split, epoch, utterance id)``:
-the same epoch and utterance always give the same mixture. Training draws afresh each epoch;
+Every random choice (left clean with probability ``clean_fraction``, which of several noise types,
+noise file, offset, SNR drawn from a range such as ``"0:15"``, generated samples, babble talkers)
+comes from a generator seeded by ``(seed, split, epoch, utterance id)``: the same epoch and
+utterance always give the same mixture (a resumed run replays it). Training draws afresh each epoch;
 dev/test conditions do not depend on the epoch and are frozen into
 ``<manifest_dir>/conditions/<split>-<tag>.jsonl`` the first time they are used (utterance, noise,
 file, offset, SNR, seed), then read back from that file.
@@ -49,8 +51,9 @@ __all__ = [
     "measure_snr",
     "noise_files",
     "parse_eval_noise",
+    "parse_noise_list",
     "parse_noise_spec",
-    "parse_train_noise",
+    "parse_snr",
     "check_noise",
     "check_noise_options",
     "utterance_rng",
@@ -61,22 +64,57 @@ NOISE_KINDS = {"white": 0.0, "pink": 1.0, "brown": 2.0}
 #: Every noise type a spec may name (besides ``dir:PATH``, a folder of recordings).
 NOISE_TYPES = ("white", "pink", "brown", "babble")
 _AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".sph", ".aiff", ".aif", ".au", ".mp3")
+#: SNRs outside this range (dB) are taken for a typo (or YAML's base-60 reading of ``10:20``).
+SNR_LIMITS = (-50.0, 100.0)
+
+
+def _source_kind(source: str) -> str:
+    return "dir" if source.startswith("dir:") else source
+
+
+def parse_snr(snr, *, key: str = "snr") -> tuple[float, float]:
+    """An SNR option in dB: a number (``10``) or a range ``"lo:hi"`` drawn uniformly per utterance.
+
+    Example:
+        >>> parse_snr("0:15"), parse_snr(10)
+        ((0.0, 15.0), (10.0, 10.0))
+
+    Raises:
+        ValueError: not a number or range, low end above high end, or outside ``SNR_LIMITS`` (an
+            unquoted ``10:20`` in YAML or on the command line is read as the base-60 number 620).
+    """
+    text = str(snr).strip()
+    lo_text, sep, hi_text = text.partition(":")
+    lo, hi = _number(lo_text), _number(hi_text if sep else lo_text)
+    if lo is None or hi is None:
+        raise ValueError(f"--{key} must be a number of dB or a range lo:hi (e.g. 10 or 0:15), got {snr!r}")
+    if lo > hi:
+        raise ValueError(f"--{key} range {snr!r} has its low end above its high end")
+    if not (SNR_LIMITS[0] <= lo and hi <= SNR_LIMITS[1]):
+        raise ValueError(f"--{key} {snr!r} is outside [{SNR_LIMITS[0]:g}, {SNR_LIMITS[1]:g}] dB; write a range as a quoted "
+                         f"string (snr: \"10:20\"): YAML reads an unquoted 10:20 as the base-60 number 620")
+    return lo, hi
 
 
 @dataclass(frozen=True)
 class NoiseConfig:
-    """What to add to each utterance (the command-line / YAML options ``--noise``, ``--snr``, ``--mix-speaker``).
+    """What to add to each utterance (the options ``--noise``, ``--snr``, ``--clean-fraction``, ``--mix-speaker``).
 
     Attributes:
-        noise: ``"none"``, ``"white"``, ``"pink"``, ``"brown"``, ``"babble"`` or ``"dir:/path/to/noises"``.
+        noise: ``"none"`` (or ``""``), a type ``"white"``, ``"pink"``, ``"brown"``, ``"babble"``, a
+            folder of recordings ``"dir:/path/to/noises"``, or a comma-separated list of these
+            (``"white,pink,babble"``: one drawn per utterance, uniformly, for multi-condition training).
         snr: target SNR in dB: a number (``10``) or a range ``"lo:hi"`` drawn uniformly per utterance.
         mix_speaker: scale of the opposite-gender partner utterance (0 = no mix; 0.1 / 0.25 / 0.5).
         seed: base seed of every draw.
         babble_talkers: utterances summed into babble.
+        clean_fraction: probability that an utterance gets no noise (the mix, if any, still applies).
 
     Example:
         >>> NoiseConfig("pink", "0:15").snr_range
         (0.0, 15.0)
+        >>> NoiseConfig("white,pink,babble", clean_fraction=0.2).sources
+        ('white', 'pink', 'babble')
         >>> NoiseConfig().active, NoiseConfig(mix_speaker=0.25).active
         (False, True)
     """
@@ -86,49 +124,56 @@ class NoiseConfig:
     mix_speaker: float = 0.0
     seed: int = 0
     babble_talkers: int = 6
+    clean_fraction: float = 0.0
 
     def __post_init__(self):
-        kind = self.kind
-        if kind not in ("none", "babble", "dir") and kind not in NOISE_KINDS:
-            raise ValueError(f"--noise must be none, white, pink, brown, babble or dir:/path, got {self.noise!r}")
-        if kind == "dir":
-            path = Path(self.noise[4:])
-            if not path.is_dir():
-                raise ValueError(f"--noise {self.noise!r}: noise folder {str(path)!r} does not exist or is not a folder")
-        lo, hi = self.snr_range  # validates
-        if lo > hi:
-            raise ValueError(f"--snr range {self.snr!r} has its low end above its high end")
+        for source in self.sources:
+            kind = _source_kind(source)
+            if kind not in ("babble", "dir") and kind not in NOISE_KINDS:
+                raise ValueError(f"--noise must be none, white, pink, brown, babble, dir:/path or a comma list of them, got {self.noise!r}")
+            if kind == "dir":
+                path = Path(source[4:])
+                if not path.is_dir():
+                    raise ValueError(f"--noise {self.noise!r}: noise folder {str(path)!r} does not exist or is not a folder")
+        self.snr_range  # validates
+        if not 0.0 <= float(self.clean_fraction) <= 1.0:
+            raise ValueError(f"--clean-fraction must be in [0, 1] (e.g. 0.2), got {self.clean_fraction!r}")
         if not 0.0 <= float(self.mix_speaker) <= 1.0:
             raise ValueError(f"--mix-speaker must be in [0, 1] (e.g. 0.1, 0.25, 0.5), got {self.mix_speaker!r}")
         if self.babble_talkers < 1:
             raise ValueError(f"babble_talkers must be >= 1, got {self.babble_talkers!r}")
 
     @property
+    def sources(self) -> tuple[str, ...]:
+        """The noise sources drawn from (empty: no noise)."""
+        items = [part.strip() for part in str(self.noise or "").split(",")]
+        return tuple(item for item in items if item and item != "none")
+
+    @property
     def kind(self) -> str:
-        return "dir" if str(self.noise).startswith("dir:") else str(self.noise)
+        """``none``, the kind of the one source (a type or ``dir``), or ``multi`` for several."""
+        sources = self.sources
+        if not sources:
+            return "none"
+        return _source_kind(sources[0]) if len(sources) == 1 else "multi"
 
     @property
     def snr_range(self) -> tuple[float, float]:
-        text = str(self.snr)
-        try:
-            if ":" in text:
-                lo, hi = text.split(":", 1)
-                return float(lo), float(hi)
-            return float(text), float(text)
-        except ValueError:
-            raise ValueError(f"--snr must be a number of dB or a range lo:hi, got {self.snr!r}") from None
+        return parse_snr(self.snr)
 
     @property
     def active(self) -> bool:
-        return self.kind != "none" or float(self.mix_speaker) > 0
+        return bool(self.sources) or float(self.mix_speaker) > 0
 
     def tag(self) -> str:
         """A short name for this condition, used in file names (``pink-snr10``, ``mix0.25``)."""
         parts = []
-        if self.kind != "none":
-            name = self.kind if self.kind != "dir" else "dir" + hashlib.sha1(self.noise.encode()).hexdigest()[:6]
+        if self.sources:
+            names = [_source_kind(s) if not s.startswith("dir:") else "dir" + hashlib.sha1(s.encode()).hexdigest()[:6] for s in self.sources]
             lo, hi = self.snr_range
-            parts.append(f"{name}-snr{lo:g}" + (f"to{hi:g}" if hi != lo else ""))
+            parts.append("+".join(names) + f"-snr{lo:g}" + (f"to{hi:g}" if hi != lo else ""))
+            if float(self.clean_fraction) > 0:
+                parts.append(f"clean{float(self.clean_fraction):g}")
         if float(self.mix_speaker) > 0:
             parts.append(f"mix{float(self.mix_speaker):g}")
         return "_".join(parts) + (f"_seed{self.seed}" if self.seed else "") or "clean"
@@ -336,7 +381,7 @@ def parse_noise_spec(spec: str, *, key: str = "noise", allow_range: bool = True,
     parts = spec.rsplit(":", 2)
     is_range = len(parts) == 3 and parts[0] not in ("", "dir") and _number(parts[1]) is not None and _number(parts[2]) is not None
     if is_range and not allow_range:
-        raise ValueError(f"{key}={spec!r}: expected {form} in dB (e.g. {example}); an SNR range is for train_noise only")
+        raise ValueError(f"{key}={spec!r}: expected {form} in dB (e.g. {example}); an SNR range is for training (--snr 0:15)")
     if is_range:
         lo, hi = _number(parts[1]), _number(parts[2])
         if lo > hi:
@@ -356,15 +401,37 @@ def parse_noise_spec(spec: str, *, key: str = "noise", allow_range: bool = True,
     return noise, snr
 
 
-def parse_train_noise(text: str, *, check: bool = True) -> tuple[str, str] | None:
-    """The ``train_noise`` option: empty (clean training) or one ``TYPE:LOW:HIGH`` / ``TYPE:SNR`` spec.
+def parse_noise_list(text: str, *, key: str = "noise", check: bool = True) -> tuple[str, ...]:
+    """The training ``noise`` option: empty or ``none`` (clean), or comma-separated sources.
+
+    A source is a type of :data:`NOISE_TYPES` or ``dir:PATH``; the SNR is a separate option
+    (``snr``), so an old-style ``TYPE:LOW:HIGH`` spec is an error saying how to split it.
 
     Example:
-        >>> parse_train_noise(""), parse_train_noise("brown:0:15")
-        (None, ('brown', '0:15'))
+        >>> parse_noise_list(""), parse_noise_list("white, pink,babble")
+        ((), ('white', 'pink', 'babble'))
+
+    Raises:
+        ValueError: one line naming ``key``: an unknown type, a missing / empty ``dir:`` folder, or
+            an SNR written into the noise (``white:0:15``: use ``--noise white --snr 0:15``).
     """
-    text = str(text or "").strip()
-    return parse_noise_spec(text, key="train_noise", allow_range=True, check=check) if text else None
+    sources = []
+    for item in filter(None, (part.strip() for part in str(text or "").split(","))):
+        if item == "none":
+            continue
+        if _source_kind(item) != "dir" or item.count(":") > 1:
+            try:
+                noise, snr = parse_noise_spec(item, key=key, check=False)
+            except ValueError:
+                pass
+            else:
+                if _source_kind(item) != "dir" or not Path(item[4:]).is_dir():
+                    raise ValueError(f"{key}={text!r}: the SNR is its own option: --{key.replace('_', '-')} {noise} --snr {snr} "
+                                     f"(YAML: {key}: {noise}, snr: \"{snr}\")")
+        if check:
+            check_noise(item, key=f"{key}={item!r}")
+        sources.append(item)
+    return tuple(sources)
 
 
 def parse_eval_noise(text: str, *, check: bool = True) -> list[tuple[str, float]]:
@@ -383,20 +450,25 @@ def parse_eval_noise(text: str, *, check: bool = True) -> list[tuple[str, float]
     return conditions
 
 
-def check_noise_options(*, train_noise: str = "", eval_noise: str = "", mix_scale: float = 0.0) -> None:
+def check_noise_options(*, noise: str = "", snr: str | float = "0:15", clean_fraction: float = 0.0, eval_noise: str = "",
+                        mix_speaker: float = 0.0) -> None:
     """Check every noise option of a run when its config is read, before any work starts.
 
-    Parses ``train_noise`` and ``eval_noise``, checks each type, opens every file of each
-    ``dir:`` folder and checks ``mix_scale``; the first problem is raised as one line naming the
-    key and the path.
+    Parses ``noise`` (:func:`parse_noise_list`), ``snr`` (:func:`parse_snr`) and ``eval_noise``
+    (:func:`parse_eval_noise`), checks each type, opens every file of each ``dir:`` folder and
+    checks ``clean_fraction`` and ``mix_speaker``; the first problem is raised as one line naming
+    the key and the path.
 
     Raises:
-        ValueError: as :func:`parse_noise_spec`, or ``mix_scale`` outside [0, 1].
+        ValueError: as those parsers, or ``clean_fraction`` / ``mix_speaker`` outside [0, 1].
     """
-    parse_train_noise(train_noise)
+    parse_noise_list(noise)
+    parse_snr(snr)
     parse_eval_noise(eval_noise)
-    if not 0.0 <= float(mix_scale) <= 1.0:
-        raise ValueError(f"mix_scale={mix_scale!r}: must be in [0, 1] (e.g. 0.1, 0.25, 0.5; 0 = off)")
+    if not 0.0 <= float(clean_fraction) <= 1.0:
+        raise ValueError(f"clean_fraction={clean_fraction!r}: must be in [0, 1] (the fraction of training utterances left clean)")
+    if not 0.0 <= float(mix_speaker) <= 1.0:
+        raise ValueError(f"mix_speaker={mix_speaker!r}: must be in [0, 1] (e.g. 0.1, 0.25, 0.5; 0 = off)")
 
 
 @lru_cache(maxsize=64)
@@ -432,10 +504,11 @@ class NoiseMixer:
         self.sample_rate = sample_rate
         self.records = {r["id"]: r for r in records}
         self._ids = sorted(self.records)
-        self.files = noise_files(config.noise[4:])[split] if config.kind == "dir" else None
+        #: the split's recordings of each ``dir:`` source
+        self.files = {s: noise_files(s[4:])[split] for s in config.sources if _source_kind(s) == "dir"}
         self.partners = self._pair_speakers() if float(config.mix_speaker) > 0 else {}
         #: training draws change every epoch (so their features are not worth caching)
-        self.varies_per_epoch = split == "train" and config.kind != "none"
+        self.varies_per_epoch = split == "train" and bool(config.sources)
         self.frozen: dict[str, dict] | None = None
         if split != "train" and manifest_dir is not None:
             self.frozen = self._freeze(Path(manifest_dir) / "conditions" / f"{split}-{config.tag()}.jsonl")
@@ -459,18 +532,26 @@ class NoiseMixer:
     def _draw(self, record: dict, epoch: int) -> dict:
         cfg = self.config
         uid = record["id"]
+        sources = cfg.sources
         # only training noise is redrawn per epoch; the mix partner and dev/test conditions are fixed
-        ep = epoch if self.split == "train" and cfg.kind != "none" else 0
+        ep = epoch if self.split == "train" and sources else 0
         rng = utterance_rng(cfg.seed, self.split, ep, uid)
         cond: dict = {"id": uid, "seed": int(rng.integers(2 ** 31))}
-        if cfg.kind != "none":
+        # the clean / source draws come only when asked for, so that a single source draws exactly
+        # what it always did (the frozen conditions and caches of earlier runs stay valid)
+        if sources and float(cfg.clean_fraction) > 0 and rng.random() < float(cfg.clean_fraction):
+            sources = ()
+        source = (sources[0] if len(sources) == 1 else sources[int(rng.integers(len(sources)))]) if sources else None
+        if source is not None:
+            kind = _source_kind(source)
             lo, hi = cfg.snr_range
-            cond["noise"] = cfg.noise
+            cond["noise"] = source
             cond["snr"] = float(lo if lo == hi else rng.uniform(lo, hi))
-            if cfg.kind == "dir":
-                cond["file"] = self.files[int(rng.integers(len(self.files)))]
+            if kind == "dir":
+                files = self.files[source]
+                cond["file"] = files[int(rng.integers(len(files)))]
                 cond["offset"] = int(rng.integers(1 << 30))  # taken modulo the file length when applied
-            elif cfg.kind == "babble":
+            elif kind == "babble":
                 pool = [i for i in self._ids if self.records[i]["speaker"] != record["speaker"]] or \
                        [i for i in self._ids if i != uid]
                 if not pool:
@@ -497,11 +578,16 @@ class NoiseMixer:
         atomic_write_text(path, "".join(json.dumps(c) + "\n" for c in conditions))
         return {c["id"]: c for c in conditions}
 
-    def condition(self, record: dict, epoch: int = 0) -> dict:
-        """The JSON-able condition of ``record`` at ``epoch`` (frozen for dev/test)."""
+    def condition(self, record: dict, epoch: int = 0) -> dict | None:
+        """The JSON-able condition of ``record`` at ``epoch`` (frozen for dev/test).
+
+        None when the draw leaves the utterance as it is (``clean_fraction`` without a mix): the
+        dataset then reads its clean, cached features.
+        """
         if self.frozen is not None and record["id"] in self.frozen:
             return self.frozen[record["id"]]
-        return self._draw(record, epoch)
+        cond = self._draw(record, epoch)
+        return cond if ("noise" in cond or "mix_partner" in cond) else None
 
     def _utterance(self, uid: str) -> np.ndarray:
         from hardalign.data.audio import read_audio

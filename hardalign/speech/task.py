@@ -14,19 +14,21 @@ Example config (flat YAML; the trainer's keys and these share one namespace)::
     estimator: vimco-seq
     num_samples: 4
     proposal: posterior
+    noise: white,pink,babble    # multi-condition training (omit for clean training)
+    snr: "0:15"
+    clean_fraction: 0.2
     eval_noise: "white:10,white:0"
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, fields
 from typing import Any, Iterable, Iterator
 
 import torch
 
-from hardalign.data.noise import check_noise_options
+from hardalign.data.noise import check_noise_options, parse_eval_noise, parse_noise_spec
 from hardalign.speech.ctc import CTCRecognizer
 from hardalign.speech.decode import Hypothesis, beam_search, greedy_decode
 from hardalign.speech.model import HardAlignmentConfig, HardAlignmentRecognizer
@@ -51,16 +53,27 @@ class SpeechTaskConfig(HardAlignmentConfig):
         data_dir: directory with ``train/dev/test.jsonl`` manifests.
         model: ``hardalign`` (online hard alignment) or ``ctc`` (unidirectional CTC baseline).
         phone_set: training phone set, 61 (60 after deleting ``q``), 48 or 39; scoring is on 39.
-        cmvn: ``global`` or ``speaker`` mean/variance normalisation (or ``none``).
+        cmvn: ``global``, ``speaker`` or ``utterance`` mean/variance normalisation (or ``none``).
         frame_stack: frames stacked per model step (3: 30 ms steps).
         ctc_layers: LSTM layers of the CTC baseline (0: ``encoder_layers``, the same encoder as p).
         decoder: ``greedy`` or ``beam``; beam_size: its width.
-        train_noise: noise added on the fly to training audio, ``TYPE:LOW:HIGH`` dB (e.g.
-            ``pink:0:15``) or empty for clean training.
-        eval_noise: comma-separated test conditions ``TYPE:SNR`` (``white:10,white:0``) scored
-            besides clean.
-        mix_scale: two-speaker mixing (MultiTIMIT): scale of the opposite-gender partner
-            utterance added to every utterance, training and test (0: off; 0.1 / 0.25 / 0.5).
+        noise: noise added on the fly to training audio: a type (``white``, ``pink``, ``brown``,
+            ``babble``), ``dir:PATH`` (a folder of recordings), a comma list of them
+            (``white,pink,babble``: one drawn per utterance and epoch), or empty for clean training.
+        snr: training SNR in dB, a range ``"0:15"`` drawn per utterance and epoch or one value
+            ``"10"``. YAML 1.1 (and so the command line) reads an unquoted ``5:20`` as the base-60
+            number 320; no SNR is that large, so such a number is read back as the range it was.
+        clean_fraction: fraction of training utterances left clean in each epoch (drawn per
+            utterance; 0: all noisy).
+        mix_speaker: two-speaker mixing (MultiTIMIT): scale of the opposite-gender partner
+            utterance (fixed per utterance) added to every utterance, training and test (0: off;
+            0.1 / 0.25 / 0.5).
+        eval_noise: comma-separated test conditions ``TYPE:SNR`` (``white:10,babble:0,dir:PATH:5``)
+            scored besides clean.
+        specaug_freq, specaug_time: SpecAugment on the training features
+            (``torchaudio.transforms.FrequencyMasking`` / ``TimeMasking``): the widest mask in mel
+            bins (the same bins of the static, delta and delta-delta coefficients) and in 10 ms
+            frames; 0: off. specaug_masks: masks of each kind per utterance.
         eval_limit: score only the first N utterances of a split (0: all; quick checks).
         eval_batch_size: utterances per decoding batch.
         preload: keep the training features in memory (clean training only).
@@ -75,9 +88,14 @@ class SpeechTaskConfig(HardAlignmentConfig):
     ctc_layers: int = 0
     decoder: str = "greedy"
     beam_size: int = 4
-    train_noise: str = ""
+    noise: str = ""
+    snr: str = "0:15"
+    clean_fraction: float = 0.0
+    mix_speaker: float = 0.0
     eval_noise: str = ""
-    mix_scale: float = 0.0
+    specaug_freq: int = 0
+    specaug_time: int = 0
+    specaug_masks: int = 2
     eval_limit: int = 0
     eval_batch_size: int = 64
     preload: bool = True
@@ -91,11 +109,39 @@ class SpeechTaskConfig(HardAlignmentConfig):
             raise ValueError(f"decoder={self.decoder!r}: must be one of {_DECODERS}")
         if self.beam_size < 1:
             raise ValueError(f"beam_size={self.beam_size}: must be >= 1")
-        check_noise_options(train_noise=self.train_noise, eval_noise=self.eval_noise, mix_scale=self.mix_scale)
+        self.snr = _undo_base60(self.snr)
+        check_noise_options(noise=self.noise, snr=self.snr, clean_fraction=self.clean_fraction, eval_noise=self.eval_noise,
+                            mix_speaker=self.mix_speaker)
+        for key in ("specaug_freq", "specaug_time", "specaug_masks"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}={getattr(self, key)}: must be >= 0")
+
+
+def _undo_base60(snr: str) -> str:
+    """``"320"`` -> ``"5:20"``: YAML 1.1 reads ``5:20`` (digits, colon, two digits) as 5 * 60 + 20.
+
+    Only integers beyond any real SNR (|v| >= 60 dB) are read back; others are returned as given.
+
+    Example:
+        >>> _undo_base60("320"), _undo_base60("-305"), _undo_base60("10"), _undo_base60("0:15")
+        ('5:20', '-5:5', '10', '0:15')
+    """
+    text = str(snr).strip()
+    try:
+        value = int(text)
+    except ValueError:
+        return text
+    if abs(value) < 60:
+        return text
+    high, low = divmod(abs(value), 60)
+    return f"{'-' if value < 0 else ''}{high}:{low}"
 
 
 def parse_noise_conditions(text: str) -> list[tuple[str, float]]:
-    """Parse ``"white:10,pink:0"`` into ``[("white", 10.0), ("pink", 0.0)]``.
+    """Parse ``"white:10,pink:0"`` into ``[("white", 10.0), ("pink", 0.0)]`` (``dir:PATH:SNR`` too).
+
+    The same parser as the config check (:func:`hardalign.data.noise.parse_eval_noise`), without
+    opening ``dir:`` folders again.
 
     Example:
         >>> parse_noise_conditions("white:10, babble:0")
@@ -103,17 +149,7 @@ def parse_noise_conditions(text: str) -> list[tuple[str, float]]:
         >>> parse_noise_conditions("")
         []
     """
-    conditions = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        kind, sep, snr = item.rpartition(":")
-        try:
-            value = float(snr)
-        except ValueError:
-            value = math.nan
-        if not sep or not kind or math.isnan(value):
-            raise ValueError(f"eval_noise: {item!r} is not TYPE:SNR (e.g. white:10)")
-        conditions.append((kind, value))
-    return conditions
+    return parse_eval_noise(text, check=False)
 
 
 def decode_batch(model: torch.nn.Module, batch: dict[str, Any], *, decoder: str = "greedy", beam_size: int = 4) -> list[Hypothesis]:
@@ -134,6 +170,29 @@ class SpeechTask:
     #: keys added since the first checkpoints were written, with the value those runs used (a
     #: stored config without them rebuilds the model they trained; see hardalign.train.run.load_run)
     legacy_defaults = {"posterior_kind": "recurrent", "posterior_encoder": "own"}
+
+    @classmethod
+    def upgrade_stored_config(cls, stored: dict) -> dict:
+        """A checkpoint's stored config with the noise keys of older runs spelled as today's.
+
+        ``train_noise: TYPE:LOW:HIGH`` becomes ``noise: TYPE`` and ``snr: "LOW:HIGH"`` (empty: no
+        noise); ``mix_scale`` becomes ``mix_speaker``. Called by
+        :func:`hardalign.train.run.load_run` before it checks the keys.
+
+        Example:
+            >>> SpeechTask.upgrade_stored_config({"train_noise": "pink:0:15", "mix_scale": 0.25})
+            {'noise': 'pink', 'snr': '0:15', 'mix_speaker': 0.25}
+        """
+        stored = dict(stored)
+        if "train_noise" in stored:
+            spec = str(stored.pop("train_noise") or "").strip()
+            if spec:
+                noise, snr = parse_noise_spec(spec, key="train_noise", check=False)
+                stored.setdefault("noise", noise)
+                stored.setdefault("snr", snr)
+        if "mix_scale" in stored:
+            stored.setdefault("mix_speaker", stored.pop("mix_scale"))
+        return stored
 
     def __init__(self, config: SpeechTaskConfig, train_config: Any, *, device: torch.device, rank: int = 0, world_size: int = 1):
         from hardalign.data import FeatureConfig, Vocabulary
@@ -157,29 +216,23 @@ class SpeechTask:
 
     # ------------------------------------------------------------------ data
     def _noise_config(self, kind: str | None = None, snr: str | float | None = None):
-        """A :class:`hardalign.data.noise.NoiseConfig` (``None`` when it adds nothing): noise ``kind``
-        at ``snr`` dB (a number or ``"lo:hi"``), plus the two-speaker mix when ``mix_scale > 0``."""
+        """A frozen evaluation condition as a :class:`hardalign.data.noise.NoiseConfig` (``None``
+        when it adds nothing): noise ``kind`` at ``snr`` dB, plus the two-speaker mix when
+        ``mix_speaker > 0``."""
         from hardalign.data.noise import NoiseConfig
 
-        noise = NoiseConfig(noise=kind or "none", snr=snr if snr is not None else "10", mix_speaker=self.config.mix_scale)
+        noise = NoiseConfig(noise=kind or "none", snr=snr if snr is not None else "10", mix_speaker=self.config.mix_speaker)
         return noise if noise.active else None
 
     def _train_noise(self):
-        spec = self.config.train_noise.strip()
-        if not spec:
-            return self._noise_config()
-        parts = spec.rsplit(":", 2)
-        try:
-            if len(parts) == 3:
-                lo, hi = float(parts[1]), float(parts[2])
-                return self._noise_config(parts[0], f"{lo:g}:{hi:g}")
-        except ValueError:
-            pass
-        kind, _, snr = spec.rpartition(":")
-        try:
-            return self._noise_config(kind, float(snr))
-        except ValueError:
-            raise ValueError(f"train_noise={spec!r}: expected TYPE:LOW:HIGH or TYPE:SNR in dB (e.g. pink:0:15)") from None
+        """The training condition: ``noise`` sources at ``snr``, ``clean_fraction`` left clean, the
+        mix; every draw seeded by (training seed, epoch, utterance), so a resumed run replays it."""
+        from hardalign.data.noise import NoiseConfig
+
+        c = self.config
+        noise = NoiseConfig(noise=c.noise or "none", snr=c.snr, mix_speaker=c.mix_speaker, clean_fraction=c.clean_fraction,
+                            seed=int(getattr(self.train_config, "seed", 0)))
+        return noise if noise.active else None
 
     def dataset(self, split: str, noise=None):
         """The :class:`hardalign.data.SpeechDataset` of ``split`` (with a noise config or None)."""
@@ -224,7 +277,41 @@ class SpeechTask:
             self._train_items = [ds[i] for i in range(len(ds))]
         for indices in sampler:
             items = [self._train_items[i] for i in indices] if (clean and self._train_items is not None) else [ds[i] for i in indices]
-            yield collate_speech(items)
+            yield collate_speech(self._spec_augment(items, epoch))
+
+    def _spec_augment(self, items: list[dict], epoch: int) -> list[dict]:
+        """SpecAugment-style masks on training items (``specaug_freq`` / ``specaug_time``; a no-op at 0).
+
+        Each item's stacked ``[T', stack * base_dim]`` features are viewed as ``[orders, bins,
+        frames]`` (orders: static, delta, delta-delta; bins: energy + mel) so that a frequency mask
+        blanks the same bins in every order and a time mask whole 10 ms frames. Masks are drawn
+        from a generator seeded by (training seed, epoch, utterance): a resumed run replays them.
+        The items themselves are not changed (preloaded features stay clean).
+        """
+        c = self.config
+        if not (c.specaug_masks and (c.specaug_freq or c.specaug_time)):
+            return items
+        import torchaudio.transforms as AT
+
+        from hardalign.data.noise import utterance_rng
+
+        stack, base = self.features.stack, self.features.base_dim
+        orders = 1 + self.features.delta_order
+        bins = base // orders
+        masks = [AT.FrequencyMasking(c.specaug_freq)] * bool(c.specaug_freq) + [AT.TimeMasking(c.specaug_time)] * bool(c.specaug_time)
+        out = []
+        for item in items:
+            feats = item["features"]
+            steps = feats.shape[0]
+            x = feats.reshape(steps * stack, orders, bins).permute(1, 2, 0)  # [orders, bins, frames]
+            seed = int(utterance_rng(self.train_config.seed, "specaugment", epoch, item["id"]).integers(2 ** 31))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for _ in range(c.specaug_masks):
+                    for mask in masks:
+                        x = mask(x)
+            out.append({**item, "features": x.permute(2, 0, 1).reshape(steps, stack * base)})  # back to [T', stack * base]
+        return out
 
     def _eval_batches(self, split: str, noise) -> list[dict]:
         from hardalign.data import collate_speech
@@ -265,7 +352,7 @@ class SpeechTask:
 
         started = time.monotonic()
         results: dict[str, float] = {"train_wall_s": started - self._created - self._eval_seconds}
-        conditions: list[tuple[str, Any]] = [("", self._noise_config())]  # clean (or the speaker mix alone)
+        conditions: list[tuple[str, Any]] = [("", self._noise_config())]  # clean (or the speaker mix alone, mix_speaker > 0)
         for kind, snr in parse_noise_conditions(self.config.eval_noise):
             conditions.append((f"_{kind}{snr:g}db", self._noise_config(kind, snr=snr)))
         for suffix, noise in conditions:

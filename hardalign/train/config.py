@@ -240,13 +240,15 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
 #: Config keys that were renamed: old name -> new name. An old name in a YAML file or on the
 #: command line is an error naming the new one; in a checkpoint's stored config it is read as the
 #: new one (:func:`hardalign.train.run.load_run`).
-RENAMED_KEYS = {"eval_samples": "eval_num_samples"}
+RENAMED_KEYS = {"eval_samples": "eval_num_samples", "mix_scale": "mix_speaker"}
 
 #: Config keys that were retired: name -> what to use instead. In a YAML file or on the command
 #: line such a key is an error saying so; in a checkpoint's stored config it is dropped.
 RETIRED_KEYS = {
     "learned_baseline": "the model always offers its baseline network; give reinforce the option "
     "--estimator-options baseline=learned (nvil always uses it)",
+    "train_noise": "it was split into noise and snr: use --noise white --snr 0:15 for the old --train-noise white:0:15 "
+    "(YAML: noise: white, snr: \"0:15\"; several types: --noise white,pink,babble)",
 }
 
 

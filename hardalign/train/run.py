@@ -77,8 +77,11 @@ def load_run(
             raise ValueError(f"checkpoint {str(path)!r} holds no config; pass --config FILE")
         # a run saved before a key was renamed stores the old name: read it as the new one; retired
         # keys are dropped, and keys added since take the value such runs were trained with
-        stored = {RENAMED_KEYS.get(key, key): value for key, value in state["config"].items() if key not in RETIRED_KEYS}
-        legacy = getattr(get_task_class(stored.get("task", "sbn")), "legacy_defaults", {})
+        task_class = get_task_class(state["config"].get("task", "sbn"))
+        # a task may translate its own old keys first (e.g. the speech task's train_noise -> noise + snr)
+        raw = getattr(task_class, "upgrade_stored_config", dict)(dict(state["config"]))
+        stored = {RENAMED_KEYS.get(key, key): value for key, value in raw.items() if key not in RETIRED_KEYS}
+        legacy = getattr(task_class, "legacy_defaults", {})
         stored = {**legacy, **stored}
         config = resolve_config(stored, overrides)
     if expect_task is not None and config.train.task != expect_task:

@@ -19,8 +19,8 @@ from hardalign.data.noise import (
     measure_snr,
     noise_files,
     parse_eval_noise,
+    parse_noise_list,
     parse_noise_spec,
-    parse_train_noise,
 )
 
 
@@ -158,31 +158,35 @@ def test_bad_options_named(tmp_path):
     ],
 )
 def test_parse_noise_spec(spec, expected):
-    assert parse_noise_spec(spec, key="train_noise") == expected
+    assert parse_noise_spec(spec, key="eval_noise") == expected
 
 
 def test_parse_dir_spec_with_colons(noise_dir):
-    assert parse_train_noise(f"dir:{noise_dir}:0:10") == (f"dir:{noise_dir}", "0:10")
+    assert parse_noise_list(f"dir:{noise_dir},white") == (f"dir:{noise_dir}", "white")
     assert parse_eval_noise(f"dir:{noise_dir}:5,white:0") == [(f"dir:{noise_dir}", 5.0), ("white", 0.0)]
 
 
 @pytest.mark.parametrize(
-    "train, evaluation, message",
+    "options, message",
     [
-        ("foo:0:10", "", r"train_noise='foo:0:10': unknown noise type 'foo'"),
-        ("pinkk:0:10", "", r"did you mean 'pink'\?"),
-        ("pink", "", r"train_noise='pink': no SNR"),
-        ("pink:high", "", r"expected TYPE:LOW:HIGH or TYPE:SNR"),
-        ("pink:15:0", "", r"low end above its high end"),
-        ("dir:/does/not/exist:0:10", "", r"train_noise='dir:/does/not/exist:0:10': noise folder '/does/not/exist' does not exist"),
-        ("", "white:10,violet:0", r"eval_noise='violet:0': unknown noise type 'violet'"),
-        ("", "dir:/missing:10", r"noise folder '/missing' does not exist"),
-        ("", "white:0:10", r"eval_noise='white:0:10': expected TYPE:SNR"),
+        ({"noise": "foo"}, r"noise='foo': unknown noise type 'foo'"),
+        ({"noise": "white,pinkk"}, r"noise='pinkk': unknown noise type 'pinkk'; did you mean 'pink'\?"),
+        ({"noise": "pink:0:15"}, r"the SNR is its own option: --noise pink --snr 0:15"),
+        ({"noise": "dir:/does/not/exist:0:10"}, r"--noise dir:/does/not/exist --snr 0:10"),
+        ({"noise": "dir:/does/not/exist"}, r"noise='dir:/does/not/exist': noise folder '/does/not/exist' does not exist"),
+        ({"snr": "high"}, r"--snr must be a number of dB or a range lo:hi"),
+        ({"snr": "15:0"}, r"low end above its high end"),
+        ({"snr": "620"}, r"outside \[-50, 100\] dB.*base-60"),
+        ({"clean_fraction": 1.5}, r"clean_fraction=1.5: must be in \[0, 1\]"),
+        ({"mix_speaker": 2.0}, r"mix_speaker=2.0: must be in \[0, 1\]"),
+        ({"eval_noise": "white:10,violet:0"}, r"eval_noise='violet:0': unknown noise type 'violet'"),
+        ({"eval_noise": "dir:/missing:10"}, r"noise folder '/missing' does not exist"),
+        ({"eval_noise": "white:0:10"}, r"eval_noise='white:0:10': expected TYPE:SNR"),
     ],
 )
-def test_noise_options_checked_up_front(train, evaluation, message):
+def test_noise_options_checked_up_front(options, message):
     with pytest.raises(ValueError, match=message):
-        check_noise_options(train_noise=train, eval_noise=evaluation)
+        check_noise_options(**options)
 
 
 def test_noise_folder_checked_by_content(tmp_path, noise_dir):
@@ -190,7 +194,7 @@ def test_noise_folder_checked_by_content(tmp_path, noise_dir):
     assert len(sum(noise_files(noise_dir).values(), [])) == 5
     (noise_dir / "fake.wav").write_bytes(b"RIFF....WAVEjunk" * 10)
     with pytest.raises(ValueError, match=r"fake.wav.*not readable audio"):
-        check_noise_options(train_noise=f"dir:{noise_dir}:0:10")
+        check_noise_options(noise=f"dir:{noise_dir}")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match=r"holds 0 audio file"):

@@ -1,0 +1,183 @@
+"""Noise and the two-speaker mix as the speech task uses them (issue 11).
+
+The frozen test conditions reach their SNR; the mix partner is fixed and of the other gender; the
+old option spellings are errors naming the new ones (YAML, command line) and old checkpoints'
+stored configs are translated; multi-condition draws are deterministic and cover every type and
+the clean fraction; SpecAugment masks and per-utterance CMVN. On a tiny espeak-ng corpus (~5 s).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from hardalign.data import read_audio, read_manifest
+from hardalign.data.noise import NoiseConfig, NoiseMixer, measure_snr
+from hardalign.speech.task import SpeechTask, SpeechTaskConfig
+from hardalign.train.config import ConfigError, resolve_config
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from hardalign.data.synth import build_synth_corpus
+
+    out = tmp_path_factory.mktemp("noise_corpus")
+    build_synth_corpus(out, speakers=2, utterances=4, eval_speakers=2, eval_utterances=2, seed=3)
+    return out
+
+
+def _task(corpus, seed: int = 0, **options) -> SpeechTask:
+    config = SpeechTaskConfig(data_dir=str(corpus), **options)
+    return SpeechTask(config, SimpleNamespace(batch_size=2, seed=seed), device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("kind", ["white", "pink", "babble"])
+@pytest.mark.parametrize("snr", [10.0, 0.0])
+def test_frozen_test_conditions_reach_their_snr(corpus, kind, snr):
+    task = _task(corpus, eval_noise=f"{kind}:{snr:g}")
+    ds = task.dataset("test", task._noise_config(kind, snr=snr))
+    frozen = corpus / "conditions" / f"test-{kind}-snr{snr:g}.jsonl"
+    rows = {json.loads(line)["id"]: json.loads(line) for line in frozen.read_text().splitlines()}
+    assert set(rows) == {r["id"] for r in ds.records}
+    for record in ds.records:
+        condition = ds.mixer.condition(record, epoch=5)
+        assert condition == rows[record["id"]] and condition["snr"] == snr and condition["noise"] == kind
+        clean, _ = read_audio(record["audio"])
+        noisy = ds.mixer.apply(clean, record, condition)
+        assert abs(measure_snr(clean, noisy.astype(np.float64) - clean) - snr) < 0.05
+
+
+def test_mix_partner_fixed_and_of_the_other_gender(corpus):
+    for split in ("train", "test"):
+        records = read_manifest(corpus / f"{split}.jsonl")
+        by_id = {r["id"]: r for r in records}
+        first = NoiseMixer(NoiseConfig(mix_speaker=0.25), records, split=split, manifest_dir=corpus)
+        again = NoiseMixer(NoiseConfig(mix_speaker=0.25), records, split=split, manifest_dir=corpus)
+        for record in records:
+            partners = {first.condition(record, epoch)["mix_partner"] for epoch in range(4)} | {again.condition(record, 9)["mix_partner"]}
+            assert len(partners) == 1  # the same partner in every epoch and call, from a fresh mixer too
+            partner = by_id[partners.pop()]
+            assert {record["gender"], partner["gender"]} == {"f", "m"}
+    # the task's mix (mix_speaker) is the same in training with noise on top: the partner does not move
+    task = _task(corpus, mix_speaker=0.25, noise="white", snr="0:15")
+    mixer = task.train_set.mixer
+    record = mixer.records[sorted(mixer.records)[0]]
+    assert len({mixer.condition(record, epoch)["mix_partner"] for epoch in range(3)}) == 1
+    assert len({mixer.condition(record, epoch)["snr"] for epoch in range(3)}) == 3
+
+
+@pytest.mark.parametrize(
+    "yaml_text, argv, message",
+    [
+        ("train_noise: white:0:15\n", [], r"'train_noise' was retired: .*use --noise white --snr 0:15"),
+        ("mix_scale: 0.25\n", [], r"'mix_scale' was renamed 'mix_speaker' \(--mix-speaker"),
+        ("", ["--train-noise", "pink:0:15"], r"command line: key 'train_noise' was retired: .*--noise white --snr 0:15"),
+        ("", ["--mix-scale", "0.25"], r"command line: key 'mix_scale' was renamed 'mix_speaker'"),
+        ("noise: pink:0:15\n", [], r"noise='pink:0:15': the SNR is its own option: --noise pink --snr 0:15"),
+    ],
+)
+def test_old_spellings_name_the_new_ones(tmp_path, yaml_text, argv, message):
+    path = tmp_path / "old.yaml"
+    path.write_text("task: timit\n" + yaml_text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        resolve_config(str(path), argv)
+    assert "\n" not in str(caught.value)
+
+
+def test_new_spellings_resolve(tmp_path):
+    path = tmp_path / "new.yaml"
+    path.write_text('task: timit\nnoise: white,pink,babble\nsnr: "0:15"\nclean_fraction: 0.2\nmix_speaker: 0.25\n')
+    task = resolve_config(str(path)).task
+    assert (task.noise, task.snr, task.clean_fraction, task.mix_speaker) == ("white,pink,babble", "0:15", 0.2, 0.25)
+    # YAML 1.1 reads an unquoted 5:20 as 320 (base 60), on the command line too: read back as the range
+    assert resolve_config(None, ["--task", "timit", "--snr", "5:20"]).task.snr == "5:20"
+    assert resolve_config(None, ["--task", "timit", "--snr", "10"]).task.snr == "10"
+
+
+def test_old_checkpoint_configs_are_translated():
+    stored = {"task": "timit", "train_noise": "dir:/corpora/noise:0:15", "mix_scale": 0.1, "eval_noise": "white:10"}
+    assert SpeechTask.upgrade_stored_config(stored) == {"task": "timit", "noise": "dir:/corpora/noise", "snr": "0:15", "mix_speaker": 0.1,
+                                                        "eval_noise": "white:10"}
+    assert SpeechTask.upgrade_stored_config({"train_noise": ""}) == {}
+
+
+def test_old_checkpoint_loads(corpus, tmp_path):
+    from hardalign.train.checkpoint import load_checkpoint
+    from hardalign.train.loop import train
+    from hardalign.train.run import load_run
+    from tests.speech.test_recipe import TINY_MODEL
+
+    run = tmp_path / "run"
+    config = resolve_config(None, ["--task", "timit", "--data-dir", str(corpus), "--out-dir", str(run), "--max-steps", "1",
+                                   "--estimator", "vimco-seq", "--noise", "white", "--snr", "0:15", "--mix-speaker", "0.25", *TINY_MODEL])
+    train(config)
+    state = load_checkpoint(run / "checkpoint.pt")
+    old = {k: v for k, v in state["config"].items() if k not in ("noise", "snr", "mix_speaker", "clean_fraction")}
+    state["config"] = {**old, "train_noise": "white:0:15", "mix_scale": 0.25}  # what an older run stored
+    torch.save(state, run / "old.pt")
+    loaded = load_run(run / "old.pt")
+    assert (loaded.config.task.noise, loaded.config.task.snr, loaded.config.task.mix_speaker) == ("white", "0:15", 0.25)
+
+
+def test_multi_condition_draws(corpus):
+    records = read_manifest(corpus / "train.jsonl")
+    config = NoiseConfig("white,pink,babble", "0:15", clean_fraction=0.2, seed=7)
+    mixer = NoiseMixer(config, records, split="train", manifest_dir=corpus)
+    fresh = NoiseMixer(config, records, split="train", manifest_dir=corpus)
+    epochs = 40
+    draws = [(r["id"], e, mixer.condition(r, e)) for e in range(epochs) for r in records]
+    assert all(fresh.condition(mixer.records[uid], e) == c for uid, e, c in draws)  # deterministic per (seed, epoch, utterance)
+    kinds = collections.Counter("clean" if c is None else c["noise"] for _, _, c in draws)
+    assert set(kinds) == {"clean", "white", "pink", "babble"}
+    n = len(draws)  # 320 draws: the clean share is 0.2 within 4 standard errors (false failure ~1e-4)
+    assert abs(kinds["clean"] / n - 0.2) < 4 * (0.2 * 0.8 / n) ** 0.5
+    for kind in ("white", "pink", "babble"):
+        assert abs(kinds[kind] / n - 0.8 / 3) < 4 * ((0.8 / 3) * (1 - 0.8 / 3) / n) ** 0.5
+    snrs = [c["snr"] for _, _, c in draws if c is not None]
+    assert 0 <= min(snrs) < 2 and 13 < max(snrs) <= 15
+    per_utterance = collections.defaultdict(set)
+    for uid, _, c in draws:
+        per_utterance[uid].add("clean" if c is None else c["noise"])
+    assert all(len(kinds_seen) > 1 for kinds_seen in per_utterance.values())  # redrawn per epoch
+    other_seed = NoiseMixer(NoiseConfig("white,pink,babble", "0:15", clean_fraction=0.2, seed=8), records, split="train")
+    assert [other_seed.condition(mixer.records[uid], e) for uid, e, _ in draws[:16]] != [c for _, _, c in draws[:16]]
+
+
+def test_training_batches_replay_per_epoch(corpus):
+    options = dict(noise="white,pink,babble", snr="0:15", clean_fraction=0.3, specaug_freq=8, specaug_time=10, cmvn="utterance")
+    a, b = _task(corpus, seed=1, **options), _task(corpus, seed=1, **options)
+    for epoch in (0, 1):
+        for x, y in zip(a.train_batches(epoch), b.train_batches(epoch)):  # a resumed run replays epoch e
+            assert x["ids"] == y["ids"] and torch.equal(x["features"], y["features"])
+    first, second = next(iter(a.train_batches(0))), next(iter(a.train_batches(1)))
+    assert not torch.equal(first["features"], second["features"])
+
+
+def test_spec_augment_and_utterance_cmvn(corpus):
+    plain = _task(corpus, cmvn="utterance")
+    masked = _task(corpus, cmvn="utterance", specaug_freq=10, specaug_time=20, specaug_masks=2)
+    ds = plain.train_set
+    items = [ds[i] for i in range(len(ds))]
+    before = [it["features"].clone() for it in items]
+    out = masked._spec_augment(items, epoch=0)
+    assert all(torch.equal(it["features"], f) for it, f in zip(items, before))  # inputs untouched
+    stack, orders, bins = 3, 3, 41
+    for item, aug in zip(items, out):
+        feats = item["features"]
+        # per-utterance CMVN: every coefficient has mean 0, deviation 1 over the utterance's frames
+        frames = feats.reshape(-1, orders * bins)
+        assert frames.mean(0).abs().max() < 0.05 and (frames.std(0, unbiased=False) - 1).abs().max() < 0.05
+        x = aug["features"].reshape(-1, orders, bins)
+        zero_bins = (x == 0).all(dim=0).all(dim=0)  # a frequency mask blanks a bin in every order and frame
+        zero_frames = (x == 0).all(dim=2).all(dim=1)
+        assert 0 < int(zero_bins.sum()) <= 2 * 10 and 0 < int(zero_frames.sum()) <= 2 * 20
+        assert aug["features"].shape == feats.shape and aug["id"] == item["id"]
+    again = masked._spec_augment(items, epoch=0)
+    assert all(torch.equal(x["features"], y["features"]) for x, y in zip(out, again))
+    assert not all(torch.equal(x["features"], y["features"]) for x, y in zip(out, masked._spec_augment(items, epoch=1)))
+    assert plain._spec_augment(items, epoch=0) is items
