@@ -49,10 +49,11 @@ def gradient_draws(model, estimator, batch, num_samples: int, draws: int, warmup
     rows = []
     for i in range(warmup + draws):
         estimator.train(i < warmup)
-        model.zero_grad(set_to_none=True)
-        training_terms(model(batch, num_samples=num_samples, step=0), estimator)["loss"].backward()
+        loss = training_terms(model(batch, num_samples=num_samples, step=0), estimator)["loss"]
+        # only the proposal's gradient: autograd skips what it does not need (p's encoder backward)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
         if i >= warmup:
-            rows.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]).double())
+            rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)]).double())
     return torch.stack(rows)
 
 
