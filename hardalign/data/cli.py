@@ -44,13 +44,23 @@ def _prepare_synth(args: argparse.Namespace) -> int:
           f"utterances, {result.audio_seconds / 60:.1f} min of audio, {len(result.speakers)} speakers, "
           f"built in {result.seconds:.1f} s")
     if not args.no_features:
+        import torch
+
         started = time.perf_counter()
-        for split in ("train", "dev", "test"):
-            ds = load_speech_dataset(args.out, split, features=FeatureConfig(), on_short="skip")
-            for i in range(len(ds)):  # fills the feature cache (and CMVN statistics) for the default front end
-                ds.raw_features(ds.records[i])
-            if ds.skipped:
-                print(f"note: {len(ds.skipped)} {split} utterance(s) have fewer steps than labels + EOS", file=sys.stderr)
+        # one utterance's fbank is too small to share across threads: intra-op threads only add
+        # overhead, ~7x on two busy cores (measured: 0.7 s vs 4.8 s for the 160 dev utterances)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for split in ("train", "dev", "test"):
+                ds = load_speech_dataset(args.out, split, features=FeatureConfig(), on_short="skip")
+                for i in range(len(ds)):  # fills the feature cache (and CMVN statistics) for the default front end
+                    ds.raw_features(ds.records[i])
+                if ds.skipped:
+                    print(f"note: {len(ds.skipped)} {split} utterance(s) have fewer steps than labels + EOS",
+                          file=sys.stderr)
+        finally:
+            torch.set_num_threads(threads)
         print(f"cached default features in {time.perf_counter() - started:.1f} s")
     return 0
 
@@ -75,8 +85,8 @@ def register(commands) -> None:
     s.add_argument("--out", required=True, help="output directory (manifests; the corpus goes to OUT/corpus)")
     s.add_argument("--speakers", type=int, default=20, help="training speakers (default 20)")
     s.add_argument("--utterances", type=int, default=80, help="utterances per training speaker (default 80)")
-    s.add_argument("--eval-speakers", type=int, default=4, help="speakers in each of dev and test (default 4)")
-    s.add_argument("--eval-utterances", type=int, default=30, help="utterances per dev/test speaker (default 30)")
+    s.add_argument("--eval-speakers", type=int, default=8, help="speakers in each of dev and test (default 8)")
+    s.add_argument("--eval-utterances", type=int, default=20, help="utterances per dev/test speaker (default 20)")
     s.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
     s.add_argument("--no-features", action="store_true", help="do not precompute the default features")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

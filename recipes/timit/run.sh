@@ -24,8 +24,8 @@ config=$recipe_dir/conf/vimco-seq.yaml
 name=""
 synth_speakers=20
 synth_utterances=80
-synth_eval_speakers=4
-synth_eval_utterances=30
+synth_eval_speakers=8
+synth_eval_utterances=20
 eval_noise="white:10,white:0"
 plots=3
 nproc=auto
@@ -41,7 +41,7 @@ Options:
   --name NAME                  run name under EXP (default: the config's file name)
   --eval-noise LIST            frozen test conditions TYPE:SNR,... (default white:10,white:0; "" = clean only)
   --synth-speakers N, --synth-utterances N, --synth-eval-speakers N, --synth-eval-utterances N
-                               size of the synthetic corpus (default 20 x 80 train, 4 x 30 dev and test)
+                               size of the synthetic corpus (default 20 x 80 train, 8 x 20 dev and test)
   --plots N                    alignment pictures written after evaluation (default 3)
   --nproc N                    data-parallel training processes (torchrun, one thread each; default
                                auto: 2 where the machine has 2 or more cores, else 1)

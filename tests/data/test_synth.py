@@ -8,13 +8,16 @@ import inspect
 import pytest
 
 from hardalign.data import load_speech_dataset, phone_set, read_manifest
+from hardalign.data.phones import load_speaker_list
 from hardalign.data.audio import audio_info
 from hardalign.data.synth import (
+    ACCENTS,
     ESPEAK_TO_TIMIT,
     VOICES,
     build_synth_corpus,
     espeak_synthesize,
     synth_speakers,
+    timit_mapping,
 )
 from hardalign.data.synth.text import TEMPLATES, lexicon
 
@@ -83,6 +86,14 @@ def test_dataset_on_synth_corpus(small_corpus):
     assert item["features"].shape[1] == 369 and item["features"].shape[0] > len(item["targets"]) + 1
 
 
+def test_difficulty_proxy_runs_on_a_corpus(small_corpus):
+    from hardalign.data.synth.difficulty import frame_error_by_speaker
+
+    errors = frame_error_by_speaker(small_corpus.out_dir, train_per_speaker=2, eval_per_speaker=1, epochs=1)
+    assert set(errors) == {"dev", "test"} and all(len(per) == 2 for per in errors.values())
+    assert all(0.0 <= e <= 100.0 for per in errors.values() for e in per.values())
+
+
 def test_default_size_and_speaker_settings():
     sig = inspect.signature(build_synth_corpus).parameters
     assert sig["speakers"].default * sig["utterances"].default >= 1500 and sig["speakers"].default >= 10
@@ -90,21 +101,86 @@ def test_default_size_and_speaker_settings():
     train = [s for s in spk if s.split == "train"]
     assert len({(s.voice, s.pitch, s.rate) for s in train}) == len(train)
     assert len({s.voice for s in train}) >= 10 and {s.gender for s in train} == {"f", "m"}
-    for split in ("dev", "test"):
-        assert not set(VOICES[split]["f"] + VOICES[split]["m"]) & set(VOICES["train"]["f"] + VOICES["train"]["m"])
+    assert {s.accent for s in train} == set(ACCENTS)
+    variants = {split: {s.voice.split("+")[1] for s in spk if s.split == split} for split in ("train", "dev", "test")}
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        assert not set(VOICES[a]["f"] + VOICES[a]["m"]) & set(VOICES[b]["f"] + VOICES[b]["m"])
+        assert not variants[a] & variants[b]
     assert len({s.name for s in spk}) == len(spk)
+
+
+@pytest.mark.parametrize("num_eval", [2, 8, 13, 16])
+def test_eval_splits_are_twins_with_the_same_mix(num_eval):
+    spk = synth_speakers(4, num_eval, num_eval, seed=1)
+    dev, test = ([s for s in spk if s.split == split] for split in ("dev", "test"))
+    assert len(dev) == len(test) == num_eval
+    for d, t in zip(dev, test):
+        assert (d.gender, d.accent, d.dialect, d.pitch, d.rate, d.gain) == (t.gender, t.accent, t.dialect, t.pitch,
+                                                                             t.rate, t.gain)
+        assert d.voice != t.voice
+    assert len({(s.voice, s.pitch, s.rate) for s in dev}) == num_eval  # no two identical speakers
+
+
+def test_default_eval_splits():
+    sig = inspect.signature(build_synth_corpus).parameters
+    n, utts = sig["eval_speakers"].default, sig["eval_utterances"].default
+    assert n >= 8 and 120 <= n * utts <= 250
+    spk = synth_speakers(sig["speakers"].default, n, n, seed=0)
+    for split in ("dev", "test"):
+        held = [s for s in spk if s.split == split]
+        assert len(held) == n and len({s.voice for s in held}) == n
+        assert [s.gender for s in held].count("f") == n // 2 and {s.accent for s in held} == set(ACCENTS)
+        # the names select these speakers under the standard split rules
+        assert {s.name.lower() for s in held} <= set(load_speaker_list(split))
+
+
+def test_default_eval_voices_are_the_documented_ones():
+    # docs/speech-data.md's voice table; the pairs were chosen by measured difficulty, so a change here is a
+    # change of the corpus design: re-run `python -m hardalign.data.synth.difficulty` and update the docs
+    spk = synth_speakers(20, 8, 8, seed=0)
+    table = {split: [(s.name, s.voice, s.pitch, s.rate) for s in spk if s.split == split] for split in ("dev", "test")}
+    assert table["dev"] == [
+        ("FAKS0", "en-us+steph3", 36, 150), ("MGWT0", "en-us-nyc+m4", 48, 150), ("FDAC1", "en+belinda", 60, 150),
+        ("MJAR0", "en-gb-x-rp+robert", 36, 170), ("FJEM0", "en-gb-scotland+Andrea", 48, 170),
+        ("MMDB1", "en-029+klatt2", 60, 170), ("FCMH0", "en-gb-x-gbclan+grandma", 36, 190),
+        ("MMDM2", "en-gb-x-gbcwmd+Andy", 48, 190)]
+    assert [(name, voice) for name, voice, _, _ in table["test"]] == [
+        ("FELC0", "en-us+steph2"), ("MDAB0", "en-us-nyc+paul"), ("FPAS0", "en+Nguyen"), ("MWBT0", "en-gb-x-rp+Gene"),
+        ("FPKT0", "en-gb-scotland+f4"), ("MTAS1", "en-029+m8"), ("FJLM0", "en-gb-x-gbclan+anikaRobot"),
+        ("MWEW0", "en-gb-x-gbcwmd+m2")]
+
+
+def test_too_many_eval_speakers_is_an_error():
+    with pytest.raises(ValueError, match="at most 16 test speakers"):
+        synth_speakers(2, 18, 18)
 
 
 def test_every_lexicon_word_maps_to_timit_phones():
     words = sorted({w for ws in lexicon().values() for w in ws} |
                    {w for t in TEMPLATES for w in t.split() if not w.startswith("{")})
-    for voice in ("en-us+m3", "en-us+f4"):
-        audio, events = espeak_synthesize(" ".join(words), voice)
-        mnemonics = {m.replace("'", "").replace(",", "") for t, _, _, m in events if t == 7}
-        unknown = {m for m in mnemonics if not m.startswith("_") and m not in ESPEAK_TO_TIMIT}
-        assert not unknown, unknown
-        assert len(audio) > 16000
-    assert all(set(v) <= set(phone_set(61)) for v in ESPEAK_TO_TIMIT.values())
+    unknown = {}
+    for accent in ACCENTS:
+        for variant in ("m3", "f4"):
+            audio, events = espeak_synthesize(" ".join(words), f"{accent}+{variant}")
+            mnemonics = {m.replace("'", "").replace(",", "") for t, _, _, m in events if t == 7}
+            missing = {m for m in mnemonics if not m.startswith("_") and m not in timit_mapping(accent)}
+            if missing:
+                unknown[f"{accent}+{variant}"] = sorted(missing)
+            assert len(audio) > 16000
+        assert all(set(v) <= set(phone_set(61)) for v in timit_mapping(accent).values())
+    assert not unknown, f"espeak-ng mnemonics without a TIMIT mapping: {unknown}"
+    assert set(ESPEAK_TO_TIMIT) <= set(timit_mapping("en-gb-x-rp"))
+
+
+def test_unmapped_mnemonic_is_reported():
+    from hardalign.data.synth.segments import timit_segments
+
+    events = [(7, 0, 1, "t"), (7, 10, 2, "t["), (5, 20, 3, "")]
+    assert [s[0] for s in timit_segments(events, 30, "ta", 0, 1.0, accent="en-029")] == ["t", "t"]
+    with pytest.raises(KeyError, match=r"'t\['.*en-us.*ACCENT_OVERRIDES"):
+        timit_segments(events, 30, "ta", 0, 1.0, accent="en-us")
+    with pytest.raises(ValueError, match="known accents"):
+        timit_segments(events, 30, "ta", 0, 1.0, accent="en-au")
 
 
 def test_bad_sizes_are_errors(tmp_path):

@@ -7,8 +7,8 @@
   SPHERE ``.WAV`` at 16 kHz with a hand-written 1024-byte ``NIST_1A`` header;
 * ``.PHN`` from the phoneme events (:mod:`hardalign.data.synth.segments`), ``h#`` for the leading
   and trailing silence; ``.WRD`` from the phones of each word; ``.TXT`` as ``0 N Sentence.``;
-* speakers from :mod:`hardalign.data.synth.speakers`; dev/test sentences never occur in the
-  training text;
+* speakers from :mod:`hardalign.data.synth.speakers` (eight English accents as the dialect regions
+  ``DR1``..``DR8``); dev/test sentences never occur in the training text;
 * each utterance gets 80-250 ms of leading/trailing silence and a low noise floor (no digital
   silence); the whole corpus is deterministic for a given seed.
 
@@ -63,7 +63,7 @@ def _write_utterance(spk_dir: Path, stem: str, text: str, speaker: SynthSpeaker,
     body = len(wav16)
     samples = np.concatenate([np.zeros(lead, np.float32), wav16, np.zeros(tail, np.float32)])
     samples = samples + rng.normal(0.0, 3.0 / 32768.0, len(samples)).astype(np.float32)  # recording noise floor
-    segments = timit_segments(events, len(audio22), text, lead, SAMPLE_RATE / ESPEAK_RATE)
+    segments = timit_segments(events, len(audio22), text, lead, SAMPLE_RATE / ESPEAK_RATE, accent=speaker.accent)
     total = len(samples)
     # silences at the edges are h#; the last event span runs to the end of the synthesised audio
     segments = [s for s in segments if s[2] > s[1]]
@@ -81,16 +81,18 @@ def _write_utterance(spk_dir: Path, stem: str, text: str, speaker: SynthSpeaker,
     return total / SAMPLE_RATE
 
 
-def build_synth_corpus(out_dir: str | Path, *, speakers: int = 20, utterances: int = 80, eval_speakers: int = 4,
-                       eval_utterances: int = 30, seed: int = 0, progress: bool = False) -> SynthResult:
+def build_synth_corpus(out_dir: str | Path, *, speakers: int = 20, utterances: int = 80, eval_speakers: int = 8,
+                       eval_utterances: int = 20, seed: int = 0, progress: bool = False) -> SynthResult:
     """Synthesise the offline corpus into ``out_dir/corpus`` and write its manifests into ``out_dir``.
 
     Args:
         out_dir: output directory (``corpus/`` is replaced if present; manifests land beside it).
         speakers: training speakers (default 20, half female).
         utterances: utterances per training speaker (default 80: 1600 training utterances).
-        eval_speakers: speakers in each of dev and test (default 4), voices unseen in training.
-        eval_utterances: utterances per dev / test speaker (default 30); sentences unseen in training.
+        eval_speakers: speakers in each of dev and test (default 8: 4 female, 4 male, one per
+            accent), voices unseen in training; dev and test speakers are twins of similar difficulty.
+        eval_utterances: utterances per dev / test speaker (default 20: 160 per split); sentences
+            unseen in training.
         seed: everything (speaker settings, sentences, silences, noise floor) follows from it.
         progress: show a tqdm bar.
 
