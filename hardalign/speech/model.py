@@ -135,6 +135,11 @@ class HardAlignmentConfig:
             (q reads p's encoder output: detached for its frame encoding, and its aligner is a
             CTC head on it, so ``aligner_weight`` times the aligner's CTC loss also trains p's
             encoder, as in hybrid CTC/attention training).
+        ctc_label_prior: with the shared encoder and the aligner, p's label softmax adds the CTC
+            head's log-probabilities of the phones at step t (EOS: 0) to its own logits: ``d_t =
+            softmax(label_head(h_t) + log P_ctc(phone | x_<=t))``. The CTC head becomes part of p
+            (trained by both losses); p starts out naming phones as well as the CTC head does and
+            its decision cell learns the corrections.
     """
 
     hidden_size: int = 256
@@ -155,6 +160,7 @@ class HardAlignmentConfig:
     aligner_weight: float = 1.0
     posterior_kind: str = "lattice"
     posterior_encoder: str = "shared"
+    ctc_label_prior: bool = True
 
     def __post_init__(self) -> None:
         if self.posterior_encoder not in ("own", "shared"):
@@ -300,6 +306,10 @@ class HardAlignmentRecognizer(nn.Module):
             if self.training and self._dropout_now > 0:
                 encoded = F.dropout(encoded, self._dropout_now, training=True)
         gates = self.gate_input(encoded)  # [B, T, 4H], once per utterance
+        if self.uses_ctc_label_prior:
+            # the step inputs carry the label prior beside the gates: [B, T, 4H + n + 1]
+            ctc = torch.log_softmax(self.posterior.aligner_out(encoded), dim=-1)  # [B, T, blank + n]
+            gates = torch.cat([gates, ctc[..., 1:], torch.zeros_like(ctc[..., :1])], dim=-1)  # phones, EOS 0
         # a tuple of per-step slices: indexing a [N, T, 4H] tensor per step would make autograd
         # allocate a full-size zero gradient at every step; unbind's backward is one stack.
         memory: dict[str, Any] = {"gates": gates.unbind(1), "gate_inputs": _Unfolded(gates), "num_steps": feature_lengths}
@@ -314,8 +324,21 @@ class HardAlignmentRecognizer(nn.Module):
         return memory
 
     # ------------------------------------------------------------------ one step of p
+    @property
+    def uses_ctc_label_prior(self) -> bool:
+        return self.config.ctc_label_prior and self.posterior.shared_width > 0 and self.posterior.use_aligner
+
+    def _split_step_inputs(self, step_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``[..., 4H (+ n + 1)]`` -> the decision cell's gate inputs and the label prior (or None)."""
+        if not self.uses_ctc_label_prior:
+            return step_inputs, None
+        return step_inputs[..., : 4 * self.hidden_size], step_inputs[..., 4 * self.hidden_size :]
+
     def _p_step(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, z_prev: torch.Tensor, label_prev: torch.Tensor):
-        """Decision-cell LSTM step with the fed-back decision and label; returns ``(h, c, emit_logit, label_logp)``."""
+        """Decision-cell LSTM step with the fed-back decision and label; returns ``(h, c, emit_logit, label_logp)``.
+
+        ``gates_in``: the step's inputs from :meth:`encode` (gate inputs, and the label prior)."""
+        gates_in, label_prior = self._split_step_inputs(gates_in)
         gates = gates_in + self.gate_hidden(h) + self.gate_decision(z_prev.long()) + self.gate_label(self.label_embedding(label_prev))
         i, f, g, o = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -324,7 +347,8 @@ class HardAlignmentRecognizer(nn.Module):
         if self.training and self._dropout_now > 0:
             out = F.dropout(h, self._dropout_now, training=True)
         emit_logit = self.emit_head(out).squeeze(-1)  # [N]
-        label_logp = torch.log_softmax(self.label_head(out), dim=-1)  # [N, n + 1]
+        label_logits = self.label_head(out) if label_prior is None else self.label_head(out) + label_prior
+        label_logp = torch.log_softmax(label_logits, dim=-1)  # [N, n + 1]
         return h, c, emit_logit, label_logp
 
     # ------------------------------------------------------------------ HardAttention protocol
@@ -529,7 +553,7 @@ class HardAlignmentRecognizer(nn.Module):
             z: ``[K, B, T]`` decisions (0/1), forced steps included.
         """
         K, B, T = z.shape
-        gates = memory["gate_inputs"].value  # [B, T, 4H]
+        gates, label_prior = self._split_step_inputs(memory["gate_inputs"].value)  # [B, T, 4H], [B, T, n + 1]
         labels, num_labels, num_steps = memory["labels"], memory["num_labels"], memory["num_steps"]
         L = labels.shape[1]
         emitted = (z.cumsum(-1) - z).long()  # labels emitted before step t, [K, B, T]
@@ -556,7 +580,10 @@ class HardAlignmentRecognizer(nn.Module):
         if self.training and self._dropout_now > 0:
             out = F.dropout(out, self._dropout_now, training=True)
         emit_logit = unfold(self.emit_head(out).squeeze(-1), K)  # [K, B, T]
-        label_logp = unfold(torch.log_softmax(self.label_head(out), dim=-1), K)  # [K, B, T, n + 1]
+        label_logits = self.label_head(out)  # [K * B, T, n + 1]
+        if label_prior is not None:
+            label_logits = label_logits + label_prior.repeat(K, 1, 1)  # rows k * B + b
+        label_logp = unfold(torch.log_softmax(label_logits, dim=-1), K)  # [K, B, T, n + 1]
         label_next = labels.unsqueeze(0).expand(K, B, L).gather(2, emitted.clamp(max=L - 1))
         label_next_logp = label_logp.gather(-1, (label_next - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
         zero = torch.zeros_like(emit_logit)
