@@ -97,7 +97,7 @@ def last_train_step(metrics_file: Path) -> int | None:
 def gradient_variance(run: str, args: argparse.Namespace) -> tuple[float, float] | None:
     """Trace of the covariance of the proposal's gradient over repeated estimates at initialisation,
     and that trace divided by the squared norm of the mean gradient (comparable across parameter sets)."""
-    if run == "ctc":
+    if run == "ctc" or args.variance_draws < 2:  # benchmarks/speech_variance.py measures it in full
         return None
     from hardalign.data import collate_speech
     from hardalign.estimators import build_estimator
