@@ -5,8 +5,9 @@ step loop (forward, backward, clip, step; log, checkpoint, evaluate) -> final ch
 evaluation. Model families plug in through the task contract (:mod:`hardalign.train.tasks`),
 never by subclassing the trainer.
 
-Outputs in ``out_dir``: ``checkpoint.pt`` (latest, written atomically) with ``config.yaml`` (the
-resolved flat config) beside it, ``metrics.jsonl`` (one JSON object per log or evaluation:
+Outputs in ``out_dir``: ``checkpoint.pt`` (the newest; ``checkpoint-STEP.pt`` for the newest
+``keep_checkpoints`` steps, each written atomically; see :mod:`hardalign.train.checkpoint`) with
+``config.yaml`` (the resolved flat config) beside it, ``metrics.jsonl`` (one JSON object per log or evaluation:
 ``{"step", "split", <every loss term>, "lr", "grad_norm", ...}``) and TensorBoard events under
 ``tensorboard/``.
 
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from hardalign.objective import training_terms
-from hardalign.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hardalign.train.checkpoint import CHECKPOINT_FORMAT, find_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hardalign.train.config import ResolvedConfig, TrainConfig, save_config
 from hardalign.train.distributed import DistributedContext, cleanup_distributed, setup_distributed
 from hardalign.train.tasks import build_task
@@ -115,22 +116,6 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def _resume_path(config: TrainConfig, checkpoint_path: Path) -> Path | None:
-    if config.resume is None:
-        if checkpoint_path.exists():
-            raise FileExistsError(
-                f"out_dir {str(checkpoint_path.parent)!r} already holds {CHECKPOINT_NAME}; "
-                "continue it with --resume auto, or choose another --out-dir"
-            )
-        return None
-    if config.resume == "auto":
-        return checkpoint_path if checkpoint_path.exists() else None
-    path = Path(config.resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"resume={config.resume!r}: no such checkpoint file")
-    return path
 
 
 class _Meter:
@@ -265,6 +250,13 @@ class _Run:
     epoch: int = 0
     batch_in_epoch: int = 0
     last_checkpoint_step: int | None = None
+    wall_s_before: float = 0.0  # training seconds of earlier invocations (from the checkpoint)
+    eval_s: float = 0.0  # seconds this invocation spent evaluating
+    clock: float = field(default_factory=time.monotonic)  # when this invocation was built
+
+    def train_wall_s(self, now: float | None = None) -> float:
+        """Training wall-clock so far over every invocation, evaluation excluded (``train_wall_s``)."""
+        return self.wall_s_before + (time.monotonic() if now is None else now) - self.clock - self.eval_s
 
 
 def _save(run: _Run, ctx: DistributedContext, path: Path) -> None:
@@ -274,7 +266,7 @@ def _save(run: _Run, ctx: DistributedContext, path: Path) -> None:
         save_checkpoint(
             path,
             {
-                "format": 1,
+                "format": CHECKPOINT_FORMAT,
                 "step": run.step,
                 "epoch": run.epoch,
                 "batch_in_epoch": run.batch_in_epoch,
@@ -285,21 +277,23 @@ def _save(run: _Run, ctx: DistributedContext, path: Path) -> None:
                 "rng": rng,
                 "world_size": ctx.world_size,
                 "config": run.config.to_dict(),
+                "train_wall_s": run.train_wall_s(),
             },
+            keep=run.config.train.keep_checkpoints,
         )
         save_config(run.config, path.parent / CONFIG_NAME)
     run.last_checkpoint_step = run.step
 
 
-def _resume(run: _Run, ctx: DistributedContext, path: Path) -> Any:
-    """Load a checkpoint into ``run``; returns this rank's RNG state to restore at the batch (or None)."""
-    state = load_checkpoint(path, map_location=ctx.device)
+def _resume(run: _Run, ctx: DistributedContext, path: Path, state: dict[str, Any]) -> Any:
+    """Load a checkpoint's ``state`` into ``run``; returns this rank's RNG state to restore at the batch (or None)."""
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.estimator.load_state_dict(state["estimator"])
     run.step, run.epoch, run.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
     run.last_checkpoint_step = run.step
+    run.wall_s_before = float(state.get("train_wall_s", 0.0))
     if ctx.is_main:
         print(f"resumed from {path} at step {run.step} (epoch {run.epoch}, batch {run.batch_in_epoch})", file=sys.stderr)
     if state.get("world_size") == ctx.world_size:
@@ -312,18 +306,23 @@ def _resume(run: _Run, ctx: DistributedContext, path: Path) -> Any:
 def _evaluate(task: Any, run: _Run, ctx: DistributedContext, logger: "_Logger", split: str) -> dict[str, float]:
     """Evaluate on rank 0 without shifting the training random streams; the others wait."""
     metrics: dict[str, float] = {}
+    started = time.monotonic()
     if ctx.is_main:
         saved = rng_state()
         run.model.eval()
         with torch.no_grad():
             metrics = dict(task.evaluate(run.model, split))
+        # the training wall-clock across resumes, evaluation excluded (in place of a task's own estimate)
+        wall_s = {"train_wall_s": run.train_wall_s(now=started)}
+        metrics.update(wall_s if "train_wall_s" in metrics else {})
         run.model.train()
         set_rng_state(saved)
-        logger.log(run.step, split, metrics, echo=f"step {run.step} {split}: {_format(metrics)}")
+        logger.log(run.step, split, {**metrics, **wall_s}, echo=f"step {run.step} {split}: {_format(metrics)}")
         from hardalign.train.health import check_eval  # the health report: dev metric plateau
 
         check_eval(logger, run.config, task, run.step, metrics)
     ctx.barrier()
+    run.eval_s += time.monotonic() - started
     return metrics
 
 
@@ -338,6 +337,27 @@ def _raise_if_bad(bad_step: int, bad_terms: dict[str, float], run: _Run, path: P
     raise NonFiniteLossError(
         f"non-finite loss at step {bad_step} ({_format(bad_terms)}); training stopped and {kept}. "
         "Lower --lr, set --grad-clip, or check the model's log-probabilities for -inf."
+    ) from cause
+
+
+def _raise_if_bad_batch(batch: Any, run: _Run, path: Path, cause: BaseException) -> None:
+    """After a failed step only (no sync otherwise): name non-finite input values, the usual root
+    cause of a distribution rejecting NaN parameters, and the utterances or examples they are in."""
+    tensors = batch.items() if isinstance(batch, dict) else enumerate(batch if isinstance(batch, (list, tuple)) else [batch])
+    bad = [str(name) for name, value in tensors
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if not bad:
+        return
+    ids = batch.get("ids") if isinstance(batch, dict) else None
+    where = f" (examples {list(ids)[:8]})" if isinstance(ids, (list, tuple)) else ""
+    kept = (
+        f"the last good checkpoint {str(path)!r} (step {run.last_checkpoint_step}) is kept"
+        if run.last_checkpoint_step is not None
+        else "no checkpoint had been written"
+    )
+    raise NonFiniteLossError(
+        f"step {run.step + 1}: the batch holds NaN or infinite values in {', '.join(bad)}{where}; the input data are "
+        f"damaged (a corrupt audio or feature file?); training stopped and {kept}"
     ) from cause
 
 
@@ -362,6 +382,8 @@ def train(config: ResolvedConfig) -> TrainResult:
         NonFiniteLossError: the loss or gradient norm became NaN/inf; names the step and every
             term at that step. The last checkpoint written before it is left untouched.
         FileExistsError: ``out_dir`` already holds a checkpoint and ``resume`` is not set.
+        CheckpointError: ``resume=auto`` found checkpoints but none loads, or one needs
+            ``--trust-checkpoint`` / a conversion (:func:`hardalign.train.checkpoint.find_resume_checkpoint`).
     """
     tc = config.train
     ctx = setup_distributed(tc.device)
@@ -379,7 +401,15 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
     tc = config.train
     out_dir = Path(tc.out_dir)
     checkpoint_path = out_dir / CHECKPOINT_NAME
-    resume_from = _resume_path(tc, checkpoint_path)
+    # the newest checkpoint that loads (damaged ones skipped with a warning; never a silent fresh start)
+    resume_from, resume_state, warnings = find_resume_checkpoint(
+        checkpoint_path, tc.resume, map_location=ctx.device, trust=tc.trust_checkpoint
+    )
+    if ctx.is_main:
+        for warning in warnings:
+            print(warning, file=sys.stderr)
+        if tc.resume is not None and resume_from is None:
+            print(f"resume={tc.resume}: no checkpoint in {str(out_dir)!r} yet; starting at step 0", file=sys.stderr)
 
     # -- build: seed, task, model, estimator, optimiser (identical initialisation on every rank) --
     if ctx.is_main:
@@ -396,7 +426,7 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
     max_norm = tc.grad_clip if tc.grad_clip else float("inf")
 
     # -- resume (or start each rank's own sampling stream; step 0 of one process is the plain seed) --
-    pending_rng = _resume(run, ctx, resume_from) if resume_from is not None else None
+    pending_rng = _resume(run, ctx, resume_from, resume_state) if resume_from is not None else None
     if resume_from is None:
         seed_everything(tc.seed + 7919 * ctx.rank)
     training_step = ctx.wrap(TrainingStep(model, estimator))
@@ -432,6 +462,7 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
                     # NaN parameters from an earlier non-finite step often fail here first (e.g. a
                     # distribution rejecting NaN logits): report the root cause, not the symptom
                     _raise_if_bad(*meter.first_bad(None), run, checkpoint_path, cause=error)
+                    _raise_if_bad_batch(batch, run, checkpoint_path, cause=error)
                     raise
                 grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
                 optimizer.step()
