@@ -51,10 +51,15 @@ def evaluate_checkpoint(
         raise ValueError(f"split must be dev or test, got {split!r}")
     if config is None and checkpoint is None:
         raise ValueError("evaluate: give a config (--config FILE) or a checkpoint (--checkpoint PATH)")
-    config, task, model, step, checkpoint = load_run(checkpoint, overrides=overrides, config=config)
+    config, task, model, step, checkpoint, train_wall_s = load_run(checkpoint, overrides=overrides, config=config)
     tc = config.train
     with torch.no_grad():
         metrics = dict(task.evaluate(model, split))
+    # the training time recorded in the checkpoint, not the task's own clock (it starts at load)
+    if train_wall_s is not None:
+        metrics["train_wall_s"] = train_wall_s
+    else:
+        metrics.pop("train_wall_s", None)
     result = {
         "task": tc.task,
         "estimator": tc.estimator,

@@ -31,6 +31,7 @@ class LoadedRun(NamedTuple):
     model: torch.nn.Module  # in eval mode, on ``task.device``
     step: int  # training steps taken when the checkpoint was written (-1 if not recorded)
     checkpoint: Path
+    train_wall_s: float | None = None  # training seconds (evaluation excluded) when it was written
 
 
 def load_run(
@@ -71,6 +72,10 @@ def load_run(
         config = resolve_config(config, overrides)
     path = Path(checkpoint) if checkpoint is not None else Path(config.train.out_dir) / CHECKPOINT_NAME
     trust = trust or bool(config is not None and config.train.trust_checkpoint)
+    if not trust and isinstance(overrides, (list, tuple)):  # --trust-checkpoint with only a checkpoint given
+        from hardalign.train.config import parse_overrides
+
+        trust = parse_overrides(overrides).get("trust_checkpoint") is True
     state = load_checkpoint(path, trust=trust)  # on the CPU; load_state_dict copies onto the model's device
     if config is None:
         if "config" not in state:
@@ -92,4 +97,5 @@ def load_run(
     model = task.build_model().to(device)
     model.load_state_dict(state["model"])
     model.eval()
-    return LoadedRun(config, task, model, int(state.get("step", -1)), path)
+    wall = state.get("train_wall_s")
+    return LoadedRun(config, task, model, int(state.get("step", -1)), path, float(wall) if wall is not None else None)
