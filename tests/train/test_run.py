@@ -66,11 +66,11 @@ def test_a_speech_checkpoint_from_before_the_objective_layer_loads(tmp_path):
     config = resolve_config({"task": "timit", "data_dir": str(data), "hidden_size": 8, "encoder_layers": 1, "decision_hidden": 8,
                              "label_embedding": 4, "posterior_hidden": 8, "baseline_hidden": 4})
     stored = config.to_dict()
-    del stored["posterior_kind"], stored["posterior_encoder"]
+    del stored["posterior_kind"], stored["posterior_encoder"], stored["ctc_label_prior"]
     stored["learned_baseline"] = True
     sizes = {f.name: getattr(config.task, f.name) for f in dataclasses.fields(config.task) if f.name in
              ("hidden_size", "encoder_layers", "decision_hidden", "label_embedding", "posterior_hidden", "baseline_hidden")}
-    old_model = HardAlignmentRecognizer(123 * 3, 60, posterior_kind="recurrent", **sizes)
+    old_model = HardAlignmentRecognizer(123 * 3, 60, posterior_kind="recurrent", posterior_encoder="own", ctc_label_prior=False, **sizes)
     save_checkpoint(tmp_path / "checkpoint.pt", {"format": 1, "step": 7, "model": old_model.state_dict(), "config": stored})
     run = load_run(tmp_path / "checkpoint.pt", device="cpu")
     assert run.step == 7 and run.config.task.posterior_kind == "recurrent"
