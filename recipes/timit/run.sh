@@ -39,7 +39,11 @@ Options:
   --exp DIR                    experiment directory (default exp/timit)
   --config FILE                training config (default recipes/timit/conf/vimco-seq.yaml)
   --name NAME                  run name under EXP (default: the config's file name)
-  --eval-noise LIST            frozen test conditions TYPE:SNR,... (default white:10,white:0; "" = clean only)
+  --eval-noise LIST            frozen test conditions TYPE:SNR,... (default white:10,white:0; "" = clean only;
+                               TYPE: white, pink, brown, babble or dir:PATH)
+                               Training noise is a config key (conf/noisy.yaml), or after --:
+                               -- --noise white,pink,babble --snr 0:15 --clean-fraction 0.2 (or --noise dir:PATH);
+                               two-speaker mix: -- --mix-speaker 0.25 (conf/multispeaker.yaml)
   --synth-speakers N, --synth-utterances N, --synth-eval-speakers N, --synth-eval-utterances N
                                size of the synthetic corpus (default 20 x 80 train, 8 x 20 dev and test)
   --plots N                    alignment pictures written after evaluation (default 3)
