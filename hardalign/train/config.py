@@ -295,6 +295,9 @@ def _parse_scalar(text: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    # YAML 1.1 reads 5:20 as the base-60 number 320; on the command line it is a range (an SNR)
+    if isinstance(value, int) and ":" in text:
+        return text.strip()
     # YAML 1.1 reads 3e-4 as a string (its float syntax needs a dot); accept it as a float here
     if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
         return float(value)
