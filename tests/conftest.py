@@ -1,4 +1,4 @@
-"""Shared test settings: dtype/device from the environment, deterministic seeds, few threads.
+"""Shared test settings: dtype/device from the environment, deterministic seeds, one thread.
 
 ``HARDALIGN_TEST_DEVICE`` (default ``cpu``; ``cuda`` where a GPU is present) and
 ``HARDALIGN_TEST_DTYPE`` (``float32`` or ``float64``) select where the device/dtype-generic
@@ -20,3 +20,13 @@ def device() -> torch.device:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the models under test are tiny and the machines running the suite are shared: oversubscribed
+    # intra-op threads made them several times slower (threads spinning against other processes)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Union
 
 import pytest
-import torch
 
 HERE = Path(__file__).resolve().parent
 
@@ -40,14 +39,6 @@ def _faulty_task():
     from hardalign.train import TASKS
 
     TASKS.pop("faulty", None)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def hardalign(*args: str) -> tuple[int, str]:

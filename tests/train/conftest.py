@@ -4,7 +4,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,10 +26,3 @@ def toy_task():
     TASKS.pop("toy", None)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the machines running the suite are shared: oversubscribed threads make tiny models crawl
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -189,20 +189,7 @@ def test_hooks_off_with_health_checks_false():
 
 # -- tiny real speech runs: a broken emission prior warns, the default config stays silent --
 
-TINY_MODEL = [
-    "--hidden-size", "16", "--encoder-layers", "1", "--decision-hidden", "16", "--label-embedding", "8",
-    "--posterior-hidden", "16", "--baseline-hidden", "8", "--batch-size", "4", "--num-samples", "2",
-    "--log-every", "1", "--progress", "false", "--tensorboard", "false", "--max-minutes", "null",
-]
-
-
-@pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory) -> Path:
-    from hardalign.data.synth import build_synth_corpus
-
-    out = tmp_path_factory.mktemp("health_synth")
-    build_synth_corpus(out, speakers=2, utterances=4, eval_speakers=2, eval_utterances=2, seed=3)
-    return out
+from tests.speech.test_recipe import TINY_MODEL, tiny_corpus  # noqa: E402,F401 (a module-scoped fixture)
 
 
 def speech_run(corpus: Path, out: Path, *extra: str) -> list[dict]:
