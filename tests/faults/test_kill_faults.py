@@ -61,7 +61,7 @@ def _child(args: list, patch: str = "") -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
 
 
-def _wait_for(predicate, process: subprocess.Popen, timeout: float = 60.0) -> None:
+def _wait_for(predicate, process: subprocess.Popen, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert process.poll() is None, process.stderr.read()
