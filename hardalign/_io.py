@@ -56,7 +56,7 @@ def _fsync_file(name: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, fsync: bool = True, keep_suffix: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends without an error it replaces ``path``.
 
     For writers that take a path or open it themselves (``torch.save``, ``np.save``,
@@ -67,11 +67,13 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
     Args:
         path: the destination; its directory is created if needed.
         fsync: sync the data and the directory entry (off for caches that can be rebuilt).
+        keep_suffix: end the temporary name with the destination's suffix (for writers that
+            choose the format by it); otherwise it ends in ``.tmp``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the destination's suffix last: np.save and soundfile choose the format by it
-    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp" + path.suffix, dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp" + (path.suffix if keep_suffix else ""), dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp_name)
@@ -89,22 +91,9 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_path`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    with atomic_path(path, fsync=fsync, keep_suffix=False) as tmp:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
             handle.write(data)
-            handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    if fsync:
-        fsync_directory(path.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = True) -> None:
