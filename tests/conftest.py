@@ -5,7 +5,9 @@
 tests run.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,3 +32,15 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str):
+    """Import a script of the repository (``benchmarks/X.py``, ``examples/X.py``) as a module."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,12 +4,12 @@ every finished run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
 from tests.speech.test_recipe import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,10 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def speech_noise():
-    spec = importlib.util.spec_from_file_location("speech_noise", REPO / "benchmarks" / "speech_noise.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/speech_noise.py")
 
 
 def test_ctc_runs_copy_the_noise_keys(speech_noise):

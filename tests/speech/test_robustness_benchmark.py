@@ -7,23 +7,19 @@ each with tiny networks; then a re-run that must reuse every finished run.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
 from tests.speech.test_recipe import TINY_MODEL
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def robustness():
-    spec = importlib.util.spec_from_file_location("speech_robustness", REPO / "benchmarks" / "speech_robustness.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/speech_robustness.py")
 
 
 def test_two_conditions_table_json_and_reuse(robustness, tmp_path, capsys):

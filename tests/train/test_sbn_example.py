@@ -1,22 +1,17 @@
 """examples/sbn.py trains with every estimator and its test bound improves; the sbn task via the CLI."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from hardalign.cli import main as hardalign_main
+from tests.conftest import load_script
 from hardalign.estimators import ESTIMATORS
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sbn.py"
 
 
 def load_example():
-    spec = importlib.util.spec_from_file_location("sbn_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/sbn.py")
 
 
 @pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
