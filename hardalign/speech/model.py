@@ -596,7 +596,7 @@ class HardAlignmentRecognizer(nn.Module):
         entropy = torch.where(mask, F.binary_cross_entropy_with_logits(q_logit, q_prob, reduction="none"), zero)
 
         def proposal_state() -> torch.Tensor:  # what the lattice posterior "knew" before each decision
-            frames = self.posterior_frames(memory)  # [B, T, Hq]
+            frames = memory["posterior"]["frame_table"].value  # [B, T, Hq]
             encoded = memory["posterior"]["labels"].value.view(B, L, -1)  # [B, L, Hq]
             label_next_code = encoded.unsqueeze(0).expand(K, -1, -1, -1).gather(2, emitted.clamp(max=L - 1).unsqueeze(-1).expand(-1, -1, -1, encoded.shape[-1]))
             return torch.tanh(frames.unsqueeze(0) + label_next_code).flatten(0, 1).detach()  # [K * B, T, Hq]
@@ -612,11 +612,6 @@ class HardAlignmentRecognizer(nn.Module):
             final_state={"record": {"proposal_state": proposal_state}},
             progress=emitted,
         )
-
-    @staticmethod
-    def posterior_frames(memory: dict[str, Any]) -> torch.Tensor:
-        """q's frame encodings ``[B, T, Hq]`` from an unfolded memory."""
-        return torch.stack(memory["posterior"]["frames"], dim=1)
 
     @property
     def time_parallel(self) -> bool:

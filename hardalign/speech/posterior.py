@@ -209,7 +209,13 @@ class Posterior(nn.Module):
         B, L = labels.shape
         T = features.shape[1]
         encoded = self.label_proj(self.labels(self.label_embedding(labels), num_labels))  # [B, L, Hq]
-        memory = {"frames": frames.unbind(1), "labels": _Unfolded(encoded.reshape(B * L, -1)), "num_labels_max": L, "batch": B}
+        memory = {
+            "frames": frames.unbind(1),  # per step, for the step-by-step rollout
+            "frame_table": _Unfolded(frames),  # [B, T, Hq], for the time-parallel path
+            "labels": _Unfolded(encoded.reshape(B * L, -1)),
+            "num_labels_max": L,
+            "batch": B,
+        }
         if self.use_aligner:
             targets = labels.masked_fill(labels == self.eos_id, 0)[:, : L - 1]  # EOS dropped
             target_lengths = num_labels - 1
