@@ -36,6 +36,7 @@ from torch import nn
 from hardalign.objective import training_terms
 from hardalign.train.checkpoint import CHECKPOINT_FORMAT, find_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hardalign.train.config import ResolvedConfig, TrainConfig, save_config
+from hardalign.train.health import check_eval, check_train  # the health report (host floats, no extra sync)
 from hardalign.train.distributed import DistributedContext, cleanup_distributed, setup_distributed
 from hardalign.train.tasks import build_task
 
@@ -318,7 +319,6 @@ def _evaluate(task: Any, run: _Run, ctx: DistributedContext, logger: "_Logger", 
         run.model.train()
         set_rng_state(saved)
         logger.log(run.step, split, {**metrics, **wall_s}, echo=f"step {run.step} {split}: {_format(metrics)}")
-        from hardalign.train.health import check_eval  # the health report: dev metric plateau
 
         check_eval(logger, run.config, task, run.step, metrics)
     ctx.barrier()
@@ -485,7 +485,6 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
                     interval_started, interval_steps = now, 0
                     train_metrics = averages
                     logger.log(run.step, "train", {"epoch": run.epoch, **averages})
-                    from hardalign.train.health import check_train  # the health report (host floats, no extra sync)
 
                     check_train(logger, run.config, task, run.step, averages)
                     if ctx.is_main and tc.progress:
