@@ -80,7 +80,8 @@ def test_sigkill_during_training(tmp_path):
         process.wait()
         process.stdout.close(), process.stderr.close()
     steps = sorted(torch.load(p, weights_only=True)["step"] for p in run.glob("checkpoint-*.pt"))
-    assert len(steps) == 2 and steps[-1] >= 4  # both kept checkpoints load
+    # every kept checkpoint loads; a kill between writing the newest and removing the oldest leaves one extra
+    assert len(steps) in (2, 3) and steps[-1] >= 4
     status, err = hardalign("train", *TOY, "--out-dir", run, "--max-steps", str(steps[-1] + 2), "--resume", "auto", "--keep-checkpoints", "2")
     assert status == 0, err
     assert f"resumed from {run / f'checkpoint-{steps[-1]}.pt'} at step {steps[-1]}" in err
