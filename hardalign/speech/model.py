@@ -140,6 +140,12 @@ class HardAlignmentConfig:
             softmax(label_head(h_t) + log P_ctc(phone | x_<=t))``. The CTC head becomes part of p
             (trained by both losses); p starts out naming phones as well as the CTC head does and
             its decision cell learns the corrections.
+        ctc_emit_prior: with the CTC label prior, p's emit logit also adds ``emit_cue_scale`` (a
+            learned scalar, 1 at initialisation) times the CTC head's log-odds of "not blank" at
+            step t: ``log(1 - P_ctc(blank | x_<=t)) - log P_ctc(blank | x_<=t)``. The cue is causal
+            and label-free, so decoding can use it; p starts out emitting where the CTC head
+            spikes (a warm start of its emission decisions from q's aligner) instead of having to
+            find those places through the estimator's signal alone.
     """
 
     hidden_size: int = 256
@@ -161,6 +167,7 @@ class HardAlignmentConfig:
     posterior_kind: str = "lattice"
     posterior_encoder: str = "shared"
     ctc_label_prior: bool = True
+    ctc_emit_prior: bool = True
 
     def __post_init__(self) -> None:
         if self.posterior_encoder not in ("own", "shared"):
@@ -235,6 +242,8 @@ class HardAlignmentRecognizer(nn.Module):
             shared_width=config.hidden_size if config.posterior_encoder == "shared" else 0,
         )
         self.aligner_weight = config.aligner_weight
+        if self.uses_ctc_emit_prior:
+            self.emit_cue_scale = nn.Parameter(torch.ones(()))
         # --- input-dependent baseline: per step, reads the proposal's state (detached) and the counts ---
         proposal_width = config.posterior_hidden if config.proposal == "posterior" else H
         self.baseline_net = nn.Sequential(nn.Linear(proposal_width + 3, config.baseline_hidden), nn.Tanh(), nn.Linear(config.baseline_hidden, 1))
@@ -309,7 +318,10 @@ class HardAlignmentRecognizer(nn.Module):
         if self.uses_ctc_label_prior:
             # the step inputs carry the label prior beside the gates: [B, T, 4H + n + 1]
             ctc = torch.log_softmax(self.posterior.aligner_out(encoded), dim=-1)  # [B, T, blank + n]
-            gates = torch.cat([gates, ctc[..., 1:], torch.zeros_like(ctc[..., :1])], dim=-1)  # phones, EOS 0
+            priors = [ctc[..., 1:], torch.zeros_like(ctc[..., :1])]  # phones, EOS 0
+            if self.uses_ctc_emit_prior:  # log-odds of "not blank": the last column
+                priors.append(torch.logsumexp(ctc[..., 1:], dim=-1, keepdim=True) - ctc[..., :1])
+            gates = torch.cat([gates, *priors], dim=-1)
         # a tuple of per-step slices: indexing a [N, T, 4H] tensor per step would make autograd
         # allocate a full-size zero gradient at every step; unbind's backward is one stack.
         memory: dict[str, Any] = {"gates": gates.unbind(1), "gate_inputs": _Unfolded(gates), "num_steps": feature_lengths}
@@ -328,17 +340,28 @@ class HardAlignmentRecognizer(nn.Module):
     def uses_ctc_label_prior(self) -> bool:
         return self.config.ctc_label_prior and self.posterior.shared_width > 0 and self.posterior.use_aligner
 
-    def _split_step_inputs(self, step_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``[..., 4H (+ n + 1)]`` -> the decision cell's gate inputs and the label prior (or None)."""
+    @property
+    def uses_ctc_emit_prior(self) -> bool:
+        return self.uses_ctc_label_prior and self.config.ctc_emit_prior
+
+    def _split_step_inputs(self, step_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``[..., 4H (+ n + 1 (+ 1))]`` -> the decision cell's gate inputs, the label prior and the emit cue (or None)."""
+        width = 4 * self.hidden_size
         if not self.uses_ctc_label_prior:
-            return step_inputs, None
-        return step_inputs[..., : 4 * self.hidden_size], step_inputs[..., 4 * self.hidden_size :]
+            return step_inputs, None, None
+        if not self.uses_ctc_emit_prior:
+            return step_inputs[..., :width], step_inputs[..., width:], None
+        return step_inputs[..., :width], step_inputs[..., width:-1], step_inputs[..., -1]
+
+    def _emit_logit(self, out: torch.Tensor, emit_cue: torch.Tensor | None) -> torch.Tensor:
+        emit_logit = self.emit_head(out).squeeze(-1)
+        return emit_logit if emit_cue is None else emit_logit + self.emit_cue_scale * emit_cue
 
     def _p_step(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, z_prev: torch.Tensor, label_prev: torch.Tensor):
         """Decision-cell LSTM step with the fed-back decision and label; returns ``(h, c, emit_logit, label_logp)``.
 
         ``gates_in``: the step's inputs from :meth:`encode` (gate inputs, and the label prior)."""
-        gates_in, label_prior = self._split_step_inputs(gates_in)
+        gates_in, label_prior, emit_cue = self._split_step_inputs(gates_in)
         gates = gates_in + self.gate_hidden(h) + self.gate_decision(z_prev.long()) + self.gate_label(self.label_embedding(label_prev))
         i, f, g, o = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
@@ -346,7 +369,7 @@ class HardAlignmentRecognizer(nn.Module):
         out = h
         if self.training and self._dropout_now > 0:
             out = F.dropout(h, self._dropout_now, training=True)
-        emit_logit = self.emit_head(out).squeeze(-1)  # [N]
+        emit_logit = self._emit_logit(out, emit_cue)  # [N]
         label_logits = self.label_head(out) if label_prior is None else self.label_head(out) + label_prior
         label_logp = torch.log_softmax(label_logits, dim=-1)  # [N, n + 1]
         return h, c, emit_logit, label_logp
@@ -553,7 +576,7 @@ class HardAlignmentRecognizer(nn.Module):
             z: ``[K, B, T]`` decisions (0/1), forced steps included.
         """
         K, B, T = z.shape
-        gates, label_prior = self._split_step_inputs(memory["gate_inputs"].value)  # [B, T, 4H], [B, T, n + 1]
+        gates, label_prior, emit_cue = self._split_step_inputs(memory["gate_inputs"].value)  # [B, T, 4H], [B, T, n + 1], [B, T]
         labels, num_labels, num_steps = memory["labels"], memory["num_labels"], memory["num_steps"]
         L = labels.shape[1]
         emitted = (z.cumsum(-1) - z).long()  # labels emitted before step t, [K, B, T]
@@ -579,7 +602,7 @@ class HardAlignmentRecognizer(nn.Module):
         out = torch.stack(hidden, dim=1)  # [K * B, T, H]
         if self.training and self._dropout_now > 0:
             out = F.dropout(out, self._dropout_now, training=True)
-        emit_logit = unfold(self.emit_head(out).squeeze(-1), K)  # [K, B, T]
+        emit_logit = unfold(self._emit_logit(out, None if emit_cue is None else emit_cue.repeat(K, 1)), K)  # [K, B, T]
         label_logits = self.label_head(out)  # [K * B, T, n + 1]
         if label_prior is not None:
             label_logits = label_logits + label_prior.repeat(K, 1, 1)  # rows k * B + b

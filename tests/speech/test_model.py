@@ -237,3 +237,40 @@ def test_training_smoke_lowers_per_on_a_tiny_corpus():
         optimiser.step()
     after = per()
     assert before > 0.9 and after < 0.3, (before, after)
+
+
+def test_the_ctc_emit_prior_makes_p_emit_where_the_ctc_head_spikes():
+    """With the cue, an untrained decision cell decodes the CTC head's spikes: emit where "not blank" wins."""
+    from hardalign.speech.decode import greedy_decode
+
+    model = small_model().eval()
+    assert model.uses_ctc_emit_prior
+    batch = toy_batch(toy_utterances(3, num_phones=PHONES, dim=DIM))
+    with torch.no_grad():
+        model.emit_head.weight.zero_()
+        model.emit_head.bias.zero_()
+        model.label_head.weight.zero_()
+        model.label_head.bias[-1] = -20.0  # EOS (its CTC prior is 0) not before the end
+        head = model.posterior.aligner_out
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[0] = 4.0  # blank wins everywhere ...
+    spikes = {}
+
+    def spike_at(module, inputs, output):  # ... except at chosen steps, where phone 2 wins
+        output = output.clone()
+        for b, t in spikes.items():
+            output[b, t, 2] = 12.0
+        return output
+
+    hook = model.posterior.aligner_out.register_forward_hook(spike_at)
+    try:
+        spikes.update({0: 3, 1: 5, 2: 1})
+        hyps = greedy_decode(model, batch["features"], batch["feature_lengths"])
+    finally:
+        hook.remove()
+    assert [hyp.steps for hyp in hyps] == [[3], [5], [1]]
+    assert [hyp.labels for hyp in hyps] == [[2], [2], [2]]
+    # without the cue the same model emits by its emit head alone (b_t = 0.5: never strictly above)
+    plain = small_model(ctc_emit_prior=False).eval()
+    assert not plain.uses_ctc_emit_prior and not hasattr(plain, "emit_cue_scale")
