@@ -243,7 +243,7 @@ def test_the_ctc_emit_prior_makes_p_emit_where_the_ctc_head_spikes():
     """With the cue, an untrained decision cell decodes the CTC head's spikes: emit where "not blank" wins."""
     from hardalign.speech.decode import greedy_decode
 
-    model = small_model().eval()
+    model = small_model(ctc_emit_prior=True).eval()
     assert model.uses_ctc_emit_prior
     batch = toy_batch(toy_utterances(3, num_phones=PHONES, dim=DIM))
     with torch.no_grad():
@@ -272,5 +272,5 @@ def test_the_ctc_emit_prior_makes_p_emit_where_the_ctc_head_spikes():
     assert [hyp.steps for hyp in hyps] == [[3], [5], [1]]
     assert [hyp.labels for hyp in hyps] == [[2], [2], [2]]
     # without the cue the same model emits by its emit head alone (b_t = 0.5: never strictly above)
-    plain = small_model(ctc_emit_prior=False).eval()
+    plain = small_model().eval()  # the default
     assert not plain.uses_ctc_emit_prior and not hasattr(plain, "emit_cue_scale")

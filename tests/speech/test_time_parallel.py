@@ -30,10 +30,11 @@ def tight_batch() -> dict:
     return batch
 
 
-@pytest.mark.parametrize("encoder", ["own", "shared"])
+@pytest.mark.parametrize("encoder,emit_cue", [("own", False), ("shared", False), ("shared", True)])
 @pytest.mark.parametrize("aligner", [True, False])
-def test_parallel_scores_equal_the_step_by_step_rollout(aligner, encoder):
-    model = lattice_model(posterior_aligner=aligner, posterior_encoder=encoder).double()
+def test_parallel_scores_equal_the_step_by_step_rollout(aligner, encoder, emit_cue):
+    model = lattice_model(posterior_aligner=aligner, posterior_encoder=encoder, ctc_emit_prior=emit_cue).double()
+    assert model.uses_ctc_emit_prior == (emit_cue and aligner)
     batch = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in tight_batch().items()}
     stepwise = model.sample_alignments(batch, num_samples=5, generator=torch.Generator().manual_seed(1))
     memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
