@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["VARIANTS", "make_canvas", "translate", "clutter"]
+__all__ = ["VARIANTS", "make_canvas", "translate", "clutter", "affine_digits", "augment_digits"]
 
 #: Known variants of :func:`make_canvas`.
 VARIANTS = ("mnist", "translated", "cluttered")
@@ -157,3 +157,67 @@ def make_canvas(
     if variant == "translated":
         return translate(images, size, rng)
     return clutter(images, size, rng, num_distractors=num_distractors, distractor_size=distractor_size)
+
+
+def affine_digits(images: np.ndarray, angles: np.ndarray, zooms: np.ndarray) -> np.ndarray:
+    """Rotate each digit by ``angles[n]`` degrees (counter-clockwise as displayed, rows down) and
+    scale it by ``zooms[n]`` about the image centre; bilinear resampling, zeros outside.
+
+    Args:
+        images: ``[N, h, w]`` digits (uint8 or float).
+        angles: ``[N]`` degrees.
+        zooms: ``[N]`` size factors (> 1 enlarges).
+
+    Returns:
+        ``[N, h, w]`` of ``images``' dtype (integers rounded and clipped).
+
+    Example:
+        >>> block = np.zeros((1, 4, 4), dtype=np.uint8); block[0, 0, :] = 9
+        >>> affine_digits(block, np.array([90.0]), np.array([1.0]))[0, :, 0].tolist()
+        [9, 9, 9, 9]
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n = len(images)
+    angle = np.deg2rad(np.asarray(angles, dtype=np.float64))
+    zoom = np.asarray(zooms, dtype=np.float64)
+    if angle.shape != (n,) or zoom.shape != (n,) or (zoom <= 0).any():
+        raise ValueError(f"affine_digits: need {n} angles and {n} positive zooms, got shapes {angle.shape}, {zoom.shape}")
+    # affine_grid maps each output pixel to the input point it reads (x right, y down): the
+    # inverse of "rotate by angle, scale by zoom"
+    cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
+    theta = np.zeros((n, 2, 3), dtype=np.float32)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    source = torch.from_numpy(np.asarray(images, dtype=np.float32)).unsqueeze(1)  # [N, 1, h, w]
+    grid = F.affine_grid(torch.from_numpy(theta), list(source.shape), align_corners=False)
+    out = F.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=False).squeeze(1).numpy()
+    if np.issubdtype(images.dtype, np.integer):
+        info = np.iinfo(images.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(images.dtype)
+
+
+def augment_digits(images: np.ndarray, *, seed: int, rotation: float = 0.0, scale: float = 0.0) -> np.ndarray:
+    """Random affine distortions of digits: a rotation and an isotropic rescaling about the centre.
+
+    Each digit gets its own angle, uniform in ``[-rotation, rotation]`` degrees, and size factor,
+    uniform in ``[1 - scale, 1 + scale]``, drawn from ``seed`` (:func:`affine_digits`): training
+    canvases that are not copies of the same 3,500 shapes.
+
+    Args:
+        images: ``[N, h, w]`` digits (uint8 or float).
+        seed: the distortions are a deterministic function of ``(images, seed)``.
+        rotation: largest rotation in degrees (0: none).
+        scale: largest relative change of size (0: none).
+
+    Returns:
+        ``[N, h, w]`` of ``images``' dtype; a copy of ``images`` when both are 0.
+    """
+    if rotation < 0 or not 0 <= scale < 1:
+        raise ValueError(f"augment_digits: need rotation >= 0 and 0 <= scale < 1, got {rotation}, {scale}")
+    if rotation == 0 and scale == 0:
+        return np.array(images, copy=True)
+    rng = np.random.default_rng(seed)
+    n = len(images)
+    return affine_digits(images, rng.uniform(-rotation, rotation, n), rng.uniform(1 - scale, 1 + scale, n))

@@ -2,14 +2,36 @@
 
 A glimpse model implements :class:`hardalign.attention.HardAttention`; its proposal is its own
 location policy pi, so the per-step log p term of step t is ``log pi(l_t | past)`` (it cancels
-the rollout's ``log q``) plus, at the last step only, the classifier's ``log p(y | x, l_{1..T})``.
-The per-step log weights are therefore 0 except the last, and the estimators see
+the rollout's ``log q``) plus the step's reward. Write ``a_t = log p(y | x, l_{1..t})`` for the
+log-likelihood of the label after glimpse t. ``step_rewards`` chooses the per-step log weights
+``l_t`` (DESIGN.md section 6):
 
-    log w^k = log p(y | x, l^k),   objective (K > 1)  log (1/K) sum_k p(y | x, l^k)
+* ``final`` (RAM): ``l_t = 0`` for ``t < T`` and ``l_T = a_T``: one reward at the end.
+* ``increments``: ``l_1 = a_1``, ``l_t = a_t - a_{t-1}``. They sum to ``a_T``, so the objective
+  (and its pathwise gradient: the intermediate terms cancel) is exactly that of ``final``; only
+  the score-function signals change. The reward-to-go of decision t is ``a_T - a_{t-1}``: the
+  final log-likelihood minus what was known before glimpse t, which depends only on earlier
+  glimpses (and the label), i.e. a baseline, so every estimator stays unbiased for the same
+  objective; ``vimco-seq`` now has per-step weights to work with and differs from ``vimco``.
+* ``sum`` (DRAM / Saccader style: a reward after every glimpse): ``l_t = a_t``, a *different*
+  objective, ``sum_t a_t``, that also asks the early glimpses to classify; its pathwise
+  gradient trains every intermediate prediction.
 
-(DESIGN.md section 6). Subclasses provide ``encode(batch) -> memory``, the protocol methods,
+So the estimators see, per particle,
+
+    log w^k = sum_t l_t^k,   objective (K > 1)  log (1/K) sum_k w^k
+
+(``final`` and ``increments``: ``log w^k = log p(y | x, l^k)``). ``step_loss_weight`` adds an
+auxiliary loss term ``step_nll = -step_loss_weight * mean_{t < T} a_t`` (mean over particles and
+examples): the intermediate predictions are trained as classifiers (deep supervision) outside the
+estimator. The location network never receives it (its inputs are detached), so the policy's
+gradient is still only the estimator's. With ``increments`` it is what makes ``a_{t-1}`` a good
+baseline; without it the intermediate predictions of ``increments`` are untrained (still unbiased).
+
+Subclasses provide ``encode(batch) -> memory``, the protocol methods,
 ``location_policy(state, memory)`` (the distribution, used by both ``policy`` and ``update``)
-and put the final class logits in ``state["logits"]`` and baseline predictions in
+and put the class logits after the step in ``state["logits"]`` (every step when
+``self.classify_every_step``, else at least at the last) and baseline predictions in
 ``state["baselines"]`` (a tuple with one ``[N]`` tensor per step). Their training ``forward``
 returns a :class:`hardalign.objective.LatentOutput` (:meth:`GlimpseModel.latent_output`).
 """
@@ -26,7 +48,10 @@ from hardalign.attention import Trajectory, rollout
 from hardalign.objective import LatentOutput
 from hardalign.sampling import unfold
 
-__all__ = ["GlimpseModel", "images_to_float", "greedy_rollout"]
+__all__ = ["GlimpseModel", "images_to_float", "greedy_rollout", "STEP_REWARDS"]
+
+#: the per-step log weights a glimpse model can give the estimators (module docstring)
+STEP_REWARDS = ("final", "increments", "sum")
 
 
 def images_to_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -70,6 +95,22 @@ class GlimpseModel(nn.Module):
     """
 
     num_glimpses: int
+    step_rewards: str = "final"
+    step_loss_weight: float = 0.0
+
+    def set_rewards(self, step_rewards: str = "final", step_loss_weight: float = 0.0) -> None:
+        """Choose the per-step log weights and the auxiliary per-step loss (module docstring)."""
+        if step_rewards not in STEP_REWARDS:
+            raise ValueError(f"{type(self).__name__}: step_rewards must be one of {STEP_REWARDS}, got {step_rewards!r}")
+        if step_loss_weight < 0:
+            raise ValueError(f"{type(self).__name__}: step_loss_weight must be >= 0, got {step_loss_weight}")
+        self.step_rewards = step_rewards
+        self.step_loss_weight = float(step_loss_weight)
+
+    @property
+    def classify_every_step(self) -> bool:
+        """Whether every step needs the class logits (per-step rewards or the auxiliary loss)."""
+        return self.step_rewards != "final" or self.step_loss_weight > 0
 
     # ----- the HardAttention protocol -------------------------------------------------------
     def policy(self, state: dict, memory: dict) -> D.Distribution:
@@ -79,11 +120,20 @@ class GlimpseModel(nn.Module):
         # log pi(l_t | past), recomputed from the state the decision was made in: with the policy
         # as proposal it cancels log q in the log weight (value and gradient), see module docstring
         log_pi = self.location_policy(state, memory).log_prob(location)  # [N]
+        previous = state.get("step_log_lik", ())
         state = self.step(state, memory, location, glimpse)
         log_p = log_pi
         labels = memory.get("labels")
-        if labels is not None and state["t"] == memory["num_steps"]:
-            log_p = log_p + torch.log_softmax(state["logits"], dim=-1).gather(-1, labels[:, None]).squeeze(-1)
+        last = state["t"] == memory["num_steps"]
+        if labels is not None and (last or self.classify_every_step):
+            log_lik = torch.log_softmax(state["logits"], dim=-1).gather(-1, labels[:, None]).squeeze(-1)  # a_t [N]
+            state["step_log_lik"] = previous + (log_lik,)
+            if self.step_rewards == "sum":
+                log_p = log_p + log_lik
+            elif self.step_rewards == "increments":
+                log_p = log_p + (log_lik - previous[-1] if previous else log_lik)
+            elif last:
+                log_p = log_p + log_lik
         return state, log_p, torch.ones_like(log_pi, dtype=torch.bool)
 
     # ----- training -------------------------------------------------------------------------
@@ -98,17 +148,25 @@ class GlimpseModel(nn.Module):
 
         The baseline is the per-step prediction in ``state["baselines"]`` (from the state each
         decision was made in); ``entropy_bonus`` (``-entropy_weight`` times the policy's mean
-        entropy per free step) is a loss term when ``entropy_weight > 0``; ``accuracy`` and
-        ``entropy`` are logged.
+        entropy per free step) is a loss term when ``entropy_weight > 0``, ``step_nll`` (the
+        auxiliary cross-entropy of the predictions before the last glimpse, module docstring)
+        when ``step_loss_weight > 0``; ``accuracy`` (after the last glimpse) and ``entropy`` are
+        logged, and ``log_lik_first`` (``a_1``, after the first glimpse) when every step classifies.
         """
         traj = self.run(memory, num_samples=num_samples)
         logits = unfold(traj.final_state["logits"], num_samples)  # [K * B, C] -> [K, B, C]
         correct = (logits.argmax(-1) == memory["labels"]).to(logits.dtype)
         entropy = (traj.entropy.sum(-1) / traj.mask.sum(-1).clamp_min(1)).mean()  # per free step
         losses = {"entropy_bonus": -entropy_weight * entropy} if entropy_weight else {}
+        step_log_lik = traj.final_state.get("step_log_lik", ())
+        if self.step_loss_weight > 0 and len(step_log_lik) > 1:
+            early = torch.stack(step_log_lik[:-1], dim=1)  # (T - 1) x [K * B] -> [K * B, T - 1]
+            losses["step_nll"] = -self.step_loss_weight * early.mean()
         baselines = traj.final_state.get("baselines")
         baseline = unfold(torch.stack(baselines, dim=1), num_samples) if baselines else None  # [K * B, T] -> [K, B, T]
         metrics = {"entropy": entropy.detach(), "accuracy": correct.mean().detach()}
+        if len(step_log_lik) == self.num_glimpses > 1:
+            metrics["log_lik_first"] = step_log_lik[0].mean().detach()
         return LatentOutput(traj, baseline=baseline, losses=losses, metrics=metrics)
 
     # ----- prediction -----------------------------------------------------------------------

@@ -5,9 +5,13 @@ Per step t (``N = K * B`` folded rows):
 * policy: ``l_t ~ Normal(tanh(W_l h_{t-1}), sigma^2 I)`` with a *fixed* sigma; the log-prob is
   of the raw sample, which is clamped to ``[-1, 1]`` only afterwards, when it is read;
 * read: the :class:`~hardalign.vision.retina.Retina` at ``clamp(l_t)``;
-* glimpse network: ``g_t = relu(W_g relu(W_p rho) + W_gl relu(W_pl l_t))``;
+* glimpse network: ``g_t = relu(W_g f(rho) + W_gl relu(W_pl l_t))`` with ``f(rho) = relu(W_p rho)``
+  (``glimpse_net: mlp``, RAM's) or a small convolutional network over the retina's scales
+  stacked as channels (``glimpse_net: conv``: two 3x3 convolutions of 16 and 32 channels, each
+  followed by 2x2 max-pooling, then a linear layer);
 * core: ``h_t = LSTM(g_t, h_{t-1})`` (or RAM's ``relu(W_h h_{t-1} + W_x g_t)``);
-* classifier ``softmax(W_c h_T)`` at the last step only; NVIL's baseline ``b_t = w_b h_{t-1} + c``.
+* classifier ``softmax(W_c h_t)`` at the last step (at every step with per-step rewards or the
+  auxiliary per-step loss, :mod:`hardalign.vision.model`); NVIL's baseline ``b_t = w_b h_{t-1} + c``.
 
 Gradient routing: the location network reads ``h_{t-1}`` detached, and the location fed to the
 glimpse network is the (detached) sample, so the classifier's log-likelihood never reaches the
@@ -32,6 +36,31 @@ __all__ = ["RAM"]
 
 POLICIES = ("learned", "random")
 CORES = ("lstm", "rnn")
+GLIMPSE_NETS = ("mlp", "conv")
+
+
+class ConvGlimpse(nn.Module):
+    """``[N, S, C, p, p]`` retina patches -> ``[N, out_features]``: the scales stacked as channels,
+    conv3x3(16) - relu - maxpool2 - conv3x3(32) - relu - maxpool2 - linear - relu."""
+
+    def __init__(self, in_channels: int, patch_size: int, out_features: int, widths: tuple[int, int] = (16, 32)):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(widths[0], widths[1], 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        side = patch_size // 4
+        if side < 1:
+            raise ValueError(f"glimpse_net='conv' needs patch_size >= 4, got {patch_size}")
+        self.linear = nn.Linear(widths[1] * side * side, out_features)
+
+    def forward(self, glimpse: torch.Tensor) -> torch.Tensor:
+        x = glimpse.flatten(1, 2)  # [N, S, C, p, p] -> [N, S * C, p, p]
+        return torch.relu(self.linear(self.convs(x).flatten(1)))
 
 
 class RAM(GlimpseModel):
@@ -48,6 +77,9 @@ class RAM(GlimpseModel):
         location_std: fixed sigma of the Gaussian policy (in the ``[-1, 1]`` location units).
         policy: ``learned`` or ``random``.
         detach_policy_input: the location network (and NVIL baseline) see ``h`` detached.
+        glimpse_net: ``mlp`` (RAM's) or ``conv`` for the "what" branch.
+        step_rewards, step_loss_weight: per-step log weights (``final``, ``increments``, ``sum``)
+            and the auxiliary per-step cross-entropy (:mod:`hardalign.vision.model`).
 
     Example:
         >>> from hardalign.estimators import build_estimator
@@ -74,8 +106,14 @@ class RAM(GlimpseModel):
         location_std: float = 0.15,
         policy: str = "learned",
         detach_policy_input: bool = True,
+        glimpse_net: str = "mlp",
+        step_rewards: str = "final",
+        step_loss_weight: float = 0.0,
     ):
         super().__init__()
+        if glimpse_net not in GLIMPSE_NETS:
+            raise ValueError(f"RAM: glimpse_net must be one of {GLIMPSE_NETS}, got {glimpse_net!r}")
+        self.set_rewards(step_rewards, step_loss_weight)
         if policy not in POLICIES:
             raise ValueError(f"RAM: policy must be one of {POLICIES}, got {policy!r}")
         if core not in CORES:
@@ -94,7 +132,10 @@ class RAM(GlimpseModel):
         self.retina = Retina(patch_size, num_scales, scale_factor)
         retina_size = num_scales * in_channels * patch_size * patch_size
         # glimpse network: what (patches) and where (location) branches, then a joint layer
-        self.what = nn.Linear(retina_size, glimpse_hidden)
+        if glimpse_net == "conv":
+            self.what = ConvGlimpse(num_scales * in_channels, patch_size, glimpse_hidden)
+        else:
+            self.what = nn.Linear(retina_size, glimpse_hidden)
         self.where = nn.Linear(2, glimpse_hidden)
         self.glimpse_what = nn.Linear(glimpse_hidden, hidden_size)
         self.glimpse_where = nn.Linear(glimpse_hidden, hidden_size)
@@ -110,7 +151,7 @@ class RAM(GlimpseModel):
     # ----- memory and state -------------------------------------------------------------------
     def encode(self, batch: dict) -> dict:
         """``{"images", ["labels"]}`` -> the rollout memory (float images ``[B, C, H, W]``)."""
-        images = images_to_float(batch["images"], self.what.weight.dtype)
+        images = images_to_float(batch["images"], self.classifier.weight.dtype)
         if images.shape[1] != self.in_channels:
             raise ValueError(f"RAM was built for {self.in_channels} channel(s), got images of shape {tuple(images.shape)}")
         memory = {"images": images}
@@ -138,7 +179,7 @@ class RAM(GlimpseModel):
 
     def step(self, state: dict, memory: dict, location: torch.Tensor, glimpse: torch.Tensor) -> dict:
         location = location.detach().clamp(-1.0, 1.0)  # never a path into the location network
-        what = torch.relu(self.what(glimpse.flatten(1)))
+        what = self.what(glimpse) if isinstance(self.what, ConvGlimpse) else torch.relu(self.what(glimpse.flatten(1)))
         where = torch.relu(self.where(location))
         features = torch.relu(self.glimpse_what(what) + self.glimpse_where(where))  # [N, hidden]
         h_prev = state["h"]
@@ -148,7 +189,7 @@ class RAM(GlimpseModel):
         else:
             h, c = torch.relu(self.core_input(features) + self.core_hidden(h_prev)), state["c"]
         t = state["t"] + 1
-        logits = self.classifier(h) if t == memory["num_steps"] else None
+        logits = self.classifier(h) if (t == memory["num_steps"] or self.classify_every_step) else None
         return {"h": h, "c": c, "t": t, "baselines": state["baselines"] + (baseline,), "logits": logits}
 
     # ----- training ---------------------------------------------------------------------------

@@ -68,6 +68,10 @@ class Saccader(GlimpseModel):
         representation_loss: stage 1: ``cells`` (every cell's own cross-entropy, averaged) or
             ``mean`` (cross-entropy of the mean of all cells' logits, BagNet-style).
         label_smoothing: of the stage-1 cross-entropy; keeps the cells' logits moderate.
+        step_rewards, step_loss_weight: per-step log weights (``final``, ``increments``, ``sum``)
+            and the auxiliary per-step loss (:mod:`hardalign.vision.model`; the prediction after
+            glimpse t is the mean of the chosen cells' logits so far). The representation is
+            frozen in stage 3, so the auxiliary loss has nothing to train there but the logging.
 
     Example:
         >>> model = Saccader(num_glimpses=2, channels=8, hidden_size=8, representation_steps=10)
@@ -93,8 +97,11 @@ class Saccader(GlimpseModel):
         key_size: int = 16,
         representation_loss: str = "cells",
         label_smoothing: float = 0.1,
+        step_rewards: str = "final",
+        step_loss_weight: float = 0.0,
     ):
         super().__init__()
+        self.set_rewards(step_rewards, step_loss_weight)
         if num_glimpses < 1:
             raise ValueError(f"Saccader: num_glimpses must be >= 1, got {num_glimpses}")
         if representation_steps < 0 or pretrain_steps < 0:

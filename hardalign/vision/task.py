@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hardalign.vision.digits import VARIANTS, make_canvas
+from hardalign.vision.digits import VARIANTS, augment_digits, make_canvas
 from hardalign.vision.mnist import load_mnist
 
 __all__ = ["GlimpseConfig", "GlimpseTask", "build_glimpse_model"]
@@ -56,6 +56,15 @@ class GlimpseConfig:
         location_std: RAM's fixed policy sigma.
         policy: RAM's ``learned`` policy or ``random`` glimpse locations (the control).
         detach_policy_input: RAM's location network reads the core state detached.
+        glimpse_net: RAM's "what" branch, ``mlp`` (RAM's) or ``conv``.
+        step_rewards: per-step log weights, ``final`` (one reward at the end), ``increments``
+            (``log p(y | glimpses <= t) - log p(y | glimpses < t)``, same objective) or ``sum``
+            (a reward after every glimpse); see :mod:`hardalign.vision.model`.
+        step_loss_weight: weight of the auxiliary cross-entropy of the predictions before the
+            last glimpse (0: none).
+        augment_rotation, augment_scale: random rotation (degrees) and rescaling (fraction) of the
+            training digits, drawn afresh each epoch (0: none).
+        num_threads: ``torch.set_num_threads`` for the run (0: leave torch's default, all cores).
         saccader_channels: width of the Saccader representation network.
         representation_steps, pretrain_steps: Saccader stages 1 and 2 (trainer steps).
         entropy_weight: entropy bonus on the location policy (Saccader).
@@ -85,6 +94,12 @@ class GlimpseConfig:
     location_std: float = 0.15
     policy: str = "learned"
     detach_policy_input: bool = True
+    glimpse_net: str = "mlp"
+    step_rewards: str = "final"
+    step_loss_weight: float = 0.0
+    augment_rotation: float = 0.0
+    augment_scale: float = 0.0
+    num_threads: int = 0
     saccader_channels: int = 64
     representation_steps: int = 0
     pretrain_steps: int = 0
@@ -107,6 +122,10 @@ class GlimpseConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.dev_size < 1:
             raise ValueError(f"dev_size={self.dev_size}: must be >= 1 (the dev split is held out from train)")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads={self.num_threads}: must be >= 0 (0: torch's default)")
+        if self.augment_rotation < 0 or not 0 <= self.augment_scale < 1:
+            raise ValueError("augment_rotation must be >= 0 and augment_scale in [0, 1)")
         if self.eval_greedy and self.eval_num_samples > 1:
             raise ValueError("eval_greedy=true is deterministic: eval_num_samples must be 1")
 
@@ -128,6 +147,9 @@ def build_glimpse_model(config: GlimpseConfig, in_channels: int = 1, num_classes
             location_std=config.location_std,
             policy=config.policy,
             detach_policy_input=config.detach_policy_input,
+            glimpse_net=config.glimpse_net,
+            step_rewards=config.step_rewards,
+            step_loss_weight=config.step_loss_weight,
         )
     from hardalign.vision.saccader import Saccader
 
@@ -142,6 +164,8 @@ def build_glimpse_model(config: GlimpseConfig, in_channels: int = 1, num_classes
         entropy_weight=config.entropy_weight,
         representation_loss=config.representation_loss,
         label_smoothing=config.label_smoothing,
+        step_rewards=config.step_rewards,
+        step_loss_weight=config.step_loss_weight,
     )
 
 
@@ -156,6 +180,8 @@ class GlimpseTask:
         self.train_config = train_config
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
+        if config.num_threads > 0:
+            torch.set_num_threads(config.num_threads)
         train_images, train_labels = load_mnist(config.mnist_root, split="train", limit=config.train_limit)
         if len(train_images) <= config.dev_size:
             raise ValueError(f"dev_size={config.dev_size} leaves no training digits (only {len(train_images)} available)")
@@ -170,10 +196,14 @@ class GlimpseTask:
             for offset, split in ((1, "dev"), (2, "test"))
         }
 
-    def canvases(self, split: str, *, seed: int) -> torch.Tensor:
-        """uint8 ``[N, 1, H, W]`` canvases of ``split``'s digits generated from ``seed``."""
+    def canvases(self, split: str, *, seed: int, augment: bool = False) -> torch.Tensor:
+        """uint8 ``[N, 1, H, W]`` canvases of ``split``'s digits generated from ``seed`` (with
+        ``augment``, the digits randomly rotated and rescaled first, also from ``seed``)."""
+        digits = self.digits[split][0]
+        if augment and (self.config.augment_rotation or self.config.augment_scale):
+            digits = augment_digits(digits, seed=seed + 1, rotation=self.config.augment_rotation, scale=self.config.augment_scale)
         images = make_canvas(
-            self.digits[split][0],
+            digits,
             self.config.variant,
             seed=seed,
             size=self.config.image_size,
@@ -190,7 +220,7 @@ class GlimpseTask:
 
         seed = int(self.train_config.seed)
         # fresh canvases each epoch, a deterministic function of (seed, epoch) (resume replays them)
-        images = self.canvases("train", seed=seed * 1_000_003 + epoch + 17)
+        images = self.canvases("train", seed=seed * 1_000_003 + epoch + 17, augment=True)
         labels = torch.from_numpy(self.digits["train"][1])
         for index in shard_batches(
             len(labels), self.train_config.batch_size, seed=seed, epoch=epoch, rank=self.rank, world_size=self.world_size

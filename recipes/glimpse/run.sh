@@ -5,11 +5,14 @@
 #
 #   recipes/glimpse/run.sh                               # every stage, 15 min of training per model
 #   recipes/glimpse/run.sh --minutes 2 --models "ram_cluttered60"
+#   recipes/glimpse/run.sh --models ram_cluttered60 -- --estimator vimco-seq --num-samples 4   # any config key
 #   recipes/glimpse/run.sh --stage 4 --stop-stage 4 --compare-minutes 8   # the comparison tables
 #
 # Stages (each idempotent: a .done marker records the options it ran with):
-#   1  train every model in --models (hardalign train --config conf/<model>.yaml)
-#   2  evaluate each on the test canvases (hardalign evaluate)
+#   1  train every model in --models (hardalign train --config conf/<model>.yaml; --nproc
+#      data-parallel processes of one thread each through torchrun, default 2 on 2+ cores)
+#   2  evaluate each on the test canvases (hardalign evaluate): one sampled rollout (M = 1), and
+#      separately labelled the class probabilities averaged over --eval-mc rollouts (_mcM)
 #   3  draw glimpse paths (hardalign plot glimpses)
 #   4  benchmarks/glimpse_compare.py: estimators at equal wall-clock, learned vs random glimpses,
 #      Saccader accuracy against the fraction attended (writes recipes/glimpse/results.md)
@@ -27,11 +30,15 @@ estimator=""
 num_samples=""
 mnist_root=""
 exp_dir="exp/glimpse"
+nproc=auto
+eval_mc=10
+passthrough=()
 
 usage() {
   sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   echo "options: --stage N --stop-stage N --models \"NAMES\" --minutes M --compare-minutes M"
   echo "         --estimator reinforce|nvil|vimco|vimco-seq --num-samples K --mnist-root DIR --exp-dir DIR"
+  echo "         --nproc N|auto (training processes) --eval-mc M (0: M = 1 only) -- --key value ... (config overrides)"
 }
 
 while [[ $# -gt 0 ]]; do
@@ -45,6 +52,9 @@ while [[ $# -gt 0 ]]; do
     --num-samples) num_samples="$2"; shift 2 ;;
     --mnist-root) mnist_root="$2"; shift 2 ;;
     --exp-dir) exp_dir="$2"; shift 2 ;;
+    --nproc) nproc="$2"; shift 2 ;;
+    --eval-mc) eval_mc="$2"; shift 2 ;;
+    --) shift; passthrough=("$@"); break ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -58,6 +68,17 @@ extra=(--max-minutes "${minutes}")
 [[ -n "${estimator}" ]] && extra+=(--estimator "${estimator}")
 [[ -n "${num_samples}" ]] && extra+=(--num-samples "${num_samples}")
 [[ -n "${mnist_root}" ]] && extra+=(--mnist-root "${mnist_root}")
+extra+=("${passthrough[@]}")
+
+if [[ ${nproc} == auto ]]; then
+  nproc=$(( $(nproc) >= 2 ? 2 : 1 ))
+fi
+if [[ ${nproc} -gt 1 ]]; then
+  # data-parallel: each process trains on its share of every global batch (num_threads: 1 each)
+  train=(torchrun --standalone --nproc-per-node "${nproc}" -m hardalign.cli train)
+else
+  train=(hardalign train)
+fi
 
 # run_stage N NAME OPTIONS... : skip when NAME.done records the same options
 done_marker() { echo "${exp_dir}/$1.done"; }
@@ -67,7 +88,7 @@ for model in ${models}; do
   config="${here}/conf/${model}.yaml"
   [[ -f "${config}" ]] || { echo "run.sh: no config ${config}" >&2; exit 1; }
   out_dir="${exp_dir}/${model}"
-  options="${extra[*]}"
+  options="${extra[*]} nproc=${nproc}"
 
   if [[ ${stage} -le 1 && ${stop_stage} -ge 1 ]]; then
     if already_done "train_${model}" "${options}"; then
@@ -75,14 +96,16 @@ for model in ${models}; do
     else
       echo "== stage 1: train ${model} (${options})"
       rm -rf "${out_dir}"
-      hardalign train --config "${config}" --out-dir "${out_dir}" "${extra[@]}"
+      "${train[@]}" --config "${config}" --out-dir "${out_dir}" "${extra[@]}"
       echo "${options}" > "$(done_marker "train_${model}")"
     fi
   fi
 
   if [[ ${stage} -le 2 && ${stop_stage} -ge 2 ]]; then
-    echo "== stage 2: evaluate ${model} (single rollout, M = 1)"
-    hardalign evaluate --checkpoint "${out_dir}/checkpoint.pt" --split test
+    echo "== stage 2: evaluate ${model} (single rollout, M = 1; averaged over ${eval_mc} rollouts: _mc${eval_mc})"
+    mc=()
+    [[ ${eval_mc} -gt 1 ]] && mc=(--eval-num-samples "${eval_mc}")
+    hardalign evaluate --checkpoint "${out_dir}/checkpoint.pt" --split test "${mc[@]}"
     cat "${out_dir}/eval-test.md"
   fi
 

@@ -64,3 +64,36 @@ def test_fast_enough_for_on_the_fly_generation():
     make_canvas(digits, "cluttered", seed=0, size=60, num_distractors=4)
     # measured 0.5 s on one core of the busy shared machine; the bound is loose on purpose
     assert time.perf_counter() - started < 5.0
+
+
+def test_affine_digits_rotates_and_scales_about_the_centre():
+    from hardalign.vision.digits import affine_digits
+
+    digits = _digits(3)
+    np.testing.assert_array_equal(affine_digits(digits, np.zeros(3), np.ones(3)), digits)
+    # 90 degrees counter-clockwise as displayed is np.rot90 (rows down, columns right)
+    np.testing.assert_array_equal(affine_digits(digits, np.full(3, 90.0), np.ones(3)), np.rot90(digits, 1, axes=(1, 2)))
+    np.testing.assert_array_equal(affine_digits(digits, np.full(3, -90.0), np.ones(3)), np.rot90(digits, -1, axes=(1, 2)))
+    # zoom 2 doubles the ink's extent about the centre: the 20x12 block becomes about 40x24, clipped to 28
+    block = np.zeros((1, 28, 28), dtype=np.uint8)
+    block[0, 11:17, 12:16] = 255  # 6 rows x 4 columns around the centre 13.5
+    big = affine_digits(block, np.zeros(1), np.full(1, 2.0))[0] > 127
+    rows, cols = np.nonzero(big)
+    assert rows.max() - rows.min() + 1 == 12 and cols.max() - cols.min() + 1 == 8
+    assert abs(rows.mean() - 13.5) < 0.6 and abs(cols.mean() - 13.5) < 0.6
+
+
+def test_augment_digits_is_seeded_and_off_by_default():
+    from hardalign.vision.digits import augment_digits
+
+    digits = _digits(8)
+    np.testing.assert_array_equal(augment_digits(digits, seed=0), digits)  # nothing asked: unchanged
+    out = augment_digits(digits, seed=1, rotation=20, scale=0.2)
+    assert out.shape == digits.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, augment_digits(digits, seed=1, rotation=20, scale=0.2))
+    assert not np.array_equal(out, augment_digits(digits, seed=2, rotation=20, scale=0.2))
+    assert not np.array_equal(out, digits)
+    with pytest.raises(ValueError, match="rotation"):
+        augment_digits(digits, seed=0, rotation=-1)
+    with pytest.raises(ValueError, match="scale"):
+        augment_digits(digits, seed=0, scale=1.0)
