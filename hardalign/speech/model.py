@@ -148,6 +148,13 @@ class HardAlignmentConfig:
             find those places through the estimator's signal alone. Off by default: on the
             offline corpus it took dev PER from 97% to 27% at step 100 but ended worse from step
             300 on (11.2% against 9.7% at step 600; recipes/timit/README.md).
+        score_forced_emissions: p's emit decision is scored at the steps where the proposal had to
+            emit (too few steps left for the labels left: the last labels of every path, the final
+            silence and EOS among them). p itself is then not forced: it learns to emit what the
+            proposal could only force, as it must when decoding, where nothing forces it. (The
+            bound stays a bound: q's paths are the valid alignments, p's mass on paths that do not
+            emit every label is simply lost.) ``False``: forced steps carry no decision term in p
+            either (the model of the earlier runs; decoding then never learned to emit EOS).
     """
 
     hidden_size: int = 256
@@ -170,6 +177,7 @@ class HardAlignmentConfig:
     posterior_encoder: str = "shared"
     ctc_label_prior: bool = True
     ctc_emit_prior: bool = False
+    score_forced_emissions: bool = True
 
     def __post_init__(self) -> None:
         if self.posterior_encoder not in ("own", "shared"):
@@ -355,6 +363,10 @@ class HardAlignmentRecognizer(nn.Module):
             return step_inputs[..., :width], step_inputs[..., width:], None
         return step_inputs[..., :width], step_inputs[..., width:-1], step_inputs[..., -1]
 
+    def _p_forced(self, is_forced: torch.Tensor, emit: torch.Tensor) -> torch.Tensor:
+        """Where p's decision term is 0: the forced steps, less the forced emissions with ``score_forced_emissions``."""
+        return is_forced & ~emit if self.config.score_forced_emissions else is_forced
+
     def _emit_logit(self, out: torch.Tensor, emit_cue: torch.Tensor | None) -> torch.Tensor:
         emit_logit = self.emit_head(out).squeeze(-1)
         return emit_logit if emit_cue is None else emit_logit + self.emit_cue_scale * emit_cue
@@ -438,7 +450,7 @@ class HardAlignmentRecognizer(nn.Module):
         valid = memory["num_steps"] > t
         # log p(z_t | past) at free steps + z_t log d_t[y_next]
         log_p_decision = -F.binary_cross_entropy_with_logits(state["emit_logit"], z, reduction="none")
-        log_p = torch.where(is_forced, torch.zeros_like(log_p_decision), log_p_decision)
+        log_p = torch.where(self._p_forced(is_forced, emit), torch.zeros_like(log_p_decision), log_p_decision)
         log_p = log_p + torch.where(emit, state["label_next_logp"], torch.zeros_like(log_p))
         record = state["record"]
         if memory.get("record_probs"):
@@ -612,7 +624,7 @@ class HardAlignmentRecognizer(nn.Module):
         label_next = labels.unsqueeze(0).expand(K, B, L).gather(2, emitted.clamp(max=L - 1))
         label_next_logp = label_logp.gather(-1, (label_next - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
         zero = torch.zeros_like(emit_logit)
-        log_p = torch.where(is_forced, zero, -F.binary_cross_entropy_with_logits(emit_logit, z, reduction="none"))
+        log_p = torch.where(self._p_forced(is_forced, emit), zero, -F.binary_cross_entropy_with_logits(emit_logit, z, reduction="none"))
         log_p = torch.where(valid, log_p + torch.where(emit, label_next_logp, zero), zero)
         # --- the proposal q: its logits along the paths ---
         q_logit = self.posterior.path_logits(memory["posterior"], emitted)  # [K, B, T]

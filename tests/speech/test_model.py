@@ -274,3 +274,26 @@ def test_the_ctc_emit_prior_makes_p_emit_where_the_ctc_head_spikes():
     # without the cue the same model emits by its emit head alone (b_t = 0.5: never strictly above)
     plain = small_model().eval()  # the default
     assert not plain.uses_ctc_emit_prior and not hasattr(plain, "emit_cue_scale")
+
+
+@pytest.mark.parametrize("kind", ["recurrent", "lattice"])
+def test_forced_emissions_are_scored_in_p_and_nothing_else_changes(kind):
+    """score_forced_emissions: p's emit decision counts where q had to emit; forced skips stay free."""
+    batch = tight_batch()
+    logs = {}
+    for scored in (True, False):
+        torch.manual_seed(0)
+        model = small_model(posterior_kind=kind, score_forced_emissions=scored)
+        with torch.no_grad():
+            model.emit_head.weight.zero_()
+            model.emit_head.bias.fill_(-3.0)  # log p(emit) = logsigmoid(-3) at every step
+        traj = model.sample_alignments(batch, num_samples=3, generator=torch.Generator().manual_seed(2))
+        logs[scored] = traj
+    on, off = logs[True], logs[False]
+    assert torch.equal(on.locations, off.locations) and torch.equal(on.log_q, off.log_q)
+    forced_emission = on.valid & ~on.mask & (on.locations > 0.5)
+    assert forced_emission[:, 0].any()  # utterance 0 has no freedom: all its emissions are forced
+    difference = on.log_p - off.log_p
+    expected = torch.nn.functional.logsigmoid(torch.tensor(-3.0))
+    torch.testing.assert_close(difference[forced_emission], expected.expand(int(forced_emission.sum())))
+    assert torch.equal(difference[~forced_emission], torch.zeros(int((~forced_emission).sum())))
