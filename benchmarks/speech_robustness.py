@@ -20,13 +20,13 @@ Conditions (corpora are prepared once under ``--work-dir`` and reused when their
   from U[0, 15] dB per utterance and epoch (the speech task's ``train_noise`` key, or
   ``noise``/``snr`` where the task has those instead); test scored clean and with frozen white
   noise at 10 dB (``eval_noise``).
-* ``voices``: a second synthetic corpus of the ``default`` size meant to hold other voices and
-  accents. When this was written ``prepare synth`` had no option that selects another voice or
-  accent pool, so this corpus is ``prepare synth --seed 1``: other speaker settings (pitch x
-  rate combinations, levels, names) and other sentences, drawn from the *same* voice variants
-  and accents as ``default``. When ``prepare synth`` gains such an option, pass it with
-  ``--voices-args`` (e.g. ``--voices-args "--seed 1 --voice-pool other"``); the arguments used are
-  in the table's condition notes and the JSON.
+* ``voices``: other voices, ``prepare synth --voices alternate`` at the ``default``
+  size: every speaker (train, dev and test) is an espeak-ng voice variant that the default corpus
+  never uses (``hardalign.data.synth.ALTERNATE_VOICES``), over the same eight English accents
+  (all the English accents espeak-ng ships), with the default corpus's sentences, speaker names,
+  pitches, rates and levels (same seed), so only the voices differ. ``--voices-args`` changes
+  the ``prepare synth`` arguments of this corpus (e.g. ``"--voices alternate --seed 1"``); the
+  arguments used are in the table's condition notes and the JSON.
 * ``mix``: the ``default`` corpus with the MultiTIMIT-style two-speaker mix: each utterance gets
   a fixed opposite-gender partner scaled by 0.25 (the task's ``mix_scale``, or ``mix_speaker``),
   in training and in test; the target is the first speaker's transcript. Its "test PER" is on the
@@ -75,7 +75,7 @@ DESCRIPTIONS = {
     "default": "the recipe's offline corpus ({train} training utterances)",
     "small": "a small corpus ({small} training utterances)",
     "noisy": "default corpus, white noise at U[0, 15] dB in training; test also at white 10 dB",
-    "voices": "another synthetic corpus (`prepare synth {voices_args}`, {voices} training utterances)",
+    "voices": "other espeak-ng voices over the same 8 accents (`prepare synth {voices_args}`, {voices} training utterances)",
     "mix": "default corpus, two-speaker mix (partner scaled by 0.25) in training and test",
 }
 TRAIN_NOISE = ("white", "0:15")
@@ -341,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nproc", type=int, default=1, help="data-parallel processes per run (torchrun; default 1)")
     parser.add_argument("--work-dir", default="exp/robustness", help="corpora (data/) and runs (runs/COND/MODEL)")
     parser.add_argument("--default-data", default="", help="an already prepared default corpus (e.g. exp/timit/data) instead of synthesising one")
-    parser.add_argument("--voices-args", default="--seed 1", help="prepare synth arguments of the voices corpus (default --seed 1)")
+    parser.add_argument("--voices-args", default="--voices alternate",
+                        help="prepare synth arguments of the voices corpus (default --voices alternate: other voice variants)")
     parser.add_argument("--out", default="recipes/timit/results/robustness.md", help="Markdown table (JSON beside it)")
     parser.add_argument("--force", action="store_true", help="retrain runs that already have a result.json")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every run (default 0)")

@@ -35,7 +35,7 @@ def _prepare_synth(args: argparse.Namespace) -> int:
     try:
         result = build_synth_corpus(args.out, speakers=args.speakers, utterances=args.utterances,
                                     eval_speakers=args.eval_speakers, eval_utterances=args.eval_utterances,
-                                    seed=args.seed, progress=not args.quiet)
+                                    seed=args.seed, voices=args.voices, progress=not args.quiet)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -81,12 +81,18 @@ def register(commands) -> None:
                               description="Synthesise a TIMIT-layout corpus offline (libespeak-ng from espeakng-loader) "
                                           "into OUT/corpus, write train/dev/test manifests into OUT and cache the "
                                           "default features. Dev/test speakers use voices unseen in training; "
-                                          "dev/test sentences never occur in the training text.")
+                                          "dev/test sentences never occur in the training text. --voices alternate "
+                                          "draws every speaker from espeak-ng voice variants the default corpus "
+                                          "never uses (a corpus of other voices).")
     s.add_argument("--out", required=True, help="output directory (manifests; the corpus goes to OUT/corpus)")
     s.add_argument("--speakers", type=int, default=20, help="training speakers (default 20)")
     s.add_argument("--utterances", type=int, default=80, help="utterances per training speaker (default 80)")
     s.add_argument("--eval-speakers", type=int, default=8, help="speakers in each of dev and test (default 8)")
     s.add_argument("--eval-utterances", type=int, default=20, help="utterances per dev/test speaker (default 20)")
     s.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    s.add_argument("--voices", choices=("default", "alternate"), default="default",
+                   help="voice pool of every speaker (train, dev and test): default (the recipe's corpus) or "
+                        "alternate (espeak-ng variants the default pool never uses, the same 8 English accents: "
+                        "espeak-ng has no others; same seed: same sentences, names, pitches and rates)")
     s.add_argument("--no-features", action="store_true", help="do not precompute the default features")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

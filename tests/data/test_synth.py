@@ -22,6 +22,9 @@ from hardalign.data.synth import (
 from hardalign.data.synth.text import TEMPLATES, lexicon
 
 SMALL = dict(speakers=2, utterances=3, eval_speakers=2, eval_utterances=2)
+#: sha1 of the default speaker list (names, voices, pitches, rates, levels) at the default sizes, seed 0, as
+#: before the alternate voice pool existed (checked against that code): the default corpus must not change
+DEFAULT_SPEAKERS_SHA1 = "8d017c16b760a1e9bc53bd40975a0eac2a69202c"
 
 
 @pytest.fixture(scope="module")
@@ -205,3 +208,89 @@ def test_prepare_synth_command(tmp_path, capsys):
     assert (tmp_path / "corpus" / "TRAIN").is_dir() and (tmp_path / "train.jsonl").is_file()
     bad = parser.parse_args(["prepare", "synth", "--out", str(tmp_path), "--speakers", "1", "--quiet"])
     assert bad.func(bad) == 1 and "at least 2" in capsys.readouterr().err
+
+
+def test_alternate_voice_pool_is_disjoint_from_the_default():
+    from hardalign.data.synth import ALTERNATE_VOICES, VOICE_POOLS
+
+    assert VOICE_POOLS["default"] is VOICES and VOICE_POOLS["alternate"] is ALTERNATE_VOICES
+    variants = {name: {v for split in pool.values() for g in pool[next(iter(pool))] for v in split[g]}
+                for name, pool in VOICE_POOLS.items()}
+    assert variants["alternate"] and not variants["default"] & variants["alternate"]
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):  # unseen dev/test variants, as by default
+        assert not set(ALTERNATE_VOICES[a]["f"] + ALTERNATE_VOICES[a]["m"]) & set(ALTERNATE_VOICES[b]["f"] + ALTERNATE_VOICES[b]["m"])
+    default = synth_speakers(20, 8, 8, seed=0)
+    other = synth_speakers(20, 8, 8, seed=0, voices="alternate")
+    assert not {s.voice for s in default} & {s.voice for s in other}  # every speaker of every split
+    # the same seed gives the same speakers otherwise: names, accents, pitches, rates, levels
+    strip = lambda s: (s.name, s.gender, s.split, s.dialect, s.accent, s.pitch, s.rate, s.gain)  # noqa: E731
+    assert [strip(s) for s in default] == [strip(s) for s in other]
+    assert synth_speakers(20, 8, 8, seed=0, voices="default") == default
+
+
+def test_default_pool_unchanged():
+    # the default corpus must stay byte-identical: its speaker list (and so every espeak call) is pinned here
+    spk = synth_speakers(20, 8, 8, seed=0)
+    digest = hashlib.sha1(repr([(s.name, s.voice, s.pitch, s.rate, round(s.gain, 12)) for s in spk]).encode()).hexdigest()
+    assert digest == DEFAULT_SPEAKERS_SHA1
+    assert inspect.signature(build_synth_corpus).parameters["voices"].default == "default"
+
+
+def test_unknown_voice_pool_is_an_error(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"voices: unknown voice pool 'other'; choose from default, alternate"):
+        synth_speakers(2, 2, 2, voices="other")
+    with pytest.raises(ValueError, match="voices: unknown voice pool"):
+        build_synth_corpus(tmp_path / "x", voices="other", **SMALL)
+    assert not (tmp_path / "x").exists()
+    import argparse
+
+    from hardalign.cli import Commands
+    from hardalign.data.cli import register
+
+    parser = argparse.ArgumentParser(prog="hardalign")
+    register(Commands(parser))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["prepare", "synth", "--out", str(tmp_path), "--voices", "other"])
+    assert "argument --voices: invalid choice: 'other'" in capsys.readouterr().err
+
+
+def test_alternate_voices_keep_the_phoneme_events():
+    # every alternate variant exists in the installed espeak-ng data, and a variant changes the voice, not the
+    # phoneme events the labels come from (so every accent's TIMIT mapping covers it)
+    from hardalign.data.synth import ALTERNATE_VOICES
+
+    text = "she had your dark suit in greasy wash water"
+    _, reference = espeak_synthesize(text, "en-gb-scotland+m3")
+    phones = [m for t, _, _, m in reference if t == 7]
+    for variant in sorted({v for split in ALTERNATE_VOICES.values() for vs in split.values() for v in vs}):
+        audio, events = espeak_synthesize(text, f"en-gb-scotland+{variant}")
+        assert [m for t, _, _, m in events if t == 7] == phones, variant
+        assert len(audio) > 16000, variant
+
+
+def test_prepare_synth_command_alternate_voices(tmp_path, capsys):
+    import argparse
+
+    from hardalign.cli import Commands
+    from hardalign.data.cli import register
+
+    parser = argparse.ArgumentParser(prog="hardalign")
+    register(Commands(parser))
+    args = parser.parse_args(["prepare", "synth", "--out", str(tmp_path), "--speakers", "2", "--utterances", "1",
+                              "--eval-speakers", "2", "--eval-utterances", "1", "--voices", "alternate", "--quiet",
+                              "--no-features"])
+    assert args.voices == "alternate" and args.func(args) == 0
+    assert "train 2, dev 2, test 2" in capsys.readouterr().out
+    alternate = {s.name.lower(): s.voice for s in synth_speakers(2, 2, 2, voices="alternate")}
+    records = [r for split in ("train", "dev", "test") for r in read_manifest(tmp_path / f"{split}.jsonl")]
+    assert {r["speaker"] for r in records} == set(alternate)
+    default_variants = {v for split in VOICES.values() for vs in split.values() for v in vs}
+    assert not {v.split("+")[1] for v in alternate.values()} & default_variants
+    assert parser.parse_args(["prepare", "synth", "--out", str(tmp_path)]).voices == "default"
+    # deterministic (a fresh synthesis process each time), and other audio than the default pool's
+    sizes = dict(speakers=2, utterances=1, eval_speakers=2, eval_utterances=1)
+    again = build_synth_corpus(tmp_path / "again", voices="alternate", **sizes)
+    assert _digest(again.corpus_dir) == _digest(tmp_path / "corpus")
+    default = build_synth_corpus(tmp_path / "default", **sizes)
+    assert read_manifest(tmp_path / "default" / "train.jsonl")[0]["text"] == read_manifest(tmp_path / "train.jsonl")[0]["text"]
+    assert _digest(default.corpus_dir) != _digest(tmp_path / "corpus")

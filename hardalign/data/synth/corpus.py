@@ -82,7 +82,8 @@ def _write_utterance(spk_dir: Path, stem: str, text: str, speaker: SynthSpeaker,
 
 
 def build_synth_corpus(out_dir: str | Path, *, speakers: int = 20, utterances: int = 80, eval_speakers: int = 8,
-                       eval_utterances: int = 20, seed: int = 0, progress: bool = False) -> SynthResult:
+                       eval_utterances: int = 20, seed: int = 0, voices: str = "default",
+                       progress: bool = False) -> SynthResult:
     """Synthesise the offline corpus into ``out_dir/corpus`` and write its manifests into ``out_dir``.
 
     Args:
@@ -94,24 +95,28 @@ def build_synth_corpus(out_dir: str | Path, *, speakers: int = 20, utterances: i
         eval_utterances: utterances per dev / test speaker (default 20: 160 per split); sentences
             unseen in training.
         seed: everything (speaker settings, sentences, silences, noise floor) follows from it.
+        voices: the voice-variant pool, ``"default"`` (the recipe's corpus) or ``"alternate"``
+            (variants the default pool never uses, same accents;
+            :data:`~hardalign.data.synth.speakers.VOICE_POOLS`). With the same seed the two corpora
+            have the same sentences, speaker names, accents, pitches, rates and levels.
         progress: show a tqdm bar.
 
     Returns:
         a :class:`SynthResult` (counts per split, seconds of audio, build time).
 
     Raises:
-        ValueError: sizes out of range.
+        ValueError: sizes out of range, or an unknown ``voices`` pool.
     """
     if speakers < 2 or eval_speakers < 2:
         raise ValueError(f"need at least 2 training and 2 dev/test speakers (both genders), got {speakers} / {eval_speakers}")
     if utterances < 1 or eval_utterances < 1:
         raise ValueError(f"utterances per speaker must be >= 1, got {utterances} / {eval_utterances}")
+    spk_list = synth_speakers(speakers, eval_speakers, eval_speakers, seed, voices=voices)  # validates first
     started = time.perf_counter()
     out_dir = Path(out_dir)
     corpus = out_dir / "corpus"
     if corpus.exists():
         shutil.rmtree(corpus)
-    spk_list = synth_speakers(speakers, eval_speakers, eval_speakers, seed)
     train_text, held_out = sentence_sets(speakers * utterances, 2 * eval_speakers * eval_utterances, seed)
     jobs = []
     k_train = k_eval = 0
