@@ -155,6 +155,14 @@ class HardAlignmentConfig:
             bound stays a bound: q's paths are the valid alignments, p's mass on paths that do not
             emit every label is simply lost.) ``False``: forced steps carry no decision term in p
             either (the model of the earlier runs; decoding then never learned to emit EOS).
+            Off by default: inside the bound these terms make late paths costlier, and on noisy
+            training, where the aligner is slow to become informative, q then drifted to emitting
+            early (``emission_explosion``; recipes/timit/README.md).
+        forced_emission_weight: weight of an auxiliary loss on p alone, ``-sum_t log b_t`` over the
+            forced emissions of the K sampled paths (mean over particles and utterances): p learns
+            to emit the labels that q had to force (the final silence and EOS) without these terms
+            entering the importance weights, so q's learning signal is the bound's. 0: off (the
+            earlier runs).
     """
 
     hidden_size: int = 256
@@ -177,7 +185,8 @@ class HardAlignmentConfig:
     posterior_encoder: str = "shared"
     ctc_label_prior: bool = True
     ctc_emit_prior: bool = False
-    score_forced_emissions: bool = True
+    score_forced_emissions: bool = False
+    forced_emission_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.posterior_encoder not in ("own", "shared"):
@@ -450,6 +459,7 @@ class HardAlignmentRecognizer(nn.Module):
         valid = memory["num_steps"] > t
         # log p(z_t | past) at free steps + z_t log d_t[y_next]
         log_p_decision = -F.binary_cross_entropy_with_logits(state["emit_logit"], z, reduction="none")
+        state["record"].setdefault("forced_emission_logp", []).append(torch.where(is_forced & emit, log_p_decision, torch.zeros_like(log_p_decision)))
         log_p = torch.where(self._p_forced(is_forced, emit), torch.zeros_like(log_p_decision), log_p_decision)
         log_p = log_p + torch.where(emit, state["label_next_logp"], torch.zeros_like(log_p))
         record = state["record"]
@@ -646,7 +656,7 @@ class HardAlignmentRecognizer(nn.Module):
             entropy=entropy,
             mask=mask,
             valid=valid,
-            final_state={"record": {"proposal_state": proposal_state}},
+            final_state={"record": {"proposal_state": proposal_state, "forced_emission_logp": torch.where(is_forced & emit & valid, -F.binary_cross_entropy_with_logits(emit_logit, z, reduction="none"), zero)}},
             progress=emitted,
         )
 
@@ -685,6 +695,10 @@ class HardAlignmentRecognizer(nn.Module):
         entropy = trajectory.entropy.sum(-1).mean()  # per utterance, mean over particles and batch
         weight = self.entropy_weight_at(step)
         losses = {"entropy_bonus": -weight * entropy}
+        if self.config.forced_emission_weight > 0:
+            forced = trajectory.final_state["record"]["forced_emission_logp"]
+            forced = forced if torch.is_tensor(forced) else unfold(torch.stack(forced, dim=-1), num_samples)  # [K, B, T]
+            losses["forced_emission"] = -self.config.forced_emission_weight * forced.sum(-1).mean()
         aligner_loss = memory.get("posterior", {}).get("aligner_loss")
         if aligner_loss is not None:
             losses["aligner_ctc"] = self.aligner_weight * aligner_loss.value

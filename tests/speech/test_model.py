@@ -297,3 +297,22 @@ def test_forced_emissions_are_scored_in_p_and_nothing_else_changes(kind):
     expected = torch.nn.functional.logsigmoid(torch.tensor(-3.0))
     torch.testing.assert_close(difference[forced_emission], expected.expand(int(forced_emission.sum())))
     assert torch.equal(difference[~forced_emission], torch.zeros(int((~forced_emission).sum())))
+
+
+@pytest.mark.parametrize("kind", ["recurrent", "lattice"])
+def test_the_forced_emission_loss_trains_p_to_emit_what_q_forced(kind):
+    """forced_emission_weight: -w * sum of log b_t over the forced emissions, mean over particles and utterances."""
+    batch = tight_batch()
+    torch.manual_seed(0)
+    model = small_model(posterior_kind=kind, forced_emission_weight=0.5)
+    with torch.no_grad():
+        model.emit_head.weight.zero_()
+        model.emit_head.bias.fill_(-3.0)
+    output = model(batch, num_samples=3)
+    traj = output.trajectory
+    forced_emissions = (traj.valid & ~traj.mask & (traj.locations > 0.5)).sum()
+    expected = -0.5 * torch.nn.functional.logsigmoid(torch.tensor(-3.0)) * forced_emissions / (3 * traj.locations.shape[1])
+    torch.testing.assert_close(output.losses["forced_emission"], expected)
+    output.losses["forced_emission"].backward()
+    assert model.emit_head.bias.grad < 0  # descending it raises p's emit probability
+    assert "forced_emission" not in small_model(posterior_kind=kind, forced_emission_weight=0.0)(batch, num_samples=2).losses

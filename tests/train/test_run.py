@@ -87,11 +87,12 @@ def test_a_speech_checkpoint_from_before_the_ctc_emit_prior_loads_as_it_was(tmp_
         (data / f"{split}.jsonl").write_text("")
     sizes = {"hidden_size": 8, "encoder_layers": 1, "decision_hidden": 8, "label_embedding": 4, "posterior_hidden": 8, "baseline_hidden": 4}
     stored = resolve_config({"task": "timit", "data_dir": str(data), **sizes}).to_dict()
-    del stored["ctc_emit_prior"], stored["score_forced_emissions"]  # these keys did not exist yet; the label prior did
+    del stored["ctc_emit_prior"], stored["score_forced_emissions"], stored["forced_emission_weight"]  # these keys did not exist yet; the label prior did
     old_model = HardAlignmentRecognizer(123 * 3, 60, ctc_emit_prior=False, score_forced_emissions=False, **sizes)
     save_checkpoint(tmp_path / "checkpoint.pt", {"format": 2, "step": 3, "model": old_model.state_dict(), "config": stored})
     run = load_run(tmp_path / "checkpoint.pt", device="cpu")
     assert run.config.task.ctc_label_prior and not run.config.task.ctc_emit_prior
     assert not run.config.task.score_forced_emissions and not run.model.config.score_forced_emissions
+    assert run.config.task.forced_emission_weight == 0.0
     assert not run.model.uses_ctc_emit_prior
     assert run.model.state_dict().keys() == old_model.state_dict().keys()
