@@ -9,6 +9,8 @@ RAM (``recipes/glimpse/conf/ram_cluttered60.yaml``), rows:
   * ``reinforce``: learned policy, REINFORCE with an EMA baseline, K = 1, batch 64;
   * ``nvil``: learned policy, NVIL with the model's per-step baseline network, K = 1, batch 64;
   * ``vimco``: learned policy, VIMCO, K = 4, batch 16 (the same 64 rollouts per step);
+  * ``vimco-seq``: learned policy, sequential VIMCO, K = 4, batch 16; with the config's
+    ``step_rewards: increments`` its per-step signals differ from VIMCO's;
   * ``vimco-b64`` (not in the default rows): VIMCO, K = 4, batch 64 (the same 64 images per step);
   * ``random``: the same model with uniformly random glimpse locations (REINFORCE, K = 1);
   Columns: steps reached, test error of one sampled rollout (M = 1), with the policy's mean
@@ -57,6 +59,8 @@ RAM_ROWS = {
     "reinforce": {"estimator": "reinforce", "estimator_options": {"baseline": "ema"}, "num_samples": 1, "batch_size": 64},
     "nvil": {"estimator": "nvil", "estimator_options": {}, "num_samples": 1, "batch_size": 64},
     "vimco": {"estimator": "vimco", "estimator_options": {}, "num_samples": 4, "batch_size": 16},
+    # sequential VIMCO: per-step signals from the per-step log weights (step_rewards: increments)
+    "vimco-seq": {"estimator": "vimco-seq", "estimator_options": {}, "num_samples": 4, "batch_size": 16},
     # VIMCO with the same 64 images per step as the K = 1 rows (4x the rollouts per step)
     "vimco-b64": {"estimator": "vimco", "estimator_options": {}, "num_samples": 4, "batch_size": 64},
     "random": {
@@ -204,6 +208,7 @@ def markdown(args: argparse.Namespace, ram: dict, saccader: dict, header: dict) 
             "reinforce": "learned policy, REINFORCE (EMA baseline)",
             "nvil": "learned policy, NVIL (baseline network)",
             "vimco": "learned policy, VIMCO",
+            "vimco-seq": "learned policy, sequential VIMCO",
             "vimco-b64": "learned policy, VIMCO (64 images per step)",
             "random": "random glimpse locations (same model)",
         }
@@ -249,7 +254,7 @@ def markdown(args: argparse.Namespace, ram: dict, saccader: dict, header: dict) 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=8.0, help="training wall-clock budget per row (default 8)")
-    parser.add_argument("--rows", default="reinforce,nvil,vimco,random,saccader", help="comma-separated rows to run")
+    parser.add_argument("--rows", default="reinforce,nvil,vimco,vimco-seq,random,saccader", help="comma-separated rows to run")
     parser.add_argument("--representation-steps", type=int, default=1000, help="Saccader representation steps (shared)")
     parser.add_argument("--pretrain-steps", type=int, default=500, help="Saccader label-only pretraining steps")
     parser.add_argument("--representation-loss", choices=("cells", "mean"), default="cells", help="Saccader stage-1 loss")
@@ -284,7 +289,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n", encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "header": header, "ram": ram, "saccader": saccader}, indent=2) + "\n")
-    learned = next((name for name in ("nvil", "reinforce", "vimco", "vimco-b64") if name in ram), None)
+    learned = next((name for name in ("nvil", "reinforce", "vimco", "vimco-seq", "vimco-b64") if name in ram), None)
     if learned is not None:
         picture = Path(args.picture) if args.picture else out.with_name("glimpses_ram_cluttered60.png")
         run = load_run(Path(args.workdir) / f"ram_{learned}" / "checkpoint.pt", device="cpu")

@@ -154,7 +154,8 @@ class RAM(GlimpseModel):
         images = images_to_float(batch["images"], self.classifier.weight.dtype)
         if images.shape[1] != self.in_channels:
             raise ValueError(f"RAM was built for {self.in_channels} channel(s), got images of shape {tuple(images.shape)}")
-        memory = {"images": images}
+        # the retina's summed-area table, once per image (every glimpse reads it: Retina.read)
+        memory = {"images": images, "retina_table": self.retina.integral(images)}
         if batch.get("labels") is not None:
             memory["labels"] = batch["labels"]
         return memory
@@ -175,7 +176,9 @@ class RAM(GlimpseModel):
 
     def read(self, memory: dict, location: torch.Tensor) -> torch.Tensor:
         # the log-prob was taken of the raw sample; the retina sees the clamped one
-        return self.retina(memory["images"], location.clamp(-1.0, 1.0))  # [N, S, C, p, p]
+        images = memory["images"]
+        height, width = images.shape[-2:]
+        return self.retina.read(memory["retina_table"], location.clamp(-1.0, 1.0), height, width, images.dtype)  # [N, S, C, p, p]
 
     def step(self, state: dict, memory: dict, location: torch.Tensor, glimpse: torch.Tensor) -> dict:
         location = location.detach().clamp(-1.0, 1.0)  # never a path into the location network

@@ -1,7 +1,8 @@
 """A Saccader-style hard-attention classifier (Elsayed et al. 2019) on the hard-attention protocol.
 
 * Representation network: a small convolutional network whose cells have a *local* receptive
-  field (``RECEPTIVE_FIELD`` = 21 pixels, stride 4; a 60x60 image gives a 15x15 grid). Each
+  field (``RECEPTIVE_FIELD`` = 21 pixels with the default 5 layers, 29 or 37 with ``depth`` 6
+  or 7; stride 4, so a 60x60 image gives a 15x15 grid). Each
   cell carries features and its own class logits (a 1x1 convolution), so a prediction made from
   a few cells depends only on the pixels those cells see.
 * Attention network: ``a = conv1x1(relu(conv1x1(features)))``, one "what" logit per cell.
@@ -44,13 +45,26 @@ from hardalign.vision.model import GlimpseModel, images_to_float
 
 __all__ = ["Saccader", "RECEPTIVE_FIELD", "STRIDE"]
 
-#: (kernel, stride) of the representation's convolutions (padding k // 2).
+#: (kernel, stride) of the representation's convolutions (padding k // 2); ``depth > 5`` appends
+#: stride-1 3x3 convolutions, each widening a cell's receptive field by ``2 * STRIDE`` pixels.
 _LAYERS = ((3, 1), (3, 2), (3, 1), (3, 2), (3, 1))
-#: receptive field (pixels) and stride of a grid cell, computed from :data:`_LAYERS`.
-RECEPTIVE_FIELD, STRIDE = 1, 1
-for _kernel, _stride in _LAYERS:
-    RECEPTIVE_FIELD += (_kernel - 1) * STRIDE
-    STRIDE *= _stride
+
+
+def _layers(depth: int) -> tuple[tuple[int, int], ...]:
+    return _LAYERS + ((3, 1),) * (depth - len(_LAYERS))
+
+
+def _geometry(layers) -> tuple[int, int]:
+    """Receptive field (pixels) and stride of a grid cell after ``layers``."""
+    field, stride = 1, 1
+    for kernel, step in layers:
+        field += (kernel - 1) * stride
+        stride *= step
+    return field, stride
+
+
+#: receptive field (pixels) and stride of a grid cell of the default 5-layer representation.
+RECEPTIVE_FIELD, STRIDE = _geometry(_LAYERS)
 
 
 class Saccader(GlimpseModel):
@@ -61,6 +75,8 @@ class Saccader(GlimpseModel):
         num_classes: classes.
         num_glimpses: T (at most the number of cells).
         channels: width of the representation network (``channels // 4`` .. ``channels``).
+        depth: 3x3 convolutions of the representation (>= 5); each one past 5 has stride 1 and
+            widens a cell's receptive field by 8 pixels (5: 21 pixels, 6: 29, 7: 37).
         hidden_size: Saccader cell state size.
         representation_steps, pretrain_steps: lengths of stages 1 and 2 (in trainer steps).
         entropy_weight: weight of an entropy bonus on the location policy in stage 3.
@@ -90,6 +106,7 @@ class Saccader(GlimpseModel):
         num_classes: int = 10,
         num_glimpses: int = 6,
         channels: int = 64,
+        depth: int = 5,
         hidden_size: int = 64,
         representation_steps: int = 0,
         pretrain_steps: int = 0,
@@ -106,8 +123,12 @@ class Saccader(GlimpseModel):
             raise ValueError(f"Saccader: num_glimpses must be >= 1, got {num_glimpses}")
         if representation_steps < 0 or pretrain_steps < 0:
             raise ValueError("Saccader: representation_steps and pretrain_steps must be >= 0")
+        if depth < len(_LAYERS):
+            raise ValueError(f"Saccader: depth must be >= {len(_LAYERS)}, got {depth}")
         self.num_glimpses = num_glimpses
         self.in_channels = in_channels
+        self.layers = _layers(depth)
+        self.receptive_field, self.stride = _geometry(self.layers)
         self.representation_steps = representation_steps
         self.pretrain_steps = pretrain_steps
         self.entropy_weight = entropy_weight
@@ -117,10 +138,10 @@ class Saccader(GlimpseModel):
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"Saccader: label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
-        widths = (max(channels // 4, 1), max(channels // 2, 1), max(channels // 2, 1), channels, channels)
+        widths = (max(channels // 4, 1), max(channels // 2, 1), max(channels // 2, 1)) + (channels,) * (depth - 3)
         layers: list[nn.Module] = []
         previous = in_channels
-        for (kernel, stride), width in zip(_LAYERS, widths):
+        for (kernel, stride), width in zip(self.layers, widths):
             conv = nn.Conv2d(previous, width, kernel, stride, padding=kernel // 2)
             # He initialisation keeps the features' scale through the ReLU stack (PyTorch's default
             # shrinks it ~5x per layer, which leaves the attention network inputs near zero)
@@ -139,20 +160,18 @@ class Saccader(GlimpseModel):
         self.key_size = key_size
 
     # ----- geometry ---------------------------------------------------------------------------
-    @staticmethod
-    def grid_shape(height: int, width: int) -> tuple[int, int]:
+    def grid_shape(self, height: int, width: int) -> tuple[int, int]:
         """Grid cells ``(rows, cols)`` of an ``height x width`` image."""
         size = [height, width]
-        for kernel, stride in _LAYERS:
+        for kernel, stride in self.layers:
             size = [(s + 2 * (kernel // 2) - kernel) // stride + 1 for s in size]
         return size[0], size[1]
 
-    @staticmethod
-    def cell_boxes(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def cell_boxes(self, cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Receptive-field boxes ``(top, left, bottom, right)`` of flat cell indices, clipped.
 
-        Cell ``(i, j)`` is centred on pixel ``(STRIDE * i, STRIDE * j)`` (the stride-s, padding
-        k // 2 convention) and sees ``RECEPTIVE_FIELD`` pixels around it.
+        Cell ``(i, j)`` is centred on pixel ``(s * i, s * j)`` (the stride-s, padding k // 2
+        convention; ``s = self.stride``) and sees ``self.receptive_field`` pixels around it.
 
         Args:
             cells: long ``[...]`` flat indices ``i * cols + j``.
@@ -160,17 +179,16 @@ class Saccader(GlimpseModel):
         Returns:
             long ``[..., 4]``, bottom/right exclusive.
         """
-        _, cols = Saccader.grid_shape(height, width)
+        _, cols = self.grid_shape(height, width)
         row, col = cells // cols, cells % cols
-        half = RECEPTIVE_FIELD // 2
-        top = (row * STRIDE - half).clamp(0, height)
-        left = (col * STRIDE - half).clamp(0, width)
-        bottom = (row * STRIDE + half + 1).clamp(0, height)
-        right = (col * STRIDE + half + 1).clamp(0, width)
+        half, stride = self.receptive_field // 2, self.stride
+        top = (row * stride - half).clamp(0, height)
+        left = (col * stride - half).clamp(0, width)
+        bottom = (row * stride + half + 1).clamp(0, height)
+        right = (col * stride + half + 1).clamp(0, width)
         return torch.stack([top, left, bottom, right], dim=-1)
 
-    @staticmethod
-    def attended_fraction(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def attended_fraction(self, cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Fraction of the image covered by the union of the chosen cells' boxes.
 
         Args:
@@ -179,7 +197,7 @@ class Saccader(GlimpseModel):
         Returns:
             ``[B]`` in ``[0, 1]``.
         """
-        boxes = Saccader.cell_boxes(cells, height, width)  # [B, T, 4]
+        boxes = self.cell_boxes(cells, height, width)  # [B, T, 4]
         rows = torch.arange(height, device=cells.device)
         cols = torch.arange(width, device=cells.device)
         in_rows = (rows >= boxes[..., 0:1]) & (rows < boxes[..., 2:3])  # [B, T, H]

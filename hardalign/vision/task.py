@@ -66,6 +66,7 @@ class GlimpseConfig:
             training digits, drawn afresh each epoch (0: none).
         num_threads: ``torch.set_num_threads`` for the run (0: leave torch's default, all cores).
         saccader_channels: width of the Saccader representation network.
+        saccader_depth: its 3x3 convolutions (5: cells see 21x21 pixels; 6: 29x29; 7: 37x37).
         representation_steps, pretrain_steps: Saccader stages 1 and 2 (trainer steps).
         entropy_weight: entropy bonus on the location policy (Saccader).
         representation_loss: Saccader stage 1: ``cells`` (each cell's own cross-entropy) or
@@ -101,6 +102,7 @@ class GlimpseConfig:
     augment_scale: float = 0.0
     num_threads: int = 0
     saccader_channels: int = 64
+    saccader_depth: int = 5
     representation_steps: int = 0
     pretrain_steps: int = 0
     entropy_weight: float = 0.0
@@ -158,6 +160,7 @@ def build_glimpse_model(config: GlimpseConfig, in_channels: int = 1, num_classes
         num_classes=num_classes,
         num_glimpses=config.num_glimpses,
         channels=config.saccader_channels,
+        depth=config.saccader_depth,
         hidden_size=config.hidden_size,
         representation_steps=config.representation_steps,
         pretrain_steps=config.pretrain_steps,

@@ -96,3 +96,19 @@ def test_follows_dtype_and_rejects_bad_shapes():
         Retina(2)(images[0], torch.zeros(2, 2))
     with pytest.raises(ValueError, match="patch_size"):
         Retina(0)
+
+
+@pytest.mark.parametrize("height, width, channels", [(20, 30, 1), (28, 28, 3), (60, 60, 1)])
+def test_summed_area_read_equals_the_gather(height, width, channels):
+    retina = Retina(patch_size=4, num_scales=3)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(7, channels, height, width, generator=generator)
+    # inside, on the border, and far outside [-1, 1] (reads only zeros)
+    location = torch.cat([torch.rand(5, 2, generator=generator) * 2 - 1, torch.tensor([[1.0, -1.0], [3.0, -4.0]])])
+    expected = retina(images, location)
+    got = retina.read(retina.integral(images), location, height, width, images.dtype)
+    assert got.dtype == images.dtype
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert got[-1].abs().max() == 0
+    with pytest.raises(ValueError, match="table"):
+        retina.read(retina.integral(images), location, height + 1, width, images.dtype)

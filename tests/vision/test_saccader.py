@@ -23,14 +23,33 @@ def _batch(n=5, height=24, width=20):
 
 def test_geometry_constants():
     assert (RECEPTIVE_FIELD, STRIDE) == (21, 4)
-    assert Saccader.grid_shape(60, 60) == (15, 15)
-    assert Saccader.grid_shape(100, 100) == (25, 25)
+    model = _model()
+    assert (model.receptive_field, model.stride) == (21, 4)
+    assert model.grid_shape(60, 60) == (15, 15)
+    assert model.grid_shape(100, 100) == (25, 25)
+
+
+@pytest.mark.parametrize("depth, field", [(6, 29), (7, 37)])
+def test_deeper_representation_widens_the_cells_receptive_field(depth, field):
+    model = _model(depth=depth)
+    assert (model.receptive_field, model.stride) == (field, 4) and model.grid_shape(60, 60) == (15, 15)
+    # the field is what the cell sees: a pixel change outside it leaves the cell's logits alone
+    images = torch.rand(1, 1, 60, 60, requires_grad=True)
+    _, logits = model.features(images)
+    logits[0, :, 7, 7].sum().backward()  # cell (7, 7) is centred on pixel (28, 28)
+    seen = images.grad[0, 0].abs() > 0
+    rows, cols = seen.any(1).nonzero().squeeze(1), seen.any(0).nonzero().squeeze(1)
+    half = field // 2
+    assert rows.min() >= 28 - half and rows.max() <= 28 + half and cols.min() >= 28 - half and cols.max() <= 28 + half
+    assert rows.max() - rows.min() + 1 > field - 4  # and it does reach (almost) that far
+    with pytest.raises(ValueError, match="depth"):
+        _model(depth=4)
 
 
 def test_masking_never_revisits_a_cell():
     # as many glimpses as cells: every rollout must be a permutation of the cells
     batch = _batch(n=7, height=12, width=16)
-    rows, cols = Saccader.grid_shape(12, 16)
+    rows, cols = _model().grid_shape(12, 16)
     model = _model(num_glimpses=rows * cols)
     assert isinstance(model, HardAttention)
     memory = model.encode(batch)
@@ -62,7 +81,7 @@ def test_prediction_is_the_mean_of_the_chosen_cells_logits():
 def test_attended_fraction_is_the_area_of_the_union():
     height = width = 60
     cells = torch.tensor([[0, 0, 0], [0, 1, 112], [112, 112, 112]])  # a corner cell; overlapping; the centre
-    got = Saccader.attended_fraction(cells, height, width)
+    got = _model().attended_fraction(cells, height, width)
     half = RECEPTIVE_FIELD // 2
     mask = torch.zeros(3, height, width, dtype=torch.bool)
     for b in range(3):
