@@ -147,7 +147,7 @@ class HardAlignmentConfig:
             spikes (a warm start of its emission decisions from q's aligner) instead of having to
             find those places through the estimator's signal alone. Off by default: on the
             offline corpus it took dev PER from 97% to 27% at step 100 but ended worse from step
-            300 on (11.2% against 9.7% at step 600; recipes/timit/README.md).
+            300 on (11.2% against 9.7% at step 600; docs/speech.md).
         score_forced_emissions: p's emit decision is scored at the steps where the proposal had to
             emit (too few steps left for the labels left: the last labels of every path, the final
             silence and EOS among them). p itself is then not forced: it learns to emit what the
@@ -157,7 +157,7 @@ class HardAlignmentConfig:
             either (the model of the earlier runs; decoding then never learned to emit EOS).
             Off by default: inside the bound these terms make late paths costlier, and on noisy
             training, where the aligner is slow to become informative, q then drifted to emitting
-            early (``emission_explosion``; recipes/timit/README.md).
+            early (``emission_explosion``; docs/speech.md).
         forced_emission_weight: weight of an auxiliary loss on p alone, ``-sum_t log b_t`` over the
             forced emissions of the K sampled paths (mean over particles and utterances): p learns
             to emit the labels that q had to force (the final silence and EOS) without these terms
@@ -459,10 +459,11 @@ class HardAlignmentRecognizer(nn.Module):
         valid = memory["num_steps"] > t
         # log p(z_t | past) at free steps + z_t log d_t[y_next]
         log_p_decision = -F.binary_cross_entropy_with_logits(state["emit_logit"], z, reduction="none")
-        state["record"].setdefault("forced_emission_logp", []).append(torch.where(is_forced & emit, log_p_decision, torch.zeros_like(log_p_decision)))
         log_p = torch.where(self._p_forced(is_forced, emit), torch.zeros_like(log_p_decision), log_p_decision)
         log_p = log_p + torch.where(emit, state["label_next_logp"], torch.zeros_like(log_p))
         record = state["record"]
+        if self.config.forced_emission_weight > 0:  # what the auxiliary loss reads (forward)
+            record.setdefault("forced_emission_logp", []).append(torch.where(is_forced & emit, log_p_decision, torch.zeros_like(log_p_decision)))
         if memory.get("record_probs"):
             record["p_emit"].append(torch.sigmoid(state["emit_logit"]).detach())
             if "q_logit" in state:
@@ -634,7 +635,8 @@ class HardAlignmentRecognizer(nn.Module):
         label_next = labels.unsqueeze(0).expand(K, B, L).gather(2, emitted.clamp(max=L - 1))
         label_next_logp = label_logp.gather(-1, (label_next - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
         zero = torch.zeros_like(emit_logit)
-        log_p = torch.where(self._p_forced(is_forced, emit), zero, -F.binary_cross_entropy_with_logits(emit_logit, z, reduction="none"))
+        log_p_decision = -F.binary_cross_entropy_with_logits(emit_logit, z, reduction="none")
+        log_p = torch.where(self._p_forced(is_forced, emit), zero, log_p_decision)
         log_p = torch.where(valid, log_p + torch.where(emit, label_next_logp, zero), zero)
         # --- the proposal q: its logits along the paths ---
         q_logit = self.posterior.path_logits(memory["posterior"], emitted)  # [K, B, T]
@@ -648,6 +650,9 @@ class HardAlignmentRecognizer(nn.Module):
             label_next_code = encoded.unsqueeze(0).expand(K, -1, -1, -1).gather(2, emitted.clamp(max=L - 1).unsqueeze(-1).expand(-1, -1, -1, encoded.shape[-1]))
             return torch.tanh(frames.unsqueeze(0) + label_next_code).flatten(0, 1).detach()  # [K * B, T, Hq]
 
+        record: dict[str, Any] = {"proposal_state": proposal_state}
+        if self.config.forced_emission_weight > 0:  # what the auxiliary loss reads (forward)
+            record["forced_emission_logp"] = torch.where(is_forced & emit, log_p_decision, zero)
         return Trajectory(
             locations=z,
             log_q=log_q,
@@ -656,7 +661,7 @@ class HardAlignmentRecognizer(nn.Module):
             entropy=entropy,
             mask=mask,
             valid=valid,
-            final_state={"record": {"proposal_state": proposal_state, "forced_emission_logp": torch.where(is_forced & emit & valid, -F.binary_cross_entropy_with_logits(emit_logit, z, reduction="none"), zero)}},
+            final_state={"record": record},
             progress=emitted,
         )
 
