@@ -41,17 +41,19 @@ CONF = ROOT / "recipes" / "glimpse" / "conf"
 WATCHED = ("hardalign/vision", "hardalign/objective.py", "hardalign/attention.py", "hardalign/estimators", "hardalign/train", "recipes/glimpse/conf")
 
 #: name -> overrides on top of the config (each measured against the row it changes one thing of)
+#: the config before this work: one reward at the end (RAM's), no auxiliary loss
+FINAL = {"step_rewards": "final", "step_loss_weight": 0.0}
 VARIANTS: dict[str, dict] = {
-    "baseline": {},
-    "lr3e-3": {"lr": 0.003},
+    "baseline": {**FINAL},
+    "lr3e-3": {**FINAL, "lr": 0.003},
     # per-step classification (hardalign/vision/model.py)
-    "aux": {"step_loss_weight": 1.0},
+    "aux": {**FINAL, "step_loss_weight": 1.0},
     "increments": {"step_rewards": "increments", "step_loss_weight": 1.0},
-    "increments-noaux": {"step_rewards": "increments"},
-    "sum": {"step_rewards": "sum"},
+    "increments-noaux": {"step_rewards": "increments", "step_loss_weight": 0.0},
+    "sum": {"step_rewards": "sum", "step_loss_weight": 0.0},
     # glimpse network, data
-    "conv": {"glimpse_net": "conv"},
-    "augment": {"augment_rotation": 10.0, "augment_scale": 0.1},
+    "conv": {**FINAL, "glimpse_net": "conv"},
+    "augment": {**FINAL, "augment_rotation": 10.0, "augment_scale": 0.1},
 }
 INCREMENTS = VARIANTS["increments"]
 VARIANTS.update(
@@ -65,6 +67,9 @@ VARIANTS.update(
         "inc+aux0.3": {**INCREMENTS, "step_loss_weight": 0.3},
         "inc+h128+augment": {**INCREMENTS, "hidden_size": 128, "augment_rotation": 10.0, "augment_scale": 0.1},
         "inc+h128+b32": {**INCREMENTS, "hidden_size": 128, "batch_size": 32},
+        "inc+lr2e-3": {**INCREMENTS, "lr": 0.002},
+        "inc+aux3": {**INCREMENTS, "step_loss_weight": 3.0},
+        "inc+noclip": {**INCREMENTS, "grad_clip": 0.0},
         # cosine decay to 0 at max_steps (run with --steps)
         "inc+cosine": {**INCREMENTS, "lr_schedule": "cosine"},
         "inc+h128+cosine": {**INCREMENTS, "hidden_size": 128, "lr_schedule": "cosine"},

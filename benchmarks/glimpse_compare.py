@@ -85,6 +85,7 @@ def _common(args: argparse.Namespace, out_dir: Path) -> dict:
         "eval_every": 0,
         "eval_split": "test",
         "device": "cpu",
+        "num_threads": args.threads,
     }
     if args.mnist_root:
         overrides["mnist_root"] = args.mnist_root
@@ -132,6 +133,12 @@ def run_ram(args: argparse.Namespace, names: list[str]) -> dict:
 def run_saccader(args: argparse.Namespace) -> dict:
     workdir = Path(args.workdir)
     base = CONF / "saccader_cluttered60.yaml"
+    # stage lengths default to the config's
+    shipped = resolve_config(base).task
+    if args.representation_steps is None:
+        args.representation_steps = shipped.representation_steps
+    if args.pretrain_steps is None:
+        args.pretrain_steps = shipped.pretrain_steps
     stage1 = _fresh(workdir / "saccader_representation")
     common = _common(args, stage1)
     common.update(
@@ -255,8 +262,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=8.0, help="training wall-clock budget per row (default 8)")
     parser.add_argument("--rows", default="reinforce,nvil,vimco,vimco-seq,random,saccader", help="comma-separated rows to run")
-    parser.add_argument("--representation-steps", type=int, default=1000, help="Saccader representation steps (shared)")
-    parser.add_argument("--pretrain-steps", type=int, default=500, help="Saccader label-only pretraining steps")
+    parser.add_argument("--representation-steps", type=int, default=None, help="Saccader representation steps (shared; default: the config's)")
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="Saccader label-only pretraining steps (default: the config's)")
     parser.add_argument("--representation-loss", choices=("cells", "mean"), default="cells", help="Saccader stage-1 loss")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: shared machine)")
     parser.add_argument("--seed", type=int, default=0)
