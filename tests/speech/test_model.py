@@ -272,8 +272,9 @@ def test_the_ctc_emit_prior_makes_p_emit_where_the_ctc_head_spikes():
     assert [hyp.steps for hyp in hyps] == [[3], [5], [1]]
     assert [hyp.labels for hyp in hyps] == [[2], [2], [2]]
     # without the cue the same model emits by its emit head alone (b_t = 0.5: never strictly above)
-    plain = small_model().eval()  # the default
+    plain = small_model(ctc_emit_prior=False).eval()
     assert not plain.uses_ctc_emit_prior and not hasattr(plain, "emit_cue_scale")
+    assert small_model().uses_ctc_emit_prior  # the default
 
 
 @pytest.mark.parametrize("kind", ["recurrent", "lattice"])
@@ -283,7 +284,8 @@ def test_forced_emissions_are_scored_in_p_and_nothing_else_changes(kind):
     logs = {}
     for scored in (True, False):
         torch.manual_seed(0)
-        model = small_model(posterior_kind=kind, score_forced_emissions=scored)
+        # without the CTC emit cue, p's emit probability is the emit head's alone
+        model = small_model(posterior_kind=kind, score_forced_emissions=scored, ctc_emit_prior=False)
         with torch.no_grad():
             model.emit_head.weight.zero_()
             model.emit_head.bias.fill_(-3.0)  # log p(emit) = logsigmoid(-3) at every step
@@ -304,7 +306,7 @@ def test_the_forced_emission_loss_trains_p_to_emit_what_q_forced(kind):
     """forced_emission_weight: -w * sum of log b_t over the forced emissions, mean over particles and utterances."""
     batch = tight_batch()
     torch.manual_seed(0)
-    model = small_model(posterior_kind=kind, forced_emission_weight=0.5)
+    model = small_model(posterior_kind=kind, forced_emission_weight=0.5, ctc_emit_prior=False)  # b_t from the emit head alone
     with torch.no_grad():
         model.emit_head.weight.zero_()
         model.emit_head.bias.fill_(-3.0)
