@@ -75,8 +75,12 @@ class TrainConfig:
         lr: learning rate of the optimiser.
         optimizer: ``adam``, ``adamw`` or ``sgd``.
         weight_decay: decoupled for ``adamw``, L2 for the others.
-        lr_schedule: ``constant`` or ``cosine`` (to 0 at ``max_steps``), after ``warmup_steps``
-            of linear warm-up.
+        lr_schedule: ``constant`` or ``cosine``: to 0 at the end of the run, after ``warmup_steps``
+            of linear warm-up. The end is ``max_steps``, or with ``max_minutes`` whichever comes
+            first: the schedule follows the larger of the step fraction and the fraction of this
+            invocation's time budget spent, which all ranks agree on at every log interval (the
+            learning rate holds between intervals). A time-budgeted cosine run is therefore not
+            bit-reproducible (its learning rates depend on the machine's speed).
         warmup_steps: linear warm-up steps from 0 to ``lr``.
         batch_size: the GLOBAL batch size (split evenly over ranks under torchrun).
         max_steps: optimiser steps to train for (counting steps done before a resume).

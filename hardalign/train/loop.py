@@ -90,15 +90,19 @@ def _build_optimizer(config: TrainConfig, parameters: Iterable[nn.Parameter]) ->
     return torch.optim.SGD(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _lr_factor(config: TrainConfig):
-    """Multiplier of the base learning rate at a given step (linear warm-up, then constant or cosine)."""
+def _lr_factor(config: TrainConfig, clock: dict[str, float] | None = None):
+    """Multiplier of the base learning rate at a given step (linear warm-up, then constant or cosine).
+
+    ``clock["fraction"]`` (when given) is the fraction of the time budget spent, which the training
+    loop updates at each log interval: the cosine follows whichever of steps and time is further on.
+    """
 
     def factor(step: int) -> float:
         if config.warmup_steps and step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
         if config.lr_schedule == "cosine":
             span = max(1, config.max_steps - config.warmup_steps)
-            progress = min(1.0, (step - config.warmup_steps) / span)
+            progress = min(1.0, max((step - config.warmup_steps) / span, clock["fraction"] if clock else 0.0))
             return 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0
 
@@ -148,23 +152,24 @@ class _Meter:
             previous = self.bad_terms.get(name, torch.zeros_like(value))
             self.bad_terms[name] = torch.where(first, value, previous)
 
-    def sync(self, ctx: DistributedContext, stop_flag: bool = False) -> tuple[dict[str, float], int, dict[str, float], bool]:
-        """Averages over the interval and ranks, the first bad step (-1: none) and its terms, and
-        whether any rank wants to stop. One device-to-host transfer (and one all-reduce)."""
+    def sync(self, ctx: DistributedContext, stop_flag: bool = False, spent: float = 0.0) -> tuple[dict[str, float], int, dict[str, float], bool, float]:
+        """Averages over the interval and ranks, the first bad step (-1: none) and its terms,
+        whether any rank wants to stop, and the largest fraction of the time budget ``spent`` on
+        any rank. One device-to-host transfer (and one all-reduce)."""
         names = sorted(self.sums)
         means = torch.stack([self.sums[name] / max(self.count, 1) for name in names]) if names else torch.zeros(0, device=self.device)
         means = ctx.all_reduce_mean(means)
-        flags = torch.stack([self.bad_step.to(torch.float32), torch.tensor(float(stop_flag), device=self.device)])
+        flags = torch.stack([self.bad_step.to(torch.float32), torch.tensor(float(stop_flag), device=self.device), torch.tensor(float(spent), device=self.device)])
         flags = ctx.all_reduce_max(flags)
         bad_names = sorted(self.bad_terms)
         bad_values = torch.stack([self.bad_terms[name] for name in bad_names]) if bad_names else torch.zeros(0, device=self.device)
         # the sync point: everything above stayed on the device
         host = torch.cat([means, flags, bad_values]).tolist()
         averages = dict(zip(names, host[: len(names)]))
-        bad_step, stop = int(host[len(names)]), bool(host[len(names) + 1])
-        bad_terms = dict(zip(bad_names, host[len(names) + 2 :]))
+        bad_step, stop, spent = int(host[len(names)]), bool(host[len(names) + 1]), host[len(names) + 2]
+        bad_terms = dict(zip(bad_names, host[len(names) + 3 :]))
         self.sums, self.count = {}, 0
-        return averages, bad_step, bad_terms, stop
+        return averages, bad_step, bad_terms, stop, spent
 
 
     def first_bad(self, ctx: DistributedContext | None) -> tuple[int, dict[str, float]]:
@@ -420,7 +425,8 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
     model = task.build_model().to(ctx.device)
     estimator = build_estimator(tc.estimator, **tc.estimator_options).to(ctx.device)
     optimizer = _build_optimizer(tc, model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(tc))
+    budget_clock = {"fraction": 0.0}  # of max_minutes spent, agreed by the ranks at each log interval
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(tc, budget_clock))
     run = _Run(config, model, estimator, optimizer, scheduler)
     parameters = [p for p in model.parameters() if p.requires_grad]
     max_norm = tc.grad_clip if tc.grad_clip else float("inf")
@@ -477,7 +483,9 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
                 last = run.step >= tc.max_steps
                 out_of_time = tc.max_minutes is not None and (time.monotonic() - started) / 60 >= tc.max_minutes
                 if run.step % tc.log_every == 0 or last or (out_of_time and not ctx.active):
-                    averages, bad_step, bad_terms, any_rank_stops = meter.sync(ctx, out_of_time)
+                    spent = (time.monotonic() - started) / 60 / tc.max_minutes if tc.max_minutes else 0.0
+                    averages, bad_step, bad_terms, any_rank_stops, spent = meter.sync(ctx, out_of_time, spent)
+                    budget_clock["fraction"] = spent
                     _raise_if_bad(bad_step, bad_terms, run, checkpoint_path)
                     now = time.monotonic()
                     averages["lr"] = scheduler.get_last_lr()[0]

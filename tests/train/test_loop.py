@@ -106,3 +106,21 @@ def test_evaluation_does_not_perturb_training(tmp_path, toy_task):
 def test_non_scalar_term_is_named(tmp_path, toy_task):
     with pytest.raises(TypeError, match=r"term 'per_example' must be a 0-dim tensor .* got \[8\]"):
         train(toy_config(tmp_path, "v", max_steps=2, vector_term=True))
+
+
+def test_cosine_schedule_spans_the_time_budget(tmp_path, toy_task, monkeypatch):
+    """lr_schedule cosine with max_minutes: the learning rate falls from lr to ~0 as the budget is spent."""
+    import itertools
+
+    import hardalign.train.loop as loop
+
+    ticks = itertools.count()
+    monkeypatch.setattr(loop.time, "monotonic", lambda: 0.05 * next(ticks))  # a clock that advances 50 ms per reading
+    result = train(toy_config(tmp_path, "cos", max_steps=10**6, max_minutes=0.05, lr_schedule="cosine", log_every=1))
+    assert result.stopped_by == "max_minutes" and 10 < result.step < 10**6
+    rows = [json.loads(line) for line in (tmp_path / "cos" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [row["lr"] for row in rows if row["split"] == "train"]
+    assert lrs[0] == pytest.approx(0.05, rel=0.02)
+    assert all(later <= earlier for earlier, later in zip(lrs, lrs[1:]))
+    assert lrs[-1] < 0.05 * 0.05  # near 0 at the end of the budget
+    assert any(0.2 * 0.05 < lr < 0.8 * 0.05 for lr in lrs)  # and in between on the way
