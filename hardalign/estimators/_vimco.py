@@ -20,6 +20,18 @@ per-particle signals
   batches. The stand-in depends only on ``z^k_{<t}`` and the other particles and the coefficients
   on earlier batches, so every variant is unbiased; at t = 1 the time-aligned form equals VIMCO.
 
+Weight control (``weight_control=True``, both estimators): differentiating ``L`` through
+``log w^k = log p - log q(z^k)`` also gives the proposal ``- sum_k wtilde^k grad log q(z^k)``
+(``wtilde`` the normalised weights), a score-function term of its own that no baseline above
+touches. The option adds the control variate ``c^k grad log q(z^k)`` with ``c^k = wbar /
+(sum_{j != k} w^j + wbar)``, the normalised weight the stand-in ``wbar`` would have had in k's
+place (zero mean: it depends only on what the stand-in depends on), so each particle's signal
+becomes ``L - L_{-k} + c^k``, and its total coefficient ``L - wtilde^k - (L_{-k} - c^k)``, the
+same function of the real and of the stand-in log weight. Where the particles agree (a trained
+proposal) both parts cancel. Use it only where the log weights carry ``-log q`` with its gradient
+(the speech model); where they do not depend on q (a policy that is its own proposal, e.g. the
+glimpse models) it only adds noise.
+
 Impossible samples: a particle with log weight ``-inf`` (an alignment the model rules out, a
 legitimate zero-weight sample) is a normal particle: it adds nothing to ``L``, gets no pathwise
 gradient and a finite signal. An example whose K particles are *all* impossible has objective
@@ -72,6 +84,14 @@ def _bound_without(others: torch.Tensor, stand_in: torch.Tensor, num: int) -> to
     return torch.where(others == NEG_INF, torch.zeros_like(bound_without), bound_without)
 
 
+def _stand_in_weight(others: torch.Tensor, stand_in: torch.Tensor) -> torch.Tensor:
+    """``c^k = wbar / (sum_{j != k} w^j + wbar)``, the stand-in's normalised weight; 0 where every
+    other particle is impossible (whether the example counts then depends on particle k itself, so
+    any other value there would bias the estimate, as for ``L_{-k}``) or the stand-in is."""
+    weight = torch.exp(stand_in - torch.logaddexp(others, stand_in))
+    return torch.where((others == NEG_INF) | (stand_in == NEG_INF), torch.zeros_like(weight), weight)
+
+
 def _multi_sample(inputs: Inputs, signals: torch.Tensor, bound: _Bound, extra_stats: dict | None = None) -> EstimatorOutput:
     dropped = bound.impossible[None, :, None]  # [1, B, 1]
     signals = torch.where(dropped, torch.zeros_like(signals), signals)
@@ -97,6 +117,7 @@ def vimco_loss(
     mask: torch.Tensor | None = None,
     *,
     loo: str = "geometric",
+    weight_control: bool = False,
     check_finite: bool = False,
 ) -> EstimatorOutput:
     """VIMCO surrogate loss: ``-mean_b (L + sum_k stopgrad(A^k) sum_t (log q_t^k - stopgrad(log q_t^k)))``.
@@ -107,6 +128,7 @@ def vimco_loss(
         log_probs: ``[K, B, T]`` or ``[K, B]``.
         mask: bool, shape of ``log_probs``.
         loo: ``"geometric"`` (the paper's) or ``"arithmetic"`` stand-in for the left-out weight.
+        weight_control: add the stand-in's normalised weight to each signal (module docstring).
         check_finite: value checks (a host sync): NaN or ``+inf`` log weights, or non-finite
             ``log_probs`` on masked-in steps, raise a ValueError naming the argument.
 
@@ -129,7 +151,7 @@ def vimco_loss(
     """
     inputs = canonical_inputs("vimco", log_weights, log_probs, mask, min_samples=2)
     _check("vimco", inputs, check_finite)
-    return _vimco(inputs, loo)
+    return _vimco(inputs, loo, weight_control)
 
 
 def _plain_stand_in(log_weights: torch.Tensor, others: torch.Tensor, loo: str) -> torch.Tensor:
@@ -139,7 +161,7 @@ def _plain_stand_in(log_weights: torch.Tensor, others: torch.Tensor, loo: str) -
     return others - math.log(log_weights.shape[0] - 1)
 
 
-def _vimco(inputs: Inputs, loo: str) -> EstimatorOutput:
+def _vimco(inputs: Inputs, loo: str, weight_control: bool = False) -> EstimatorOutput:
     if loo not in LEAVE_ONE_OUT:
         raise ValueError(f"vimco: loo must be one of {list(LEAVE_ONE_OUT)}, got {loo!r}")
     bound = _bound(inputs)
@@ -147,7 +169,10 @@ def _vimco(inputs: Inputs, loo: str) -> EstimatorOutput:
     others = leave_one_out_logsumexp(log_weights, dim=0)  # log sum_{j != k} w^j
     stand_in = _plain_stand_in(log_weights, others, loo)
     bound_without = _bound_without(others, stand_in, log_weights.shape[0])  # L_{-k}, [K, B]
-    signals = (bound.bound.detach() - bound_without).unsqueeze(-1)  # same at every step: [K, B, 1]
+    signals = bound.bound.detach() - bound_without
+    if weight_control:
+        signals = signals + _stand_in_weight(others, stand_in)
+    signals = signals.unsqueeze(-1)  # same at every step: [K, B, 1]
     return _multi_sample(inputs, signals.expand_as(inputs.log_probs), bound)
 
 
@@ -166,6 +191,7 @@ def sequential_vimco_loss(
     align: str = "progress",
     mix: torch.Tensor | float = 0.0,
     progress_weight: torch.Tensor | float = 0.5,
+    weight_control: bool = False,
     check_finite: bool = False,
 ) -> EstimatorOutput:
     """Sequential VIMCO: per-step signals ``A_t^k = L - L_{-k}^(t)`` (see the module docstring).
@@ -186,6 +212,7 @@ def sequential_vimco_loss(
             per-step stand-in, 1: VIMCO's geometric one). Unbiased for any beta that does not
             depend on the current sample (the module estimates it from earlier batches).
         progress_weight: ``a`` in [0, 1] for ``align="fitted"`` (the module fits it on earlier batches).
+        weight_control: add the per-step stand-in's normalised weight to each signal (module docstring).
         check_finite: value checks (a host sync): NaN or ``+inf`` log weights, non-finite
             ``log_probs`` on masked-in steps or a decreasing ``progress`` raise a ValueError.
 
@@ -211,7 +238,7 @@ def sequential_vimco_loss(
     for name, value in (("mix", mix), ("progress_weight", progress_weight)):
         if not isinstance(value, torch.Tensor) and not 0.0 <= value <= 1.0:
             raise ValueError(f"vimco-seq: {name} must be in [0, 1], got {value}")
-    return _sequential_vimco(inputs, progress, align, mix, progress_weight)[0]
+    return _sequential_vimco(inputs, progress, align, mix, progress_weight, weight_control=weight_control)[0]
 
 
 def _progress_for(align: str, progress, inputs: Inputs):
@@ -223,11 +250,11 @@ def _progress_for(align: str, progress, inputs: Inputs):
     return check_progress("vimco-seq", progress, inputs)
 
 
-def _sequential_vimco(inputs: Inputs, progress, align: str, mix, progress_weight=0.5, *, fit: bool = False):
+def _sequential_vimco(inputs: Inputs, progress, align: str, mix, progress_weight=0.5, *, fit: bool = False, weight_control: bool = False):
     """The estimate and, with ``fit``, the batch sums for the running least-squares fit of the
     coefficients (:func:`_fit_sums`; None without ``fit`` or with per-sample totals)."""
     if not inputs.per_step:
-        return _vimco(inputs, "geometric"), None
+        return _vimco(inputs, "geometric", weight_control), None
     bound = _bound(inputs)
     log_weights = bound.log_weights.detach()  # [K, B]
     steps = torch.where(bound.impossible[None, :, None], torch.zeros_like(inputs.step_log_weights), inputs.step_log_weights)
@@ -253,6 +280,8 @@ def _sequential_vimco(inputs: Inputs, progress, align: str, mix, progress_weight
     sums = _fit_sums(log_weights, base, other, plain, inputs.mask & ~bound.impossible[None, :, None]) if fit else None
     others = leave_one_out_logsumexp(log_weights, dim=0).unsqueeze(-1)  # independent of t: [K, B, 1]
     signals = bound.bound.detach()[None, :, None] - _bound_without(others, stand_in, num)  # [K, B, T]
+    if weight_control:
+        signals = signals + _stand_in_weight(others, stand_in)
     return _multi_sample(inputs, signals, bound, stats), sums
 
 
@@ -282,11 +311,11 @@ class VIMCO(nn.Module):
         torch.Size([3])
     """
 
-    def __init__(self, *, loo: str = "geometric", check_finite: bool = False):
+    def __init__(self, *, loo: str = "geometric", weight_control: bool = False, check_finite: bool = False):
         super().__init__()
         if loo not in LEAVE_ONE_OUT:
             raise ValueError(f"vimco: loo must be one of {list(LEAVE_ONE_OUT)}, got {loo!r}")
-        self.loo, self.check_finite = loo, check_finite
+        self.loo, self.weight_control, self.check_finite = loo, bool(weight_control), check_finite
 
     @property
     def takes_baseline(self) -> bool:
@@ -294,12 +323,12 @@ class VIMCO(nn.Module):
         return False
 
     def extra_repr(self) -> str:
-        return f"loo={self.loo!r}"
+        return f"loo={self.loo!r}" + (", weight_control=True" if self.weight_control else "")
 
     def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None) -> EstimatorOutput:
         if baseline is not None:
             raise ValueError("vimco: takes no baseline tensor (its baseline is built from the other particles); pass baseline=None")
-        return vimco_loss(log_weights, log_probs, mask, loo=self.loo, check_finite=self.check_finite)
+        return vimco_loss(log_weights, log_probs, mask, loo=self.loo, weight_control=self.weight_control, check_finite=self.check_finite)
 
 
 class SequentialVIMCO(nn.Module):
@@ -319,6 +348,9 @@ class SequentialVIMCO(nn.Module):
         mix: ``"none"`` (the per-step stand-in) or ``"running"``: a convex combination
             ``(1 - beta) s + beta g_{-k}`` with VIMCO's stand-in, ``beta`` fitted on earlier batches.
         decay: the running means' decay for the fitted coefficients.
+        weight_control: add the stand-in's normalised weight to each signal, a control variate for
+            the proposal's share of the pathwise gradient (module docstring; only where the log
+            weights carry ``-log q``).
         check_finite: value checks on every call (a host sync), see :func:`sequential_vimco_loss`.
 
     The fitted coefficients are the least-squares fit of ``log w^k`` (the value of the stand-in
@@ -337,7 +369,7 @@ class SequentialVIMCO(nn.Module):
         [True, True]
     """
 
-    def __init__(self, *, align: str = "fitted", mix: str = "none", decay: float = 0.9, check_finite: bool = False):
+    def __init__(self, *, align: str = "fitted", mix: str = "none", decay: float = 0.9, weight_control: bool = False, check_finite: bool = False):
         super().__init__()
         if align not in ALIGNMENTS:
             raise ValueError(f"vimco-seq: align must be one of {list(ALIGNMENTS)}, got {align!r}")
@@ -346,6 +378,7 @@ class SequentialVIMCO(nn.Module):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"vimco-seq: decay must be in [0, 1), got {decay}")
         self.align, self.mix, self.decay, self.check_finite = align, mix, decay, check_finite
+        self.weight_control = bool(weight_control)
         self.register_buffer("fit_moments", torch.zeros(5, dtype=torch.float64))
 
     @property
@@ -355,7 +388,7 @@ class SequentialVIMCO(nn.Module):
 
     def extra_repr(self) -> str:
         fitted = self.mix == "running" or self.align == "fitted"
-        return f"align={self.align!r}, mix={self.mix!r}" + (f", decay={self.decay}" if fitted else "")
+        return f"align={self.align!r}, mix={self.mix!r}" + (f", decay={self.decay}" if fitted else "") + (", weight_control=True" if self.weight_control else "")
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(a, beta)`` for the next call: the progress weight (``align="fitted"``) and the mix
@@ -389,7 +422,7 @@ class SequentialVIMCO(nn.Module):
         like = dict(dtype=inputs.step_log_weights.dtype, device=inputs.step_log_weights.device)
         weight, beta = (c.to(**like) for c in self.coefficients())
         learn = self.training and (self.mix == "running" or (self.align == "fitted" and progress is not None))
-        out, sums = _sequential_vimco(inputs, progress, self.align, beta if self.mix == "running" else 0.0, weight, fit=learn)
+        out, sums = _sequential_vimco(inputs, progress, self.align, beta if self.mix == "running" else 0.0, weight, fit=learn, weight_control=self.weight_control)
         if sums is not None:
             sums = sums.to(self.fit_moments)
             seen = sums[0] > 0  # a batch with no usable step leaves the statistics alone (no host sync)

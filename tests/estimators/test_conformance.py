@@ -139,7 +139,7 @@ def test_nvil_baseline_shape_is_checked():
 def test_registry_errors_list_the_valid_choices():
     with pytest.raises(ValueError, match="valid estimators: reinforce, nvil, vimco, vimco-seq"):
         build_estimator("vimcoo")
-    with pytest.raises(ValueError, match=r"unknown option\(s\) \['decay'\]; valid options: \['check_finite', 'loo'\]"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['decay'\]; valid options: \['check_finite', 'loo', 'weight_control'\]"):
         build_estimator("vimco", decay=0.5)
     with pytest.raises(ValueError, match="baseline must be one of"):
         build_estimator("reinforce", baseline="mean")

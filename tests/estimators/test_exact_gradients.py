@@ -35,6 +35,9 @@ CASES = [
     ("vimco-seq", {"align": "time", "mix": "running"}, 2, 2),
     ("vimco-seq", {"align": "fitted"}, 3, 3),
     ("vimco-seq", {"align": "fitted", "mix": "running"}, 2, 2),
+    ("vimco", {"weight_control": True}, 3, 3),
+    ("vimco-seq", {"weight_control": True}, 3, 3),
+    ("vimco-seq", {"align": "progress", "weight_control": True}, 2, 2),
     ("reinforce", {"baseline": "learned"}, 2, 1),
 ]
 #: the VIMCO variants also run on problems with impossible (log weight -inf) states
