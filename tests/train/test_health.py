@@ -206,8 +206,9 @@ def speech_run(corpus: Path, out: Path, *extra: str) -> list[dict]:
 
 @pytest.mark.parametrize(
     "broken, expected, stuck",
-    [(["--proposal", "prior", "--emit-prior", "0.001"], "emission_collapse", True),
-     (["--proposal", "prior", "--emit-prior", "0.999"], "emission_explosion", False)],
+    # without the CTC emit cue, which would otherwise pull p's emissions back to the CTC head's spikes
+    [(["--proposal", "prior", "--emit-prior", "0.001", "--ctc-emit-prior", "false"], "emission_collapse", True),
+     (["--proposal", "prior", "--emit-prior", "0.999", "--ctc-emit-prior", "false"], "emission_explosion", False)],
     ids=["emit-prior-0.001", "emit-prior-0.999"],
 )
 def test_broken_emission_prior_warns(broken, expected, stuck, tiny_corpus, tmp_path, capsys):
