@@ -481,9 +481,10 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
 
                 # log (the one host sync per interval), checkpoint, evaluate, stop
                 last = run.step >= tc.max_steps
-                out_of_time = tc.max_minutes is not None and (time.monotonic() - started) / 60 >= tc.max_minutes
+                elapsed_min = (time.monotonic() - started) / 60
+                out_of_time = tc.max_minutes is not None and elapsed_min >= tc.max_minutes
                 if run.step % tc.log_every == 0 or last or (out_of_time and not ctx.active):
-                    spent = (time.monotonic() - started) / 60 / tc.max_minutes if tc.max_minutes else 0.0
+                    spent = elapsed_min / tc.max_minutes if tc.max_minutes else 0.0
                     averages, bad_step, bad_terms, any_rank_stops, spent = meter.sync(ctx, out_of_time, spent)
                     budget_clock["fraction"] = spent
                     _raise_if_bad(bad_step, bad_terms, run, checkpoint_path)
