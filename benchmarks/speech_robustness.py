@@ -16,10 +16,11 @@ Conditions (corpora are prepared once under ``--work-dir`` and reused when their
   its feature cache and frozen noise conditions are then filled in place).
 * ``small``: ``prepare synth --speakers 5 --utterances 80`` (400 training utterances), dev and
   test of the default size.
-* ``noisy``: the ``default`` corpus, white noise added to the training audio at an SNR drawn
-  from U[0, 15] dB per utterance and epoch (the speech task's ``train_noise`` key, or
-  ``noise``/``snr`` where the task has those instead); test scored clean and with frozen white
-  noise at 10 dB (``eval_noise``).
+* ``noisy``: the ``default`` corpus with multi-condition training as in the recipe's
+  ``conf/noisy.yaml``: white noise added to the training audio at an SNR drawn from U[0, 15] dB
+  per utterance and epoch, 20% of the utterances left clean (``noise``/``snr``/``clean_fraction``);
+  test scored clean and with frozen white noise at 10 dB (``eval_noise``); the hard / CTC target
+  must hold on both.
 * ``voices``: other voices, ``prepare synth --voices alternate`` at the ``default``
   size: every speaker (train, dev and test) is an espeak-ng voice variant that the default corpus
   never uses (``hardalign.data.synth.ALTERNATE_VOICES``), over the same eight English accents
@@ -74,11 +75,12 @@ LABELS = {"hard": "hard alignment (vimco-seq)", "ctc": "CTC baseline"}
 DESCRIPTIONS = {
     "default": "the recipe's offline corpus ({train} training utterances)",
     "small": "a small corpus ({small} training utterances)",
-    "noisy": "default corpus, white noise at U[0, 15] dB in training; test also at white 10 dB",
+    "noisy": "default corpus, multi-condition training (white noise at U[0, 15] dB, 20% of utterances left clean); test clean and at white 10 dB",
     "voices": "other espeak-ng voices over the same 8 accents (`prepare synth {voices_args}`, {voices} training utterances)",
     "mix": "default corpus, two-speaker mix (partner scaled by 0.25) in training and test",
 }
 TRAIN_NOISE = ("white", "0:15")
+CLEAN_FRACTION = 0.2  # as the recipe's conf/noisy.yaml: a model that never hears clean speech fails on it
 EVAL_NOISE = "white:10"
 MIX = 0.25
 
@@ -104,6 +106,8 @@ def condition_keys(condition: str, fields: set[str]) -> list[str]:
             keys = ["--noise", kind, "--snr", snr]
         else:
             raise SystemExit("speech_robustness: the speech task has neither train_noise nor noise/snr keys")
+        if "clean_fraction" in fields:
+            keys += ["--clean-fraction", str(CLEAN_FRACTION)]
         return keys + ["--eval-noise", EVAL_NOISE]
     if condition == "mix":
         for key in ("mix_scale", "mix_speaker"):
@@ -308,10 +312,15 @@ def make_rows(conditions: list[str], results: dict[tuple[str, str], dict]) -> li
                            steps=result["steps"], train_s=result["train_s"])
             rows.append(row)
         if not hard.get("failed") and not ctc.get("failed") and hard and ctc:
-            h, c = hard["test"]["per"], ctc["test"]["per"]
-            ratio = h / c if c > 0 else (1.0 if h == 0 else math.inf)
-            rows[-2]["ratio"] = ratio
-            rows[-2]["target_met"] = ratio <= 1.5 and (c >= 0.10 or h < 0.20)
+            # judged on every test condition the run was scored on (clean, and the noisy copy)
+            pairs = [(hard["test"]["per"], ctc["test"]["per"])]
+            if hard["test"].get(noise_key) is not None and ctc["test"].get(noise_key) is not None:
+                pairs.append((hard["test"][noise_key], ctc["test"][noise_key]))
+            ratios = [h / c if c > 0 else (1.0 if h == 0 else math.inf) for h, c in pairs]
+            rows[-2]["ratio"] = ratios[0]
+            if len(ratios) > 1:
+                rows[-2]["ratio_noise"] = ratios[1]
+            rows[-2]["target_met"] = all(r <= 1.5 and (c >= 0.10 or h < 0.20) for r, (h, c) in zip(ratios, pairs))
     return rows
 
 
@@ -325,6 +334,8 @@ def format_table(rows: list[dict]) -> str:
         else:
             seconds = "n/a" if row["train_s"] is None else f"{row['train_s']:.0f}"
             ratio = f"{row['ratio']:.2f}" if "ratio" in row else ""
+            if "ratio_noise" in row:
+                ratio += f" ({row['ratio_noise']:.2f} at {kind} {snr} dB)"
             met = ("yes" if row["target_met"] else "no") if "target_met" in row else ""
             cells = [row["condition"], row["label"], pct(row["test_per"]), pct(row["test_per_noise"]) if row["test_per_noise"] is not None else "-",
                      pct(row["dev_per"]), str(row["steps"]), seconds, ratio, met]

@@ -163,6 +163,10 @@ class HardAlignmentConfig:
             to emit the labels that q had to force (the final silence and EOS) without these terms
             entering the importance weights, so q's learning signal is the bound's. 0: off (the
             earlier runs).
+        ctc_prior_gradient: scale of the bound's gradient that reaches the CTC head (and through it
+            the encoder) by way of the CTC label prior and emit cue; the forward pass is the same.
+            0: p reads the CTC head's log-probabilities as fixed inputs and only the aligner's CTC
+            loss trains the head.
     """
 
     hidden_size: int = 256
@@ -187,6 +191,7 @@ class HardAlignmentConfig:
     ctc_emit_prior: bool = True
     score_forced_emissions: bool = False
     forced_emission_weight: float = 1.0
+    ctc_prior_gradient: float = 1.0
 
     def __post_init__(self) -> None:
         if self.posterior_encoder not in ("own", "shared"):
@@ -337,6 +342,9 @@ class HardAlignmentRecognizer(nn.Module):
         if self.uses_ctc_label_prior:
             # the step inputs carry the label prior beside the gates: [B, T, 4H + n + 1]
             ctc = torch.log_softmax(self.posterior.aligner_out(encoded), dim=-1)  # [B, T, blank + n]
+            scale = float(self.config.ctc_prior_gradient)
+            if scale != 1.0:  # the same values; the bound's gradient into the head scaled (0: none)
+                ctc = ctc.detach() + scale * (ctc - ctc.detach()) if scale else ctc.detach()
             priors = [ctc[..., 1:], torch.zeros_like(ctc[..., :1])]  # phones, EOS 0
             if self.uses_ctc_emit_prior:  # log-odds of "not blank": the last column
                 priors.append(torch.logsumexp(ctc[..., 1:], dim=-1, keepdim=True) - ctc[..., :1])

@@ -318,3 +318,25 @@ def test_the_forced_emission_loss_trains_p_to_emit_what_q_forced(kind):
     output.losses["forced_emission"].backward()
     assert model.emit_head.bias.grad < 0  # descending it raises p's emit probability
     assert "forced_emission" not in small_model(posterior_kind=kind, forced_emission_weight=0.0)(batch, num_samples=2).losses
+
+
+@pytest.mark.parametrize("kind", ["recurrent", "lattice"])
+def test_ctc_prior_gradient_scales_what_the_bound_sends_into_the_ctc_head(kind):
+    """ctc_prior_gradient: p reads the CTC head the same way (same forward), and the gradient of the
+    bound's terms into the head is scaled: 0 leaves the head to the aligner's own CTC loss."""
+    batch = tight_batch()
+    grads, outputs = {}, {}
+    for scale in (1.0, 0.5, 0.0):
+        torch.manual_seed(0)
+        model = small_model(posterior_kind=kind, ctc_prior_gradient=scale)
+        torch.manual_seed(1)
+        output = model(batch, num_samples=3)
+        outputs[scale] = output.trajectory.log_p.detach()
+        terms = training_terms(output, build_estimator("vimco-seq"))
+        loss = terms["loss"] - output.losses["aligner_ctc"]  # everything but the aligner's own CTC loss
+        loss.backward()
+        grad = model.posterior.aligner_out.weight.grad
+        grads[scale] = torch.zeros_like(model.posterior.aligner_out.weight) if grad is None else grad
+    torch.testing.assert_close(outputs[1.0], outputs[0.0])
+    assert grads[1.0].abs().sum() > 0 and grads[0.0].abs().sum() == 0
+    torch.testing.assert_close(grads[0.5], 0.5 * grads[1.0])

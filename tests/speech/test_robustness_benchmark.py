@@ -48,9 +48,12 @@ def test_two_conditions_table_json_and_reuse(robustness, tmp_path, capsys):
     hard = {r["condition"]: r for r in summary["rows"] if r["model"] == "hard"}
     ctc = {r["condition"]: r for r in summary["rows"] if r["model"] == "ctc"}
     assert hard["noisy"]["ratio"] == pytest.approx(hard["noisy"]["test_per"] / ctc["noisy"]["test_per"])
+    if ctc["noisy"]["test_per_noise"] > 0:  # the target is judged on the noisy test copy too
+        assert hard["noisy"]["ratio_noise"] == pytest.approx(hard["noisy"]["test_per_noise"] / ctc["noisy"]["test_per_noise"])
+    assert "ratio_noise" not in hard["small"]
     assert hard["noisy"]["test_per_noise"] is not None and hard["small"]["test_per_noise"] is None  # white 10 dB only where asked
     noisy_keys = next(r["keys"] for r in summary["runs"] if r["condition"] == "noisy")
-    assert any("noise" in key for key in noisy_keys) and "white:10" in noisy_keys
+    assert any("noise" in key for key in noisy_keys) and "white:10" in noisy_keys and "--clean-fraction" in noisy_keys
     small_data = Path(next(r["data_dir"] for r in summary["runs"] if r["condition"] == "small"))
     assert len((small_data / "train.jsonl").read_text().splitlines()) == 6
     capsys.readouterr()
