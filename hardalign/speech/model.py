@@ -349,9 +349,12 @@ class HardAlignmentRecognizer(nn.Module):
         if self.uses_ctc_label_prior:
             # the step inputs carry the label prior beside the gates: [B, T, 4H + n + 1]
             ctc = torch.log_softmax(self.posterior.aligner_out(encoded), dim=-1)  # [B, T, blank + n]
-            scale = float(self.config.ctc_prior_gradient)
-            if scale != 1.0:  # the same values; the bound's gradient into the head scaled (0: none)
-                ctc = ctc.detach() + scale * (ctc - ctc.detach()) if scale else ctc.detach()
+            # the same values either way; only the bound's gradient into the head is scaled
+            scale = self.config.ctc_prior_gradient
+            if scale == 0:
+                ctc = ctc.detach()  # no graph from the priors back to the head at all
+            elif scale != 1:
+                ctc = ctc.detach() + scale * (ctc - ctc.detach())
             priors = [ctc[..., 1:], torch.zeros_like(ctc[..., :1])]  # phones, EOS 0
             if self.uses_ctc_emit_prior:  # log-odds of "not blank": the last column
                 priors.append(torch.logsumexp(ctc[..., 1:], dim=-1, keepdim=True) - ctc[..., :1])
