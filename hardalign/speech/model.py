@@ -199,6 +199,7 @@ class HardAlignmentConfig:
     score_forced_emissions: bool = False
     forced_emission_weight: float = 1.0
     ctc_prior_gradient: float = 0.0
+    ctc_prior_gradient_below: float = math.inf
 
     def __post_init__(self) -> None:
         if self.posterior_encoder not in ("own", "shared"):
@@ -212,6 +213,8 @@ class HardAlignmentConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if not 0.0 < self.emit_prior < 1.0:
             raise ValueError(f"emit_prior={self.emit_prior}: must be in (0, 1)")
+        if not self.ctc_prior_gradient_below > 0:
+            raise ValueError(f"ctc_prior_gradient_below={self.ctc_prior_gradient_below}: must be > 0 (nats per label; inf: no gate)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout}: must be in [0, 1)")
 
@@ -346,22 +349,9 @@ class HardAlignmentRecognizer(nn.Module):
             if self.training and self._dropout_now > 0:
                 encoded = F.dropout(encoded, self._dropout_now, training=True)
         gates = self.gate_input(encoded)  # [B, T, 4H], once per utterance
-        if self.uses_ctc_label_prior:
-            # the step inputs carry the label prior beside the gates: [B, T, 4H + n + 1]
-            ctc = torch.log_softmax(self.posterior.aligner_out(encoded), dim=-1)  # [B, T, blank + n]
-            # the same values either way; only the bound's gradient into the head is scaled
-            scale = self.config.ctc_prior_gradient
-            if scale == 0:
-                ctc = ctc.detach()  # no graph from the priors back to the head at all
-            elif scale != 1:
-                ctc = ctc.detach() + scale * (ctc - ctc.detach())
-            priors = [ctc[..., 1:], torch.zeros_like(ctc[..., :1])]  # phones, EOS 0
-            if self.uses_ctc_emit_prior:  # log-odds of "not blank": the last column
-                priors.append(torch.logsumexp(ctc[..., 1:], dim=-1, keepdim=True) - ctc[..., :1])
-            gates = torch.cat([gates, *priors], dim=-1)
-        # a tuple of per-step slices: indexing a [N, T, 4H] tensor per step would make autograd
-        # allocate a full-size zero gradient at every step; unbind's backward is one stack.
-        memory: dict[str, Any] = {"gates": gates.unbind(1), "gate_inputs": _Unfolded(gates), "num_steps": feature_lengths}
+        memory: dict[str, Any] = {"num_steps": feature_lengths}
+        # the CTC head's log-probabilities: p's label prior and emit cue, and the aligner's loss
+        ctc = self.posterior.aligner_log_probs(features, encoded) if self.uses_ctc_label_prior else None  # [B, T, blank + n]
         if targets is not None:
             if target_lengths is None or target_lengths.shape != (B,) or targets.dim() != 2 or targets.shape[0] != B:
                 raise ValueError(f"targets [B, U] and target_lengths [B] needed with B={B}, got {list(targets.shape)}")
@@ -369,8 +359,49 @@ class HardAlignmentRecognizer(nn.Module):
             memory["labels"] = labels
             memory["num_labels"] = num_labels
             if with_posterior:
-                memory["posterior"] = self.posterior.encode(features, feature_lengths, labels, num_labels, shared=encoded)
+                memory["posterior"] = self.posterior.encode(features, feature_lengths, labels, num_labels, shared=encoded, aligner_log_probs=ctc)
+                if "aligner_nll" in memory["posterior"]:
+                    memory["aligner_nll"] = memory["posterior"]["aligner_nll"]
+            elif ctc is not None:
+                # the prior proposal: q is not built, but p's priors still need a trained head
+                memory["aligner_nll"] = _Unfolded(self.posterior.aligner_nll(ctc, feature_lengths, labels, num_labels))
+        if ctc is not None:
+            # the step inputs carry the label prior beside the gates: [B, T, 4H + n + 1]
+            ctc = self._scale_prior_gradient(ctc, self._prior_gradient_open(memory))
+            priors = [ctc[..., 1:], torch.zeros_like(ctc[..., :1])]  # phones, EOS 0
+            if self.uses_ctc_emit_prior:  # log-odds of "not blank": the last column
+                priors.append(torch.logsumexp(ctc[..., 1:], dim=-1, keepdim=True) - ctc[..., :1])
+            gates = torch.cat([gates, *priors], dim=-1)
+        # a tuple of per-step slices: indexing a [N, T, 4H] tensor per step would make autograd
+        # allocate a full-size zero gradient at every step; unbind's backward is one stack.
+        memory["gates"] = gates.unbind(1)
+        memory["gate_inputs"] = _Unfolded(gates)
         return memory
+
+    def _prior_gradient_open(self, memory: dict[str, Any]) -> torch.Tensor | None:
+        """Per utterance, bool ``[B]``: whether the aligner's CTC loss is below
+        ``ctc_prior_gradient_below`` nats per label (None: no gate, or no loss to gate on)."""
+        if self.config.ctc_prior_gradient_below == math.inf or "aligner_nll" not in memory:
+            return None
+        per_label = memory["aligner_nll"].value.detach() / (memory["num_labels"] - 1).clamp_min(1)  # EOS is not a CTC label
+        # exactly 0: CTC cannot align the utterance at all (too few frames for its repeats; the
+        # loss is zeroed, zero_infinity), so the head has nothing to say about it either
+        return (per_label > 0) & (per_label < self.config.ctc_prior_gradient_below)
+
+    def _scale_prior_gradient(self, ctc: torch.Tensor, open_: torch.Tensor | None) -> torch.Tensor:
+        """The CTC head's log-probabilities ``[B, T, blank + n]`` as p's priors read them: the same
+        values, with the bound's gradient into the head scaled by ``ctc_prior_gradient`` and, with
+        ``open_ [B]`` (:meth:`_prior_gradient_open`), passed only for the utterances it marks."""
+        scale = self.config.ctc_prior_gradient
+        if scale == 0:
+            return ctc.detach()  # no graph from the priors back to the head at all
+        if open_ is not None:
+            # a tensor, not a Python branch: no host sync. An utterance the head cannot align yet
+            # (the all-blank plateau) sends it no gradient through the priors.
+            scale = scale * open_.to(ctc.dtype).view(-1, 1, 1)
+        elif scale == 1:
+            return ctc
+        return ctc.detach() + scale * (ctc - ctc.detach())
 
     # ------------------------------------------------------------------ one step of p
     @property
@@ -722,9 +753,8 @@ class HardAlignmentRecognizer(nn.Module):
             forced = trajectory.final_state["record"]["forced_emission_logp"]
             forced = forced if torch.is_tensor(forced) else unfold(torch.stack(forced, dim=-1), num_samples)  # [K, B, T]
             losses["forced_emission"] = -self.config.forced_emission_weight * forced.sum(-1).mean()
-        aligner_loss = memory.get("posterior", {}).get("aligner_loss")
-        if aligner_loss is not None:
-            losses["aligner_ctc"] = self.aligner_weight * aligner_loss.value
+        if "aligner_nll" in memory:
+            losses["aligner_ctc"] = self.aligner_weight * memory["aligner_nll"].value.mean()
         valid = trajectory.valid
         metrics = {
             "entropy": entropy.detach(),
@@ -734,4 +764,7 @@ class HardAlignmentRecognizer(nn.Module):
             # the data's labels per step, whatever the model does, since forcing completes every path)
             "free_emit_rate": (trajectory.locations * trajectory.mask).sum() / trajectory.mask.sum().clamp_min(1),
         }
+        open_ = self._prior_gradient_open(memory) if self.config.ctc_prior_gradient != 0 else None
+        if open_ is not None:  # the fraction of utterances whose bound gradient reaches the CTC head
+            metrics["prior_gradient_open"] = open_.float().mean()
         return LatentOutput(trajectory, baseline=lambda: self.baselines(trajectory, memory), losses=losses, metrics=metrics)

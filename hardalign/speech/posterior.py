@@ -183,6 +183,22 @@ class Posterior(nn.Module):
                 self.direct.weight[0, 2] = 1.0  # logit(labels left / steps left): a uniform alignment
             self.direct.weight[0, 4] = coupling  # p's log d_t[y_next] + log(classes)
 
+    def aligner_log_probs(self, features: torch.Tensor, shared: torch.Tensor | None = None) -> torch.Tensor:
+        """The aligner's CTC log-probabilities ``[B, T, blank + n]``: its head on p's encoder output
+        ``shared`` (with ``shared_width``) or on its own LSTM over ``features``."""
+        hidden = shared if self.shared_width else self.aligner(features)[0]
+        return torch.log_softmax(self.aligner_out(hidden), dim=-1)
+
+    def _aligner_targets(self, labels: torch.Tensor, num_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``labels [B, L]`` ending with EOS -> CTC targets ``[B, L - 1]`` (EOS dropped) and their lengths."""
+        return labels.masked_fill(labels == self.eos_id, 0)[:, : labels.shape[1] - 1], num_labels - 1
+
+    def aligner_nll(self, log_probs: torch.Tensor, feature_lengths: torch.Tensor, labels: torch.Tensor, num_labels: torch.Tensor) -> torch.Tensor:
+        """The aligner's CTC loss per utterance ``[B]`` (nats) from its ``log_probs [B, T, blank + n]``
+        and ``labels [B, L]`` ending with EOS (EOS is not a CTC target)."""
+        targets, target_lengths = self._aligner_targets(labels, num_labels)
+        return F.ctc_loss(log_probs.transpose(0, 1), targets, feature_lengths, target_lengths, blank=0, reduction="none", zero_infinity=True)
+
     def encode(
         self,
         features: torch.Tensor,
@@ -190,13 +206,16 @@ class Posterior(nn.Module):
         labels: torch.Tensor,
         num_labels: torch.Tensor,
         shared: torch.Tensor | None = None,
+        aligner_log_probs: torch.Tensor | None = None,
     ) -> dict[str, Any]:
         """Once per utterance: ``frames`` (tuple of T ``[B, Hq]``), the label encodings and, with
-        the aligner, its CTC loss and the emission-hazard logits.
+        the aligner, its CTC loss per utterance (``aligner_nll [B]``) and the emission-hazard logits.
 
         The label encodings ``[B * L, Hq]`` are kept unfolded (one copy, not K): a step looks up
         row ``b * L + emitted`` for particle row ``k * B + b``. ``labels [B, L]`` end with EOS.
         ``shared``: p's encoder output ``[B, T, shared_width]`` (required when ``shared_width``).
+        ``aligner_log_probs``: the CTC head's log-probabilities ``[B, T, n + 1]`` on ``shared``,
+        when the caller has computed them already (they are computed here otherwise).
         """
         if self.shared_width:
             if shared is None or shared.shape[-1] != self.shared_width:
@@ -217,12 +236,11 @@ class Posterior(nn.Module):
             "batch": B,
         }
         if self.use_aligner:
-            targets = labels.masked_fill(labels == self.eos_id, 0)[:, : L - 1]  # EOS dropped
-            target_lengths = num_labels - 1
-            hidden = shared if self.shared_width else self.aligner(features)[0]
-            log_probs = torch.log_softmax(self.aligner_out(hidden), dim=-1)  # [B, T, n + 1]
-            ctc = F.ctc_loss(log_probs.transpose(0, 1), targets, feature_lengths, target_lengths, blank=0, reduction="none", zero_infinity=True)
-            memory["aligner_loss"] = _Unfolded(ctc.mean())
+            targets, target_lengths = self._aligner_targets(labels, num_labels)
+            if aligner_log_probs is None:
+                aligner_log_probs = self.aligner_log_probs(features, shared)
+            log_probs = aligner_log_probs  # [B, T, n + 1]
+            memory["aligner_nll"] = _Unfolded(self.aligner_nll(log_probs, feature_lengths, labels, num_labels))
             start = label_start_posteriors(log_probs.detach(), feature_lengths, targets, target_lengths)  # [B, T, L - 1]
             hazard = emission_hazard(start)
             # EOS (and padding slots): 0.5 per step, so that EOS follows the last phone closely
