@@ -199,7 +199,6 @@ class HardAlignmentConfig:
     score_forced_emissions: bool = False
     forced_emission_weight: float = 1.0
     ctc_prior_gradient: float = 0.0
-    ctc_prior_gradient_below: float = math.inf
 
     def __post_init__(self) -> None:
         if self.posterior_encoder not in ("own", "shared"):
@@ -213,8 +212,6 @@ class HardAlignmentConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if not 0.0 < self.emit_prior < 1.0:
             raise ValueError(f"emit_prior={self.emit_prior}: must be in (0, 1)")
-        if not self.ctc_prior_gradient_below > 0:
-            raise ValueError(f"ctc_prior_gradient_below={self.ctc_prior_gradient_below}: must be > 0 (nats per label; inf: no gate)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout}: must be in [0, 1)")
 
@@ -367,7 +364,7 @@ class HardAlignmentRecognizer(nn.Module):
                 memory["aligner_nll"] = _Unfolded(self.posterior.aligner_nll(ctc, feature_lengths, labels, num_labels))
         if ctc is not None:
             # the step inputs carry the label prior beside the gates: [B, T, 4H + n + 1]
-            ctc = self._scale_prior_gradient(ctc, self._prior_gradient_open(memory))
+            ctc = self._scale_prior_gradient(ctc)
             priors = [ctc[..., 1:], torch.zeros_like(ctc[..., :1])]  # phones, EOS 0
             if self.uses_ctc_emit_prior:  # log-odds of "not blank": the last column
                 priors.append(torch.logsumexp(ctc[..., 1:], dim=-1, keepdim=True) - ctc[..., :1])
@@ -378,28 +375,13 @@ class HardAlignmentRecognizer(nn.Module):
         memory["gate_inputs"] = _Unfolded(gates)
         return memory
 
-    def _prior_gradient_open(self, memory: dict[str, Any]) -> torch.Tensor | None:
-        """Per utterance, bool ``[B]``: whether the aligner's CTC loss is below
-        ``ctc_prior_gradient_below`` nats per label (None: no gate, or no loss to gate on)."""
-        if self.config.ctc_prior_gradient_below == math.inf or "aligner_nll" not in memory:
-            return None
-        per_label = memory["aligner_nll"].value.detach() / (memory["num_labels"] - 1).clamp_min(1)  # EOS is not a CTC label
-        # exactly 0: CTC cannot align the utterance at all (too few frames for its repeats; the
-        # loss is zeroed, zero_infinity), so the head has nothing to say about it either
-        return (per_label > 0) & (per_label < self.config.ctc_prior_gradient_below)
-
-    def _scale_prior_gradient(self, ctc: torch.Tensor, open_: torch.Tensor | None) -> torch.Tensor:
+    def _scale_prior_gradient(self, ctc: torch.Tensor) -> torch.Tensor:
         """The CTC head's log-probabilities ``[B, T, blank + n]`` as p's priors read them: the same
-        values, with the bound's gradient into the head scaled by ``ctc_prior_gradient`` and, with
-        ``open_ [B]`` (:meth:`_prior_gradient_open`), passed only for the utterances it marks."""
+        values, with the bound's gradient into the head scaled by ``ctc_prior_gradient``."""
         scale = self.config.ctc_prior_gradient
         if scale == 0:
             return ctc.detach()  # no graph from the priors back to the head at all
-        if open_ is not None:
-            # a tensor, not a Python branch: no host sync. An utterance the head cannot align yet
-            # (the all-blank plateau) sends it no gradient through the priors.
-            scale = scale * open_.to(ctc.dtype).view(-1, 1, 1)
-        elif scale == 1:
+        if scale == 1:
             return ctc
         return ctc.detach() + scale * (ctc - ctc.detach())
 
@@ -764,7 +746,4 @@ class HardAlignmentRecognizer(nn.Module):
             # the data's labels per step, whatever the model does, since forcing completes every path)
             "free_emit_rate": (trajectory.locations * trajectory.mask).sum() / trajectory.mask.sum().clamp_min(1),
         }
-        open_ = self._prior_gradient_open(memory) if self.config.ctc_prior_gradient != 0 else None
-        if open_ is not None:  # the fraction of utterances whose bound gradient reaches the CTC head
-            metrics["prior_gradient_open"] = open_.float().mean()
         return LatentOutput(trajectory, baseline=lambda: self.baselines(trajectory, memory), losses=losses, metrics=metrics)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import pytest
 import torch
 import torchaudio.functional as AF
@@ -341,45 +340,6 @@ def test_ctc_prior_gradient_scales_what_the_bound_sends_into_the_ctc_head(kind):
     torch.testing.assert_close(outputs[1.0], outputs[0.0])
     assert grads[1.0].abs().sum() > 0 and grads[0.0].abs().sum() == 0
     torch.testing.assert_close(grads[0.5], 0.5 * grads[1.0])
-
-
-def test_ctc_prior_gradient_below_gates_the_head_gradient_per_utterance():
-    """ctc_prior_gradient_below: an utterance sends the bound's gradient into the CTC head only
-    while the aligner's CTC loss on it is below the threshold (nats per label); the forward pass
-    and the aligner's own loss are unchanged."""
-    model = small_model(ctc_prior_gradient=1.0)
-    batch = tight_batch()
-    memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
-    per_label = memory["aligner_nll"].value.detach() / batch["target_lengths"]
-    threshold = per_label.median().item()
-    expected_open = (per_label < threshold) & (per_label > 0)  # 0: CTC cannot align it (zero_infinity)
-    assert 0 < int(expected_open.sum()) < len(per_label)  # both kinds in the batch
-    gated = small_model(ctc_prior_gradient=0.5, ctc_prior_gradient_below=threshold)
-    gated.load_state_dict(model.state_dict())
-    open_ = gated._prior_gradient_open(memory)
-    assert torch.equal(open_, expected_open)
-    ctc = torch.randn(len(per_label), 5, PHONES + 1, requires_grad=True)
-    weights = torch.randn_like(ctc)
-    out = gated._scale_prior_gradient(ctc, open_)
-    torch.testing.assert_close(out, ctc)  # the same values
-    (out * weights).sum().backward()
-    torch.testing.assert_close(ctc.grad, 0.5 * weights * expected_open.view(-1, 1, 1).float())
-    # end to end: a threshold no utterance meets is the detached head; one all meet is no gate
-    # (on utterances CTC can align: the tight one above it cannot, and is never open)
-    batch = toy_batch(toy_utterances(6, num_phones=PHONES, dim=DIM))
-    grads = {}
-    for below in (1e-6, math.inf, 1e6):
-        torch.manual_seed(0)
-        m = small_model(ctc_prior_gradient=1.0, ctc_prior_gradient_below=below)
-        torch.manual_seed(1)
-        output = m(batch, num_samples=3)
-        assert ("prior_gradient_open" in output.metrics) == (below != math.inf)
-        (training_terms(output, build_estimator("vimco-seq"))["loss"] - output.losses["aligner_ctc"]).backward()
-        grads[below] = m.posterior.aligner_out.weight.grad
-    assert grads[1e-6] is None or grads[1e-6].abs().sum() == 0
-    torch.testing.assert_close(grads[1e6], grads[math.inf])
-    with pytest.raises(ValueError, match="ctc_prior_gradient_below"):
-        small_model(ctc_prior_gradient_below=0.0)
 
 
 def test_the_prior_proposal_still_trains_the_ctc_head_it_reads():
