@@ -110,6 +110,11 @@ class HardAlignmentConfig:
         hidden_size: width of the encoder LSTM layers of p (shared with the CTC baseline).
         encoder_layers: number of encoder layers (below the decision cell).
         decision_hidden: H, width of the decision cell (the top layer, which reads the feedback).
+        decision_recurrence: ``True``: the decision cell is an LSTM cell (its own memory across
+            steps). ``False``: the same cell without memory (``h_t`` from the step's inputs only:
+            the encoder output, the previous decision and the last emitted label; the cell state
+            is not carried), so scoring sampled alignments in time-parallel training is one
+            batched pass with no loop over steps. The encoder below it is an LSTM either way.
         label_embedding: width of the embedding of the fed-back label *before* its gate projection
             (the embedding is factored as ``[n + 2, E] x [E, 4H]``).
         posterior_hidden: width of the posterior's encoders and step RNN.
@@ -179,6 +184,7 @@ class HardAlignmentConfig:
     hidden_size: int = 256
     encoder_layers: int = 2
     decision_hidden: int = 64
+    decision_recurrence: bool = True
     label_embedding: int = 64
     posterior_hidden: int = 128
     baseline_hidden: int = 64
@@ -256,7 +262,8 @@ class HardAlignmentRecognizer(nn.Module):
             nn.LSTM(input_dim if i == 0 else hidden_size, hidden_size, batch_first=True) for i in range(config.encoder_layers)
         )
         self.gate_input = nn.Linear(hidden_size, 4 * H)  # encoder output -> decision-cell gates (its bias)
-        self.gate_hidden = nn.Linear(H, 4 * H, bias=False)  # decision-cell recurrence
+        if config.decision_recurrence:
+            self.gate_hidden = nn.Linear(H, 4 * H, bias=False)  # decision-cell recurrence
         self.gate_decision = nn.Embedding(2, 4 * H)  # fed-back z_{t-1}
         self.label_embedding = nn.Embedding(num_phones + 2, config.label_embedding)  # 0 = nothing emitted yet
         self.gate_label = nn.Linear(config.label_embedding, 4 * H, bias=False)
@@ -411,15 +418,25 @@ class HardAlignmentRecognizer(nn.Module):
         emit_logit = self.emit_head(out).squeeze(-1)
         return emit_logit if emit_cue is None else emit_logit + self.emit_cue_scale * emit_cue
 
+    def _cell(self, gates: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decision cell's update from its gate pre-activations ``[..., 4H]`` (i, f, g, o) and
+        the previous cell state: ``(h, c)``. Without ``decision_recurrence`` the cell state is not
+        carried (nor is the forget gate read)."""
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c_new = torch.sigmoid(i) * torch.tanh(g)
+        if self.config.decision_recurrence:
+            c_new = torch.sigmoid(f) * c + c_new
+        return torch.sigmoid(o) * torch.tanh(c_new), c_new
+
     def _p_step(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, z_prev: torch.Tensor, label_prev: torch.Tensor):
         """Decision-cell LSTM step with the fed-back decision and label; returns ``(h, c, emit_logit, label_logp)``.
 
         ``gates_in``: the step's inputs from :meth:`encode` (gate inputs, and the label prior)."""
         gates_in, label_prior, emit_cue = self._split_step_inputs(gates_in)
-        gates = gates_in + self.gate_hidden(h) + self.gate_decision(z_prev.long()) + self.gate_label(self.label_embedding(label_prev))
-        i, f, g, o = gates.chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        gates = gates_in + self.gate_decision(z_prev.long()) + self.gate_label(self.label_embedding(label_prev))
+        if self.config.decision_recurrence:
+            gates = gates + self.gate_hidden(h)
+        h, c = self._cell(gates, c)
         out = h
         if self.training and self._dropout_now > 0:
             out = F.dropout(h, self._dropout_now, training=True)
@@ -647,15 +664,16 @@ class HardAlignmentRecognizer(nn.Module):
         label_prev = torch.where(emitted > 0, last, torch.zeros_like(last))
         label_gates = self.gate_label(self.label_embedding.weight)  # [n + 2, 4H]: one row per label id
         inputs = gates.unsqueeze(0) + self.gate_decision(z_prev.long()) + F.embedding(label_prev, label_gates)  # [K, B, T, 4H]
-        inputs = inputs.flatten(0, 1).unbind(1)  # T x [K * B, 4H]
-        h = c = gates.new_zeros(K * B, self.hidden_size)
-        hidden = []
-        for x in inputs:
-            i, f, g, o = (x + self.gate_hidden(h)).chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            hidden.append(h)
-        out = torch.stack(hidden, dim=1)  # [K * B, T, H]
+        inputs = inputs.flatten(0, 1)  # [K * B, T, 4H]
+        if self.config.decision_recurrence:
+            h = c = gates.new_zeros(K * B, self.hidden_size)
+            hidden = []
+            for x in inputs.unbind(1):
+                h, c = self._cell(x + self.gate_hidden(h), c)
+                hidden.append(h)
+            out = torch.stack(hidden, dim=1)  # [K * B, T, H]
+        else:  # no memory in the cell: every step at once
+            out, _ = self._cell(inputs, None)
         if self.training and self._dropout_now > 0:
             out = F.dropout(out, self._dropout_now, training=True)
         emit_logit = unfold(self._emit_logit(out, None if emit_cue is None else emit_cue.repeat(K, 1)), K)  # [K, B, T]

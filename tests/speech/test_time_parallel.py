@@ -32,8 +32,9 @@ def tight_batch() -> dict:
 
 @pytest.mark.parametrize("encoder,emit_cue", [("own", False), ("shared", False), ("shared", True)])
 @pytest.mark.parametrize("aligner", [True, False])
-def test_parallel_scores_equal_the_step_by_step_rollout(aligner, encoder, emit_cue):
-    model = lattice_model(posterior_aligner=aligner, posterior_encoder=encoder, ctc_emit_prior=emit_cue).double()
+@pytest.mark.parametrize("recurrence", [True, False])
+def test_parallel_scores_equal_the_step_by_step_rollout(aligner, encoder, emit_cue, recurrence):
+    model = lattice_model(posterior_aligner=aligner, posterior_encoder=encoder, ctc_emit_prior=emit_cue, decision_recurrence=recurrence).double()
     assert model.uses_ctc_emit_prior == (emit_cue and aligner)
     batch = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in tight_batch().items()}
     stepwise = model.sample_alignments(batch, num_samples=5, generator=torch.Generator().manual_seed(1))
