@@ -41,6 +41,9 @@ subprocess per run (one torch import fewer; two subprocesses with ``--nproc`` > 
 under torchrun), one intra-op thread each, ``--jobs`` runs at a time, the two models of a
 condition started together so that they share the machine's load. The exact commands head each
 run's ``train.log``.
+With ``--seeds 0,1`` every run is repeated per training seed (``runs/seedS/COND/MODEL``) and the
+table gives the means over the seeds, each seed's value and ratio beside them, and judges the
+target on the means (single runs on the mix scatter by several points).
 A finished run leaves ``OUT/result.json`` and is skipped when the command is re-run (``--force``
 retrains); an unfinished one is restarted from scratch.
 
@@ -218,13 +221,13 @@ def budget_keys(args: argparse.Namespace) -> list[str]:
     return ["--max-minutes", str(args.minutes), "--max-steps", "100000"]
 
 
-def run_dir(condition: str, model: str, args: argparse.Namespace) -> Path:
-    return Path(args.work_dir) / "runs" / condition / model
+def run_dir(seed: int, condition: str, model: str, args: argparse.Namespace) -> Path:
+    return Path(args.work_dir) / "runs" / f"seed{seed}" / condition / model
 
 
-def train_and_score(condition: str, model: str, args: argparse.Namespace, fields: set[str]) -> dict:
-    """Train one (condition, model) from scratch, score the test split, write ``result.json``."""
-    out = run_dir(condition, model, args)
+def train_and_score(seed: int, condition: str, model: str, args: argparse.Namespace, fields: set[str]) -> dict:
+    """Train one (seed, condition, model) from scratch, score the test split, write ``result.json``."""
+    out = run_dir(seed, condition, model, args)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -235,12 +238,12 @@ def train_and_score(condition: str, model: str, args: argparse.Namespace, fields
     keys = condition_keys(condition, fields)
     train = [
         *hardalign, "train", "--config", str(config), "--data-dir", str(data_dir(corpus_of(condition), args)),
-        "--out-dir", str(out), *budget_keys(args), "--eval-every", "0", "--num-threads", "1", "--seed", str(args.seed),
+        "--out-dir", str(out), *budget_keys(args), "--eval-every", "0", "--num-threads", "1", "--seed", str(seed),
         "--progress", "false", *keys, *shlex.split(args.model_overrides),
     ]
     score = ["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--split", "test"]
     started = time.monotonic()
-    log(f"{condition}/{model}: training -> {out}")
+    log(f"seed {seed} {condition}/{model}: training -> {out}")
     with open(out / "train.log", "w") as stream:
         stream.write("$ " + shlex.join(train) + "\n$ hardalign " + shlex.join(score) + "\n")
         stream.flush()
@@ -252,46 +255,47 @@ def train_and_score(condition: str, model: str, args: argparse.Namespace, fields
             chain = "import json, sys; from hardalign.cli import main; a = json.loads(sys.argv[1]); sys.exit(main(a[0]) or main(a[1]))"
             done = subprocess.run([sys.executable, "-c", chain, json.dumps([train[3:], score])], stdout=stream, stderr=subprocess.STDOUT, env=child_env())
     if done.returncode:
-        log(f"{condition}/{model}: FAILED (exit {done.returncode}); see {out / 'train.log'}")
-        return {"condition": condition, "model": model, "failed": f"exit {done.returncode}, see {out / 'train.log'}"}
+        log(f"seed {seed} {condition}/{model}: FAILED (exit {done.returncode}); see {out / 'train.log'}")
+        return {"condition": condition, "model": model, "seed": seed, "failed": f"exit {done.returncode}, see {out / 'train.log'}"}
     test = json.loads((out / "eval-test.json").read_text())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     dev = next((r for r in reversed(records) if r.get("split") == "dev"), {})
     result = {
         "condition": condition, "model": model, "config": str(config), "data_dir": str(data_dir(corpus_of(condition), args)),
-        "corpus": corpus_options(corpus_of(condition), args), "keys": keys, "model_overrides": args.model_overrides, "budget": budget_keys(args), "seed": args.seed,
+        "corpus": corpus_options(corpus_of(condition), args), "keys": keys, "model_overrides": args.model_overrides, "budget": budget_keys(args), "seed": seed,
         "steps": test["step"], "train_s": dev.get("train_wall_s"), "wall_s": time.monotonic() - started,
         "test": test["metrics"], "dev": {k: v for k, v in dev.items() if k not in ("step", "split")},
     }
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    log(f"{condition}/{model}: test PER {100 * result['test']['per']:.1f}% after {result['steps']} steps")
+    log(f"seed {seed} {condition}/{model}: test PER {100 * result['test']['per']:.1f}% after {result['steps']} steps")
     return result
 
 
-def run_all(conditions: list[str], args: argparse.Namespace) -> dict[tuple[str, str], dict]:
-    """Every (condition, model), ``args.jobs`` at a time; finished runs are read back, not redone."""
+def run_all(conditions: list[str], args: argparse.Namespace) -> dict[tuple[int, str, str], dict]:
+    """Every (seed, condition, model), ``args.jobs`` at a time; finished runs are read back, not redone."""
     fields = task_fields()
-    results: dict[tuple[str, str], dict] = {}
+    results: dict[tuple[int, str, str], dict] = {}
     pending = []
-    for condition in conditions:  # both models of a condition next to each other: they run together
-        for model in MODELS:
-            done = run_dir(condition, model, args) / "result.json"
-            if done.is_file() and not args.force:
-                result = results[condition, model] = json.loads(done.read_text())
-                now = {"budget": budget_keys(args), "corpus": corpus_options(corpus_of(condition), args), "model_overrides": args.model_overrides}
-                differs = [f"{k} {result.get(k)!r}" for k, v in now.items() if result.get(k) != v]
-                result["reused_with_other"] = differs
-                log(f"{condition}/{model}: reusing {done}" + (f" (made with another {', '.join(differs)}; --force retrains)" if differs else ""))
-            else:
-                pending.append((condition, model))
+    for seed in args.seeds:
+        for condition in conditions:  # both models of a condition next to each other: they run together
+            for model in MODELS:
+                done = run_dir(seed, condition, model, args) / "result.json"
+                if done.is_file() and not args.force:
+                    result = results[seed, condition, model] = json.loads(done.read_text())
+                    now = {"budget": budget_keys(args), "corpus": corpus_options(corpus_of(condition), args), "model_overrides": args.model_overrides}
+                    differs = [f"{k} {result.get(k)!r}" for k, v in now.items() if result.get(k) != v]
+                    result["reused_with_other"] = differs
+                    log(f"seed {seed} {condition}/{model}: reusing {done}" + (f" (made with another {', '.join(differs)}; --force retrains)" if differs else ""))
+                else:
+                    pending.append((seed, condition, model))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         futures = {key: pool.submit(train_and_score, *key, args, fields) for key in pending}
         for key, future in futures.items():
             try:
                 results[key] = future.result()
             except (OSError, ValueError, KeyError) as error:  # e.g. a run that wrote no eval-test.json: a failed row, not a lost table
-                log(f"{key[0]}/{key[1]}: FAILED ({error})")
-                results[key] = {"condition": key[0], "model": key[1], "failed": f"{type(error).__name__}: {error}"}
+                log(f"seed {key[0]} {key[1]}/{key[2]}: FAILED ({error})")
+                results[key] = {"seed": key[0], "condition": key[1], "model": key[2], "failed": f"{type(error).__name__}: {error}"}
     return results
 
 
@@ -299,46 +303,66 @@ def pct(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
-def make_rows(conditions: list[str], results: dict[tuple[str, str], dict]) -> list[dict]:
+def make_rows(conditions: list[str], seeds: list[int], results: dict[tuple[int, str, str], dict]) -> list[dict]:
+    """One row per (condition, model): means over the seeds (each seed's value kept), and on the
+    hard-alignment row the ratio of the means, each seed's ratio, and whether the target is met
+    (on the means, on every test condition the runs were scored on: clean, and the noisy copy)."""
     kind, snr = EVAL_NOISE.split(":")
     noise_key = f"per_{kind}{float(snr):g}db"  # the task's metric name for the frozen noisy test
     rows = []
     for condition in conditions:
-        hard, ctc = results.get((condition, "hard"), {}), results.get((condition, "ctc"), {})
-        for model, result in (("hard", hard), ("ctc", ctc)):
-            row = {"condition": condition, "model": model, "label": LABELS[model], "failed": result.get("failed")}
+        runs = {model: [results.get((seed, condition, model), {}) for seed in seeds] for model in MODELS}
+        for model in MODELS:
+            row = {"condition": condition, "model": model, "label": LABELS[model],
+                   "failed": next((f"seed {r.get('seed')}: {r['failed']}" for r in runs[model] if r.get("failed")), None) or (None if all(runs[model]) else "missing")}
             if not row["failed"]:
-                row.update(test_per=result["test"]["per"], test_per_noise=result["test"].get(noise_key), dev_per=result["dev"].get("per"),
-                           steps=result["steps"], train_s=result["train_s"])
+                values = lambda get: [get(r) for r in runs[model]]  # noqa: E731  (one value per seed)
+                row["seeds"] = {"test_per": values(lambda r: r["test"]["per"]), "test_per_noise": values(lambda r: r["test"].get(noise_key)),
+                                "dev_per": values(lambda r: r["dev"].get("per")), "steps": values(lambda r: r["steps"]), "train_s": values(lambda r: r["train_s"])}
+                row.update({key: _mean(vals) for key, vals in row["seeds"].items()})
             rows.append(row)
-        if not hard.get("failed") and not ctc.get("failed") and hard and ctc:
-            # judged on every test condition the run was scored on (clean, and the noisy copy)
-            pairs = [(hard["test"]["per"], ctc["test"]["per"])]
-            if hard["test"].get(noise_key) is not None and ctc["test"].get(noise_key) is not None:
-                pairs.append((hard["test"][noise_key], ctc["test"][noise_key]))
-            ratios = [h / c if c > 0 else (1.0 if h == 0 else math.inf) for h, c in pairs]
-            rows[-2]["ratio"] = ratios[0]
-            if len(ratios) > 1:
-                rows[-2]["ratio_noise"] = ratios[1]
-            rows[-2]["target_met"] = all(r <= 1.5 and (c >= 0.10 or h < 0.20) for r, (h, c) in zip(ratios, pairs))
+        hard, ctc = rows[-2], rows[-1]
+        if hard["failed"] or ctc["failed"]:
+            continue
+        keys = ["test_per"] + (["test_per_noise"] if hard["test_per_noise"] is not None and ctc["test_per_noise"] is not None else [])
+        ratio = lambda h, c: h / c if c > 0 else (1.0 if h == 0 else math.inf)  # noqa: E731
+        hard["ratio"] = ratio(hard["test_per"], ctc["test_per"])
+        hard["seed_ratios"] = [ratio(h, c) for h, c in zip(hard["seeds"]["test_per"], ctc["seeds"]["test_per"])]
+        if len(keys) > 1:
+            hard["ratio_noise"] = ratio(hard["test_per_noise"], ctc["test_per_noise"])
+            hard["seed_ratios_noise"] = [ratio(h, c) for h, c in zip(hard["seeds"]["test_per_noise"], ctc["seeds"]["test_per_noise"])]
+        hard["target_met"] = all(ratio(hard[k], ctc[k]) <= 1.5 and (ctc[k] >= 0.10 or hard[k] < 0.20) for k in keys)
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
+def _mean(values: list) -> float | None:
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def format_table(rows: list[dict], seeds: list[int]) -> str:
     kind, snr = EVAL_NOISE.split(":")
-    head = ["condition", "model", "test PER", f"test PER {kind} {snr} dB", "dev PER", "steps", "train s", "test PER hard / CTC", "target met"]
+    several = len(seeds) > 1
+    head = ["condition", "model", "test PER" + (" (mean; per seed)" if several else ""), f"test PER {kind} {snr} dB", "dev PER", "steps", "train s",
+            "test PER hard / CTC" + (" (of the means; per seed)" if several else ""), "target met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def per(row: dict, key: str) -> str:
+        if row[key] is None:
+            return "-"
+        return pct(row[key]) + (" (" + " / ".join(pct(v) for v in row["seeds"][key]) + ")" if several else "")
+
     for row in rows:
         if row["failed"]:
             cells = [row["condition"], row["label"], f"failed ({row['failed']})"] + [""] * (len(head) - 3)
         else:
             seconds = "n/a" if row["train_s"] is None else f"{row['train_s']:.0f}"
-            ratio = f"{row['ratio']:.2f}" if "ratio" in row else ""
+            ratio = ""
+            if "ratio" in row:
+                ratio = f"{row['ratio']:.2f}" + (" (" + " / ".join(f"{r:.2f}" for r in row["seed_ratios"]) + ")" if several else "")
             if "ratio_noise" in row:
-                ratio += f" ({row['ratio_noise']:.2f} at {kind} {snr} dB)"
+                ratio += f"; at {kind} {snr} dB {row['ratio_noise']:.2f}" + (" (" + " / ".join(f"{r:.2f}" for r in row["seed_ratios_noise"]) + ")" if several else "")
             met = ("yes" if row["target_met"] else "no") if "target_met" in row else ""
-            cells = [row["condition"], row["label"], pct(row["test_per"]), pct(row["test_per_noise"]) if row["test_per_noise"] is not None else "-",
-                     pct(row["dev_per"]), str(row["steps"]), seconds, ratio, met]
+            cells = [row["condition"], row["label"], per(row, "test_per"), per(row, "test_per_noise"), pct(row["dev_per"]), f"{row['steps']:.0f}", seconds, ratio, met]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -350,13 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=5.0, help="wall-clock training budget of every run (default 5)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time, one thread each (2 on 2 cores halves the wall time)")
     parser.add_argument("--nproc", type=int, default=1, help="data-parallel processes per run (torchrun; default 1)")
-    parser.add_argument("--work-dir", default="exp/robustness", help="corpora (data/) and runs (runs/COND/MODEL)")
+    parser.add_argument("--work-dir", default="exp/robustness", help="corpora (data/) and runs (runs/seedS/COND/MODEL)")
     parser.add_argument("--default-data", default="", help="an already prepared default corpus (e.g. exp/timit/data) instead of synthesising one")
     parser.add_argument("--voices-args", default="--voices alternate",
                         help="prepare synth arguments of the voices corpus (default --voices alternate: other voice variants)")
     parser.add_argument("--out", default="recipes/timit/results/robustness.md", help="Markdown table (JSON beside it)")
     parser.add_argument("--force", action="store_true", help="retrain runs that already have a result.json")
-    parser.add_argument("--seed", type=int, default=0, help="training seed of every run (default 0)")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds: every run is repeated per seed and the table gives the means (default 0)")
     parser.add_argument("--hard-config", default=str(RECIPE_CONF / "vimco-seq.yaml"), help="hard-alignment config (default recipes/timit/conf/vimco-seq.yaml)")
     parser.add_argument("--ctc-config", default=str(RECIPE_CONF / "ctc.yaml"), help="CTC config (default recipes/timit/conf/ctc.yaml)")
     tuning = parser.add_argument_group("testing and tuning")
@@ -370,6 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     tuning.add_argument("--small-utterances", type=int, default=80, help="utterances per training speaker of small (default 80)")
     args = parser.parse_args(argv)
     conditions = [c.strip() for c in args.conditions.split(",") if c.strip()]
+    try:
+        args.seeds = sorted({int(seed) for seed in args.seeds.split(",") if seed.strip()})
+    except ValueError:
+        parser.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    if not args.seeds:
+        parser.error("--seeds: at least one seed")
     unknown = sorted(set(conditions) - set(CONDITIONS))
     if unknown or not conditions:
         parser.error(f"--conditions: unknown {unknown}; choose from {list(CONDITIONS)}")
@@ -379,28 +409,28 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     prepare(conditions, args)
     results = run_all(conditions, args)
-    rows = make_rows(conditions, results)
+    rows = make_rows(conditions, args.seeds, results)
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
     sizes = {corpus: train_utterances(corpus, conditions, args) for corpus in ("default", "small", "voices")}
     sizes["train"], sizes["voices_args"] = sizes["default"], args.voices_args
     header = (f"Equal budget: {budget} of training per run ({args.jobs} run(s) at a time"
               + (f", {args.nproc} data-parallel processes per run" if args.nproc > 1 else "") + ", one intra-op thread each, "
-              f"{os.cpu_count()} CPU cores visible), seed {args.seed}. PER in %, 39 phones, core test; dev PER from the "
+              f"{os.cpu_count()} CPU cores visible), seed(s) {', '.join(map(str, args.seeds))}. PER in %, 39 phones, core test; dev PER from the "
               f"final evaluation of training. Configs `{Path(args.hard_config).name}` and `{Path(args.ctc_config).name}`"
               + (f", overrides `{args.model_overrides}`" if args.model_overrides else "") + ". Target met: hard / CTC <= 1.5 and "
-              "hard < 20% wherever CTC < 10%.\n\n")
+              "hard < 20% wherever CTC < 10%" + (", on the means over the seeds" if len(args.seeds) > 1 else "") + ".\n\n")
     notes = "\nConditions:\n\n" + "".join(f"* `{c}`: {DESCRIPTIONS[c].format(**sizes)}, data `{data_dir(corpus_of(c), args)}`.\n" for c in conditions)
-    stale = [f"* `{c}` / {LABELS[m]}: reused from an earlier command with another {', '.join(results[c, m]['reused_with_other'])} (`--force` retrains).\n"
-             for c in conditions for m in MODELS if results[c, m].get("reused_with_other")]
+    stale = [f"* seed {s} `{c}` / {LABELS[m]}: reused from an earlier command with another {', '.join(results[s, c, m]['reused_with_other'])} (`--force` retrains).\n"
+             for s in args.seeds for c in conditions for m in MODELS if results[s, c, m].get("reused_with_other")]
     if stale:
         notes += "\nNot made by this command's options:\n\n" + "".join(stale)
-    table = format_table(rows)
+    table = format_table(rows, args.seeds)
     print(header + table + notes)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(header + table + notes)
     summary = {"args": vars(args), "conditions": {c: DESCRIPTIONS[c].format(**sizes) for c in conditions}, "rows": rows,
-               "runs": [results[c, m] for c in conditions for m in MODELS], "seconds": time.monotonic() - started}
+               "runs": [results[s, c, m] for s in args.seeds for c in conditions for m in MODELS], "seconds": time.monotonic() - started}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"wrote {out} and {out.with_suffix('.json')} ({time.monotonic() - started:.0f} s)")
     return 1 if any(row["failed"] for row in rows) else 0

@@ -63,3 +63,18 @@ def test_two_conditions_table_json_and_reuse(robustness, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "training ->" not in printed and printed.count("reusing") == 4 and "already prepared" in printed
     assert json.loads(out.with_suffix(".json").read_text())["rows"] == summary["rows"]
+
+    # a second seed: seed 0's runs are reused, seed 1's trained; the table gives the means
+    argv_seeds = [a if a != "small,noisy" else "small" for a in argv] + ["--seeds", "1,0"]
+    assert robustness.main(argv_seeds) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reusing") == 2 and printed.count("training ->") == 2
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    hard2, ctc2 = rows
+    assert hard2["seeds"]["test_per"][0] == hard["small"]["test_per"]  # seeds in ascending order: 0 first
+    assert hard2["test_per"] == pytest.approx(sum(hard2["seeds"]["test_per"]) / 2)
+    assert hard2["ratio"] == pytest.approx(hard2["test_per"] / ctc2["test_per"]) if ctc2["test_per"] > 0 else True
+    assert len(hard2["seed_ratios"]) == 2 and (tmp_path / "work" / "runs" / "seed1" / "small" / "hard" / "result.json").is_file()
+    assert "(mean; per seed)" in out.read_text()
+    with pytest.raises(SystemExit):
+        robustness.main(argv + ["--seeds", "one"])
