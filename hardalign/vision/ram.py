@@ -9,7 +9,10 @@ Per step t (``N = K * B`` folded rows):
   (``glimpse_net: mlp``, RAM's) or a small convolutional network over the retina's scales
   stacked as channels (``glimpse_net: conv``: two 3x3 convolutions of 16 and 32 channels, each
   followed by 2x2 max-pooling, then a linear layer);
-* core: ``h_t = LSTM(g_t, h_{t-1})`` (or RAM's ``relu(W_h h_{t-1} + W_x g_t)``);
+* core: ``h_t = LSTM(g_t, h_{t-1})`` (or RAM's ``relu(W_h h_{t-1} + W_x g_t)``); ``h_0 = 0``, or
+  with ``context=True`` (DRAM's context network, Ba et al. 2015, in its simplest form)
+  ``h_0 = tanh(W_0 pool(x))`` from the whole image average-pooled to the retina's patch size, so
+  that the first glimpse's location already depends on the image;
 * classifier ``softmax(W_c h_t)`` at the last step (at every step with per-step rewards or the
   auxiliary per-step loss, :mod:`hardalign.vision.model`); NVIL's baseline ``b_t = w_b h_{t-1} + c``.
 
@@ -78,6 +81,7 @@ class RAM(GlimpseModel):
         policy: ``learned`` or ``random``.
         detach_policy_input: the location network (and NVIL baseline) see ``h`` detached.
         glimpse_net: ``mlp`` (RAM's) or ``conv`` for the "what" branch.
+        context: start the core from a coarse view of the whole image instead of zeros.
         step_rewards, step_loss_weight: per-step log weights (``final``, ``increments``, ``sum``)
             and the auxiliary per-step cross-entropy (:mod:`hardalign.vision.model`).
 
@@ -107,6 +111,7 @@ class RAM(GlimpseModel):
         policy: str = "learned",
         detach_policy_input: bool = True,
         glimpse_net: str = "mlp",
+        context: bool = False,
         step_rewards: str = "final",
         step_loss_weight: float = 0.0,
     ):
@@ -147,6 +152,9 @@ class RAM(GlimpseModel):
         self.locator = nn.Linear(hidden_size, 2)  # the location network (mean of the policy)
         self.baseline_net = nn.Linear(hidden_size, 1)  # NVIL's input-dependent baseline
         self.classifier = nn.Linear(hidden_size, num_classes)
+        self.patch_size = patch_size
+        # DRAM-style context network: the coarse whole image -> the core's initial state
+        self.context = nn.Linear(in_channels * patch_size * patch_size, hidden_size) if context else None
 
     # ----- memory and state -------------------------------------------------------------------
     def encode(self, batch: dict) -> dict:
@@ -156,6 +164,9 @@ class RAM(GlimpseModel):
             raise ValueError(f"RAM was built for {self.in_channels} channel(s), got images of shape {tuple(images.shape)}")
         # the retina's summed-area table, once per image (every glimpse reads it: Retina.read)
         memory = {"images": images, "retina_table": self.retina.integral(images)}
+        if self.context is not None:
+            coarse = nn.functional.adaptive_avg_pool2d(images, self.patch_size).flatten(1)  # [B, C * p * p]
+            memory["context"] = torch.tanh(self.context(coarse))  # [B, hidden], folded for K by rollout
         if batch.get("labels") is not None:
             memory["labels"] = batch["labels"]
         return memory
@@ -163,7 +174,8 @@ class RAM(GlimpseModel):
     def initial_state(self, memory: dict) -> dict:
         images = memory["images"]
         zeros = images.new_zeros(images.shape[0], self.hidden_size)
-        return {"h": zeros, "c": zeros, "t": 0, "baselines": (), "logits": None}
+        h = memory["context"] if self.context is not None else zeros
+        return {"h": h, "c": zeros, "t": 0, "baselines": (), "logits": None}
 
     # ----- protocol ---------------------------------------------------------------------------
     def location_policy(self, state: dict, memory: dict) -> D.Distribution:

@@ -57,6 +57,8 @@ class GlimpseConfig:
         policy: RAM's ``learned`` policy or ``random`` glimpse locations (the control).
         detach_policy_input: RAM's location network reads the core state detached.
         glimpse_net: RAM's "what" branch, ``mlp`` (RAM's) or ``conv``.
+        context: RAM: start the core from a coarse view of the whole image (a DRAM-style context
+            network) instead of zeros.
         step_rewards: per-step log weights, ``final`` (one reward at the end), ``increments``
             (``log p(y | glimpses <= t) - log p(y | glimpses < t)``, same objective) or ``sum``
             (a reward after every glimpse); see :mod:`hardalign.vision.model`.
@@ -96,6 +98,7 @@ class GlimpseConfig:
     policy: str = "learned"
     detach_policy_input: bool = True
     glimpse_net: str = "mlp"
+    context: bool = False
     step_rewards: str = "final"
     step_loss_weight: float = 0.0
     augment_rotation: float = 0.0
@@ -150,6 +153,7 @@ def build_glimpse_model(config: GlimpseConfig, in_channels: int = 1, num_classes
             policy=config.policy,
             detach_policy_input=config.detach_policy_input,
             glimpse_net=config.glimpse_net,
+            context=config.context,
             step_rewards=config.step_rewards,
             step_loss_weight=config.step_loss_weight,
         )

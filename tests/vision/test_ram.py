@@ -130,3 +130,20 @@ def test_invalid_options():
         _model(policy="uniform")
     with pytest.raises(ValueError, match="location_std"):
         _model(location_std=0.0)
+
+
+def test_context_network_makes_the_first_location_depend_on_the_image():
+    batch = _batch(n=2)
+    images = batch["images"].clone()
+    images[1] = 0.0  # a second, different image
+    for context, differs in ((False, False), (True, True)):
+        torch.manual_seed(0)
+        model = _model(context=context)
+        memory = model.encode({"images": images})
+        first = model.location_policy(model.initial_state(memory), memory).mean  # [B, 2]
+        assert bool((first[0] - first[1]).abs().max() > 1e-6) == differs, context
+    # the context network is trained by the classification gradient through the core
+    traj = model.run(model.encode(batch), num_samples=2)
+    assert _grads(traj.log_weights.sum(), [model.context.weight])[0].abs().max() > 0
+    # and the location network still gets no classification gradient through it
+    assert all(g.abs().max() == 0 for g in _grads(traj.log_weights.sum(), list(model.locator.parameters())))
