@@ -152,7 +152,6 @@ class RAM(GlimpseModel):
         self.locator = nn.Linear(hidden_size, 2)  # the location network (mean of the policy)
         self.baseline_net = nn.Linear(hidden_size, 1)  # NVIL's input-dependent baseline
         self.classifier = nn.Linear(hidden_size, num_classes)
-        self.patch_size = patch_size
         # DRAM-style context network: the coarse whole image -> the core's initial state
         self.context = nn.Linear(in_channels * patch_size * patch_size, hidden_size) if context else None
 
@@ -165,7 +164,7 @@ class RAM(GlimpseModel):
         # the retina's summed-area table, once per image (every glimpse reads it: Retina.read)
         memory = {"images": images, "retina_table": self.retina.integral(images)}
         if self.context is not None:
-            coarse = nn.functional.adaptive_avg_pool2d(images, self.patch_size).flatten(1)  # [B, C * p * p]
+            coarse = nn.functional.adaptive_avg_pool2d(images, self.retina.patch_size).flatten(1)  # [B, C * p * p]
             memory["context"] = torch.tanh(self.context(coarse))  # [B, hidden], folded for K by rollout
         if batch.get("labels") is not None:
             memory["labels"] = batch["labels"]

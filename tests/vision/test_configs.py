@@ -2,8 +2,8 @@
 
 The configs are used as shipped, with only the budget cut down (steps, training digits, the
 Saccader's stage lengths), so a config whose model, task options or defaults stop learning fails
-here. Chance is 10% on the 500 dev digits (standard error 1.3 points), so the bar below (15%) is
-3.7 standard errors above it.
+here. Chance is 10% on the 500 dev digits (standard error 1.3 points): the bar is 20% (7.5
+standard errors above it), 15% (3.7 standard errors) for the cluttered configs.
 """
 
 from pathlib import Path
@@ -17,8 +17,8 @@ from hardalign.train.loop import train
 CONF = Path(__file__).resolve().parents[2] / "recipes" / "glimpse" / "conf"
 CONFIGS = sorted(path.name for path in CONF.glob("*.yaml"))
 
-#: the cut-down budget: steps and batch of the short run, per model family; the cluttered
-#: canvases need more steps before the policy and the classifier find the digit among the
+#: the cut-down budget: steps and batch of the short run, per model family; the 60x60 and
+#: 100x100 canvases (translated, cluttered) need more steps before the policy and the classifier find the digit among the
 #: distractors (measured, dev accuracy with 1,500 training digits: cluttered 60x60 25.6% after
 #: 500 steps of 64; cluttered 100x100 19-21% from 500 to 1,000 steps, where it plateaus before
 #: it finds the digits; the Saccader 29.2% after 150 representation steps and 300 in all)
@@ -26,14 +26,14 @@ SHORT = {
     "ram": {"max_steps": 150, "batch_size": 32},
     "saccader": {"max_steps": 150, "batch_size": 32, "representation_steps": 100, "pretrain_steps": 20},
 }
-SHORT_CLUTTERED = {
+SHORT_CANVAS = {
     "ram": {"max_steps": 500, "batch_size": 64},
     "saccader": {"max_steps": 300, "batch_size": 32, "representation_steps": 150, "pretrain_steps": 20},
 }
 
-
-#: 15% on 500 dev canvases is 3.7 standard errors above chance (10%)
-CHANCE_BAR = 0.15
+#: the dev accuracy (one sampled rollout per canvas) the short run must beat; lower for the
+#: cluttered configs because of the 100x100 plateau above
+CHANCE_BAR = {"default": 0.2, "cluttered": 0.15}
 
 
 def test_every_config_is_covered():
@@ -43,7 +43,8 @@ def test_every_config_is_covered():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_short_run_of_every_config_beats_chance(name, tmp_path):
     base = resolve_config(CONF / name)
-    short = (SHORT_CLUTTERED if base.task.variant == "cluttered" else SHORT)[base.task.model]
+    short = (SHORT if base.task.variant == "mnist" else SHORT_CANVAS)[base.task.model]
+    bar = CHANCE_BAR["cluttered" if base.task.variant == "cluttered" else "default"]
     overrides = {
         **short,
         "out_dir": str(tmp_path / "run"),
@@ -63,4 +64,4 @@ def test_short_run_of_every_config_beats_chance(name, tmp_path):
     result = train(config)
     assert result.step == short["max_steps"]
     accuracy = result.eval_metrics["accuracy"]  # one sampled rollout per dev canvas (M = 1)
-    assert accuracy > CHANCE_BAR, (name, result.eval_metrics)
+    assert accuracy > bar, (name, result.eval_metrics)
