@@ -11,7 +11,10 @@ Mean/variance normalisation (:class:`CMVN`) uses statistics gathered on the trai
 (``global``) or on each speaker's own utterances (``speaker``); they are saved beside the
 manifests (``cmvn-<key>.pt``) by :func:`load_cmvn`. ``utterance`` normalises each utterance by
 its own mean and deviation (:class:`UtteranceCMVN`; no stored statistics; it follows the level
-and colour of added noise). After normalisation, :func:`stack_frames`
+and colour of added noise, but needs the whole utterance). ``online`` is its causal form for
+streaming (:class:`OnlineCMVN`, Kaldi's online CMVN): frame t is normalised by the statistics of
+frames ``<= t``, with the global statistics as a prior worth a few hundred frames, so it also
+follows added noise. After normalisation, :func:`stack_frames`
 concatenates 3 consecutive frames into one 369-dim step (30 ms).
 """
 
@@ -29,10 +32,10 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 import torchaudio.functional as AF
 
-__all__ = ["CMVN", "UtteranceCMVN", "FeatureConfig", "compute_cmvn", "extract_features", "load_cmvn", "num_frames", "stack_frames"]
+__all__ = ["CMVN", "OnlineCMVN", "UtteranceCMVN", "FeatureConfig", "compute_cmvn", "extract_features", "load_cmvn", "num_frames", "stack_frames"]
 
 _FRONTENDS = ("kaldi", "librosa")
-_CMVN_MODES = ("global", "speaker", "utterance", "none")
+_CMVN_MODES = ("global", "speaker", "utterance", "online", "none")
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ class FeatureConfig:
         sample_rate: rate the audio is resampled to before feature extraction.
         stack: consecutive frames concatenated per model step (3).
         cmvn: ``"global"`` (training-set statistics), ``"speaker"`` (per speaker), ``"utterance"``
-            (each utterance by its own statistics) or ``"none"``.
+            (each utterance by its own statistics), ``"online"`` (causal running statistics with
+            the global ones as a prior) or ``"none"``.
     """
 
     frontend: str = "kaldi"
@@ -242,6 +246,48 @@ class UtteranceCMVN:
         return (features - mean) / std
 
 
+class OnlineCMVN:
+    """Causal mean/variance normalisation (``cmvn="online"``): Kaldi's online CMVN, vectorised.
+
+    Frame t is normalised by the statistics of the last ``window`` frames up to and including t,
+    pooled with the global statistics counted as ``prior_frames`` frames: the first frames of an
+    utterance are normalised almost as by ``global``, later ones follow the utterance's own level
+    and colour (as ``utterance`` does) without reading ahead, so a streaming recogniser can use it.
+
+    Args:
+        mean, std: ``[D]`` global statistics (the prior).
+        prior_frames: weight of the prior, in frames (Kaldi's ``global_frames``: 200).
+        window: frames of the running statistics (Kaldi's ``cmn_window``: 600).
+
+    Example:
+        >>> cmvn = OnlineCMVN(torch.zeros(1), torch.ones(1), prior_frames=1)
+        >>> [round(v, 3) for v in cmvn(torch.tensor([[2.], [2.]])).flatten().tolist()]
+        [0.816, 0.603]
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, *, prior_frames: float = 200.0, window: int = 600):
+        if prior_frames <= 0 or window < 1:
+            raise ValueError(f"OnlineCMVN: prior_frames must be > 0 and window >= 1, got {prior_frames!r}, {window!r}")
+        self.mean, self.std = mean.double(), std.double()
+        self.prior_frames, self.window = float(prior_frames), int(window)
+
+    def __call__(self, features: torch.Tensor, speaker: str | None = None) -> torch.Tensor:
+        """Normalise ``[T, D]`` features causally (``speaker`` is ignored)."""
+        if features.shape[0] == 0:
+            return features
+        x = features.double()
+        T = x.shape[0]
+        sums = torch.cat([x.new_zeros(1, x.shape[1]), x.cumsum(0)])  # [T + 1, D]
+        squares = torch.cat([x.new_zeros(1, x.shape[1]), (x * x).cumsum(0)])
+        end = torch.arange(1, T + 1)
+        start = (end - self.window).clamp_min(0)
+        count = (end - start).to(x.dtype).unsqueeze(1) + self.prior_frames
+        mean = (sums[end] - sums[start] + self.prior_frames * self.mean) / count
+        second = (squares[end] - squares[start] + self.prior_frames * (self.std ** 2 + self.mean ** 2)) / count
+        std = (second - mean ** 2).clamp_min(1e-6).sqrt()
+        return ((x - mean) / std).to(features.dtype)
+
+
 def _finalise(count: float, total: torch.Tensor, sq: torch.Tensor, floor: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
     mean = total / count
     var = (sq / count - mean ** 2).clamp_min(floor ** 2)
@@ -303,8 +349,9 @@ def load_cmvn(manifest_dir: str | os.PathLike, config: FeatureConfig, split: str
         records_of: split name -> its records.
 
     Returns:
-        a :class:`CMVN`, an :class:`UtteranceCMVN` for ``config.cmvn == "utterance"``, or None
-        when ``config.cmvn == "none"``.
+        a :class:`CMVN`, an :class:`UtteranceCMVN` for ``config.cmvn == "utterance"``, an
+        :class:`OnlineCMVN` (the global statistics as its prior) for ``"online"``, or None when
+        ``config.cmvn == "none"``.
     """
     if config.cmvn == "none":
         return None
@@ -327,4 +374,6 @@ def load_cmvn(manifest_dir: str | os.PathLike, config: FeatureConfig, split: str
         else:
             speakers = compute_cmvn(((r["speaker"], features_of(r)) for r in records_of(split)), per_speaker=True).speakers
             _atomic_torch_save({"speakers": speakers}, spath)
+    if config.cmvn == "online":
+        return OnlineCMVN(state["mean"], state["std"])
     return CMVN(state["mean"], state["std"], speakers)

@@ -53,7 +53,8 @@ class SpeechTaskConfig(HardAlignmentConfig):
         data_dir: directory with ``train/dev/test.jsonl`` manifests.
         model: ``hardalign`` (online hard alignment) or ``ctc`` (unidirectional CTC baseline).
         phone_set: training phone set, 61 (60 after deleting ``q``), 48 or 39; scoring is on 39.
-        cmvn: ``global``, ``speaker`` or ``utterance`` mean/variance normalisation (or ``none``).
+        cmvn: ``global``, ``speaker``, ``utterance`` or ``online`` (causal) mean/variance
+            normalisation, or ``none`` (:mod:`hardalign.data.features`).
         frame_stack: frames stacked per model step (3: 30 ms steps).
         ctc_layers: LSTM layers of the CTC baseline (0: ``encoder_layers``, the same encoder as p).
         decoder: ``greedy`` or ``beam``; beam_size: its width.

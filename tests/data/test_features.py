@@ -9,6 +9,7 @@ from hardalign.data import (
     BucketBatchSampler,
     FeatureCache,
     FeatureConfig,
+    OnlineCMVN,
     UnalignableError,
     extract_features,
     load_speech_dataset,
@@ -94,6 +95,51 @@ def test_per_speaker_cmvn(prepared):
     feats = torch.cat([stack_frames(ds.cmvn(ds.raw_features(r), r["speaker"]), 1) for r in ds.records])
     assert feats.mean(0).abs().max() < 1e-3  # one speaker in dev: its own statistics centre it exactly
     assert (feats.std(0) - 1).abs().max() < 1e-2
+
+
+def _online_cmvn_loop(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, prior: float, window: int) -> torch.Tensor:
+    """Frame by frame, in float64: the reference for the vectorised OnlineCMVN."""
+    x, mean, std = x.double(), mean.double(), std.double()
+    out = []
+    for t in range(x.shape[0]):
+        seen = x[max(0, t + 1 - window): t + 1]
+        count = seen.shape[0] + prior
+        m = (seen.sum(0) + prior * mean) / count
+        second = ((seen * seen).sum(0) + prior * (std ** 2 + mean ** 2)) / count
+        out.append((x[t] - m) / (second - m ** 2).sqrt())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("window", [600, 7])
+def test_online_cmvn_is_causal_and_matches_a_loop(window):
+    gen = torch.Generator().manual_seed(0)
+    x = 3 + 2 * torch.randn(40, 5, generator=gen)
+    mean, std = torch.zeros(5), torch.ones(5)
+    cmvn = OnlineCMVN(mean, std, prior_frames=10, window=window)
+    out = cmvn(x)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    torch.testing.assert_close(out.double(), _online_cmvn_loop(x, mean, std, 10, window), rtol=1e-5, atol=1e-5)
+    changed = x.clone()
+    changed[25:] += 100.0  # the future must not change the past
+    torch.testing.assert_close(cmvn(changed)[:25], out[:25])
+    assert not torch.allclose(cmvn(changed)[25:], out[25:])
+    # a negligible prior over the whole utterance: the last frame is normalised as by its own statistics
+    whole = OnlineCMVN(mean, std, prior_frames=1e-9, window=600)(x)[-1]
+    torch.testing.assert_close(whole, (x[-1] - x.mean(0)) / x.std(0, unbiased=False), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="prior_frames"):
+        OnlineCMVN(mean, std, prior_frames=0)
+
+
+def test_online_cmvn_reads_the_global_statistics(prepared):
+    ds = load_speech_dataset(prepared, "dev", features=FeatureConfig(cmvn="online"))
+    assert isinstance(ds.cmvn, OnlineCMVN)
+    key = ds.features.extraction_key()
+    state = torch.load(prepared / f"cmvn-{key}-global.pt", weights_only=True)
+    torch.testing.assert_close(ds.cmvn.mean, state["mean"].double())
+    first = ds.raw_features(ds.records[0])[:1]
+    # frame 0 with the default prior of 200 frames is within 1/201 of the global normalisation
+    expected = (first - state["mean"]) / state["std"]
+    assert (ds.cmvn(first) - expected).abs().max() < 0.1 * expected.abs().max() + 0.05
 
 
 def test_cache_reuse_and_keys(prepared, tmp_path):
