@@ -84,7 +84,7 @@ class SpeechTaskConfig(HardAlignmentConfig):
     data_dir: str = "exp/timit/data"
     model: str = "hardalign"
     phone_set: int = 61
-    cmvn: str = "global"
+    cmvn: str = "utterance"
     frame_stack: int = 3
     ctc_layers: int = 0
     decoder: str = "greedy"
