@@ -662,8 +662,11 @@ class HardAlignmentRecognizer(nn.Module):
         z_prev = F.pad(z, (1, 0))[..., :-1]  # [K, B, T]
         last = labels.unsqueeze(0).expand(K, B, L).gather(2, (emitted - 1).clamp(0, L - 1))  # label emitted last
         label_prev = torch.where(emitted > 0, last, torch.zeros_like(last))
+        # the fed-back (label, decision) pair through one table, row 2 * label + z: one lookup and
+        # one add over the [K, B, T, 4H] inputs instead of two of each
         label_gates = self.gate_label(self.label_embedding.weight)  # [n + 2, 4H]: one row per label id
-        inputs = gates.unsqueeze(0) + self.gate_decision(z_prev.long()) + F.embedding(label_prev, label_gates)  # [K, B, T, 4H]
+        feedback_gates = (label_gates.unsqueeze(1) + self.gate_decision.weight.unsqueeze(0)).flatten(0, 1)  # [2 (n + 2), 4H]
+        inputs = gates.unsqueeze(0) + F.embedding(2 * label_prev + z_prev.long(), feedback_gates)  # [K, B, T, 4H]
         inputs = inputs.flatten(0, 1)  # [K * B, T, 4H]
         if self.config.decision_recurrence:
             h = c = gates.new_zeros(K * B, self.hidden_size)
