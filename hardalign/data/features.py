@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +51,11 @@ class FeatureConfig:
         frame_length_ms / frame_shift_ms: window and hop (25 / 10).
         dither: Kaldi dither amount (0 keeps features deterministic).
         sample_rate: rate the audio is resampled to before feature extraction.
+        dynamic_range_db: 0 (off) or a per-band floor, in dB: each static coefficient (log-mel
+            bands and log energy) is raised to at least its utterance's 95th percentile minus this
+            many dB, before deltas. Low-level detail (silence, weak high bands) is what added noise
+            covers first, so a floor of about 20 dB makes clean and noisy versions of an
+            utterance look more alike (docs/speech-data.md section 3).
         stack: consecutive frames concatenated per model step (3).
         cmvn: ``"global"`` (training-set statistics), ``"speaker"`` (per speaker), ``"utterance"``
             (each utterance by its own statistics), ``"online"`` (causal running statistics with
@@ -64,6 +70,7 @@ class FeatureConfig:
     frame_shift_ms: float = 10.0
     dither: float = 0.0
     sample_rate: int = 16000
+    dynamic_range_db: float = 0.0
     stack: int = 3
     cmvn: str = "global"
 
@@ -76,6 +83,8 @@ class FeatureConfig:
             raise ValueError(f"delta_order must be 0, 1 or 2, got {self.delta_order!r}")
         if self.stack < 1:
             raise ValueError(f"stack must be >= 1, got {self.stack!r}")
+        if self.dynamic_range_db < 0:
+            raise ValueError(f"dynamic_range_db must be >= 0 (0: off), got {self.dynamic_range_db!r}")
         if self.num_mel_bins < 1:
             raise ValueError(f"num_mel_bins must be >= 1, got {self.num_mel_bins!r}")
 
@@ -92,6 +101,8 @@ class FeatureConfig:
     def extraction_key(self) -> str:
         """A short hash of the options that change the unnormalised, unstacked features."""
         opts = {k: v for k, v in asdict(self).items() if k not in ("stack", "cmvn")}
+        if not opts["dynamic_range_db"]:
+            del opts["dynamic_range_db"]  # off: the key (and the cache) of the features before the option
         return hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -180,7 +191,22 @@ def extract_features(waveform: torch.Tensor | np.ndarray, config: FeatureConfig 
         )
     else:
         feats = torch.from_numpy(_librosa_fbank(wav.numpy() * 32768.0, config))
+    if config.dynamic_range_db and feats.shape[0]:
+        feats = floor_dynamic_range(feats, config.dynamic_range_db)
     return _deltas(feats, config.delta_order) if config.delta_order else feats
+
+
+def floor_dynamic_range(log_features: torch.Tensor, range_db: float, reference_quantile: float = 0.95) -> torch.Tensor:
+    """Raise each column of natural-log power features ``[T, D]`` to at least its
+    ``reference_quantile`` over the utterance minus ``range_db`` dB.
+
+    Example:
+        >>> x = torch.tensor([[0.0], [10.0], [10.0], [10.0]])  # ln power
+        >>> [round(v, 3) for v in floor_dynamic_range(x, 20.0).flatten().tolist()]  # 20 dB: 4.6 in ln power
+        [5.395, 10.0, 10.0, 10.0]
+    """
+    reference = torch.quantile(log_features, reference_quantile, dim=0)
+    return torch.maximum(log_features, reference - range_db * math.log(10.0) / 10.0)
 
 
 def stack_frames(features: torch.Tensor, stack: int) -> torch.Tensor:

@@ -55,6 +55,8 @@ class SpeechTaskConfig(HardAlignmentConfig):
         phone_set: training phone set, 61 (60 after deleting ``q``), 48 or 39; scoring is on 39.
         cmvn: ``global``, ``speaker``, ``utterance`` or ``online`` (causal) mean/variance
             normalisation, or ``none`` (:mod:`hardalign.data.features`).
+        dynamic_range_db: 0 (off) or the per-band floor of the features in dB below each band's
+            95th percentile in the utterance (``FeatureConfig.dynamic_range_db``).
         frame_stack: frames stacked per model step (3: 30 ms steps).
         ctc_layers: LSTM layers of the CTC baseline (0: ``encoder_layers``, the same encoder as p).
         decoder: ``greedy`` or ``beam``; beam_size: its width.
@@ -85,6 +87,7 @@ class SpeechTaskConfig(HardAlignmentConfig):
     model: str = "hardalign"
     phone_set: int = 61
     cmvn: str = "utterance"
+    dynamic_range_db: float = 0.0
     frame_stack: int = 3
     ctc_layers: int = 0
     decoder: str = "greedy"
@@ -205,7 +208,7 @@ class SpeechTask:
         self.world_size = world_size
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
-        self.features = FeatureConfig(stack=config.frame_stack, cmvn=config.cmvn)
+        self.features = FeatureConfig(stack=config.frame_stack, cmvn=config.cmvn, dynamic_range_db=float(config.dynamic_range_db))
         self.vocab = Vocabulary.phones(config.phone_set)
         self._train = None
         self._train_items: list[dict] | None = None

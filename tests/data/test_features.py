@@ -142,6 +142,19 @@ def test_online_cmvn_reads_the_global_statistics(prepared):
     assert (ds.cmvn(first) - expected).abs().max() < 0.1 * expected.abs().max() + 0.05
 
 
+def test_dynamic_range_floor():
+    from hardalign.data.features import floor_dynamic_range
+
+    x = torch.tensor([[0.0, 5.0], [10.0, 5.0], [10.0, 5.0], [10.0, 5.0]])
+    floored = floor_dynamic_range(x, 10.0)  # 10 dB = ln(10) in natural-log power
+    assert torch.allclose(floored[:, 0], torch.tensor([10.0 - 2.302585, 10.0, 10.0, 10.0]))
+    assert torch.equal(floored[:, 1], x[:, 1])  # a flat band is above its own floor
+    assert FeatureConfig().extraction_key() == FeatureConfig(dynamic_range_db=0.0).extraction_key()
+    assert FeatureConfig().extraction_key() != FeatureConfig(dynamic_range_db=20.0).extraction_key()
+    with pytest.raises(ValueError, match="dynamic_range_db"):
+        FeatureConfig(dynamic_range_db=-1.0)
+
+
 def test_cache_reuse_and_keys(prepared, tmp_path):
     cache_dir = tmp_path / "cache"
     ds = load_speech_dataset(prepared, "train", cache_dir=cache_dir)

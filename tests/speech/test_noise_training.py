@@ -181,3 +181,16 @@ def test_spec_augment_and_utterance_cmvn(corpus):
     assert all(torch.equal(x["features"], y["features"]) for x, y in zip(out, again))
     assert not all(torch.equal(x["features"], y["features"]) for x, y in zip(out, masked._spec_augment(items, epoch=1)))
     assert plain._spec_augment(items, epoch=0) is items
+
+
+def test_dynamic_range_floor_brings_clean_and_noisy_features_closer(corpus):
+    """What ``dynamic_range_db`` is for: on synthesised speech, white noise at 10 dB moves the
+    normalised features less with a 20 dB floor than without (measured: 0.82 against 1.18,
+    mean squared difference of the normalised, stacked features)."""
+    distance = {}
+    for range_db in (0.0, 20.0):
+        task = _task(corpus, eval_noise="white:10", dynamic_range_db=range_db)
+        clean, noisy = task.dataset("test"), task.dataset("test", task._noise_config("white", snr=10.0))
+        assert [r["id"] for r in clean.records] == [r["id"] for r in noisy.records]
+        distance[range_db] = float(np.mean([(clean[i]["features"] - noisy[i]["features"]).pow(2).mean().item() for i in range(len(clean))]))
+    assert distance[20.0] < 0.85 * distance[0.0], distance
