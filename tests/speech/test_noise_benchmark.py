@@ -24,7 +24,7 @@ def test_ctc_runs_copy_the_noise_keys(speech_noise):
     args = type("Args", (), {"conf_dir": str(REPO / "recipes/timit/conf")})()
     config, keys = speech_noise.run_config("noisy", "ctc", args)
     assert config.name == "ctc.yaml" and keys[keys.index("--noise") + 1] == "white,pink,babble" and "--snr" in keys
-    assert speech_noise.run_config("multi", "ctc", args)[1] == ["--mix-speaker", "0.25", "--specaug-freq", "8", "--specaug-time", "10"]
+    assert speech_noise.run_config("multi", "ctc", args)[1] == ["--mix-speaker", "0.25", "--cmvn", "utterance", "--specaug-freq", "8", "--specaug-time", "10"]
     assert speech_noise.run_config("clean", "ctc", args)[1] == [] and speech_noise.run_config("noisy", "hard", args)[0].name == "noisy.yaml"
 
 
