@@ -36,7 +36,7 @@ import torchaudio.functional as AF
 __all__ = ["CMVN", "OnlineCMVN", "UtteranceCMVN", "FeatureConfig", "compute_cmvn", "extract_features", "load_cmvn", "num_frames", "stack_frames"]
 
 _FRONTENDS = ("kaldi", "librosa")
-_CMVN_MODES = ("global", "speaker", "utterance", "online", "none")
+CMVN_MODES = ("global", "speaker", "utterance", "online", "none")
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,8 @@ class FeatureConfig:
     def __post_init__(self):
         if self.frontend not in _FRONTENDS:
             raise ValueError(f"frontend must be one of {_FRONTENDS}, got {self.frontend!r}")
-        if self.cmvn not in _CMVN_MODES:
-            raise ValueError(f"cmvn must be one of {_CMVN_MODES}, got {self.cmvn!r}")
+        if self.cmvn not in CMVN_MODES:
+            raise ValueError(f"cmvn must be one of {CMVN_MODES}, got {self.cmvn!r}")
         if self.delta_order not in (0, 1, 2):
             raise ValueError(f"delta_order must be 0, 1 or 2, got {self.delta_order!r}")
         if self.stack < 1:
@@ -296,6 +296,9 @@ class OnlineCMVN:
             raise ValueError(f"OnlineCMVN: prior_frames must be > 0 and window >= 1, got {prior_frames!r}, {window!r}")
         self.mean, self.std = mean.double(), std.double()
         self.prior_frames, self.window = float(prior_frames), int(window)
+        # the prior's sums, as if prior_frames frames with these statistics had been seen
+        self._prior_sum = self.prior_frames * self.mean
+        self._prior_square_sum = self.prior_frames * (self.std ** 2 + self.mean ** 2)
 
     def __call__(self, features: torch.Tensor, speaker: str | None = None) -> torch.Tensor:
         """Normalise ``[T, D]`` features causally (``speaker`` is ignored)."""
@@ -308,8 +311,8 @@ class OnlineCMVN:
         end = torch.arange(1, T + 1)
         start = (end - self.window).clamp_min(0)
         count = (end - start).to(x.dtype).unsqueeze(1) + self.prior_frames
-        mean = (sums[end] - sums[start] + self.prior_frames * self.mean) / count
-        second = (squares[end] - squares[start] + self.prior_frames * (self.std ** 2 + self.mean ** 2)) / count
+        mean = (sums[end] - sums[start] + self._prior_sum) / count
+        second = (squares[end] - squares[start] + self._prior_square_sum) / count
         std = (second - mean ** 2).clamp_min(1e-6).sqrt()
         return ((x - mean) / std).to(features.dtype)
 

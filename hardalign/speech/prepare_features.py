@@ -20,6 +20,8 @@ from typing import Sequence
 
 import torch
 
+from hardalign.data.features import CMVN_MODES
+
 __all__ = ["precompute_features", "main"]
 
 
@@ -48,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hardalign.speech.prepare_features", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="directory with train/dev/test.jsonl")
     parser.add_argument("--phone-set", type=int, default=61, choices=(61, 48, 39))
-    parser.add_argument("--cmvn", default="global", choices=("global", "speaker", "utterance", "online", "none"))
+    parser.add_argument("--cmvn", default="global", choices=CMVN_MODES)
     parser.add_argument("--frame-stack", type=int, default=3)
     parser.add_argument("--eval-noise", default="", help="frozen test conditions TYPE:SNR,... (e.g. white:10,white:0)")
     parser.add_argument("--mix-speaker", type=float, default=0.0, help="two-speaker mix: the partner's scale (0: off; 0.1, 0.25, 0.5)")
