@@ -23,7 +23,7 @@ __all__ = ["label_start_posteriors", "emission_hazard"]
 
 def _shift(x: torch.Tensor, by: int, fill: float) -> torch.Tensor:
     """``out[..., s] = x[..., s - by]`` (``fill`` for ``s < by``)."""
-    return torch.cat([x.new_full(x.shape[:-1] + (by,), fill), x[..., :-by]], dim=-1)
+    return torch.cat([x.new_full(x.shape[:-1] + (by,), fill), x], dim=-1)[..., : x.shape[-1]]
 
 
 @torch.no_grad()
@@ -50,53 +50,52 @@ def label_start_posteriors(log_probs: torch.Tensor, lengths: torch.Tensor, targe
     U = targets.shape[1]
     S = 2 * U + 1
     neg = -1e30
-    dtype = log_probs.dtype
-    ext = torch.zeros(B, S, dtype=torch.long, device=log_probs.device)
+    dtype, device = log_probs.dtype, log_probs.device
+    ext = torch.zeros(B, S, dtype=torch.long, device=device)
     if U:
         ext[:, 1::2] = targets
-    emit = log_probs.gather(2, ext.unsqueeze(1).expand(B, T, S))  # [B, T, S]
-    states = torch.arange(S, device=log_probs.device)
+    states = torch.arange(S, device=device)
     valid_state = states.unsqueeze(0) < (2 * target_lengths + 1).unsqueeze(1)  # [B, S]
-    emit = emit.masked_fill(~valid_state.unsqueeze(1), neg)
+    # time-major and contiguous: each step reads and writes whole rows
+    emit = log_probs.transpose(0, 1).gather(2, ext.unsqueeze(0).expand(T, B, S))  # [T, B, S]
+    emit = emit.masked_fill(~valid_state.unsqueeze(0), neg).contiguous()
     skip = (states % 2 == 1) & (states >= 3)
     skip = skip.unsqueeze(0) & (ext != _shift(ext, 2, -1))  # [B, S] may jump over a blank
-    alpha = torch.full((B, S), neg, dtype=dtype, device=log_probs.device)
-    alpha[:, 0] = emit[:, 0, 0]
-    if S > 1:
-        alpha[:, 1] = emit[:, 0, 1]
-    alphas = [alpha]
-    entries = [alpha.clone().masked_fill_((states % 2 == 0).unsqueeze(0), neg)]  # entering a label at t = 0
-    for t in range(1, T):
-        into = torch.logaddexp(_shift(alpha, 1, neg), torch.where(skip, _shift(alpha, 2, neg), torch.full_like(alpha, neg)))
-        running = t < lengths  # [B]
-        entry = into + emit[:, t]
-        new = torch.logaddexp(alpha, into) + emit[:, t]
-        alpha = torch.where(running.unsqueeze(1), new, alpha)
-        alphas.append(alpha)
-        entries.append(torch.where(running.unsqueeze(1), entry, torch.full_like(entry, neg)))
+    # transitions as additive log-penalties (0 or neg), and the recursions on padded rows, so that
+    # each step is a handful of whole-row operations on views (no shifting copies, no masking):
+    # alpha rows carry two neg columns in front (s - 1, s - 2), beta rows two behind (s + 1, s + 2)
+    skip_from = torch.where(skip, 0.0, neg).to(dtype)  # into s from s - 2
+    skip_to = _shift(skip_from.flip(1), 2, neg).flip(1)  # from s into s + 2 (as seen from s)
+    alphas = torch.full((T, B, S + 2), neg, dtype=dtype, device=device)
+    entries = torch.full((T, B, S), neg, dtype=dtype, device=device)  # log P(x_<=t, enter s at t)
+    alphas[0, :, 2:4] = emit[0, :, :2]
+    entries[0, :, 1:2] = emit[0, :, 1:2]  # entering the first label at t = 0
+    into = torch.empty(B, S, dtype=dtype, device=device)
+    for t in range(1, T):  # past an utterance's end the rows are not read (log Z comes from its last step)
+        before = alphas[t - 1]
+        torch.logaddexp(before[:, 1:-1], before[:, :-2] + skip_from, out=into)
+        torch.add(into, emit[t], out=entries[t])
+        alphas[t, :, 2:] = torch.logaddexp(before[:, 2:], into) + emit[t]
     last = (2 * target_lengths).unsqueeze(1)  # final blank; the final label is last - 1
-    final = torch.zeros(B, S, dtype=torch.bool, device=log_probs.device)
+    final = torch.zeros(B, S, dtype=torch.bool, device=device)
     final.scatter_(1, last, True)
     final.scatter_(1, (last - 1).clamp_min(0), True)
     final &= valid_state
-    beta_final = torch.where(final, torch.zeros(B, S, dtype=dtype, device=log_probs.device), torch.full((B, S), neg, dtype=dtype, device=log_probs.device))
-    log_z = torch.logsumexp(alpha + beta_final, dim=1)  # alpha frozen at each utterance's last step
-    betas = [None] * T
-    beta = beta_final
-    betas[T - 1] = beta
+    beta_final = torch.where(final, 0.0, neg).to(dtype)  # [B, S]
+    ends = (lengths - 1).clamp(0, T - 1)
+    alpha_end = alphas[:, :, 2:].gather(0, ends.view(1, B, 1).expand(1, B, S))[0]  # each utterance's last step
+    log_z = torch.logsumexp(alpha_end + beta_final, dim=1)
+    betas = torch.full((T, B, S + 2), neg, dtype=dtype, device=device)
+    betas[T - 1, :, :S] = beta_final
+    ahead = torch.full((B, S + 2), neg, dtype=dtype, device=device)
+    inside = (torch.arange(T, device=device).unsqueeze(1) < (lengths - 1).unsqueeze(0)).unsqueeze(-1)  # [T, B, 1]
     for t in range(T - 2, -1, -1):
-        ahead = beta + emit[:, t + 1]  # [B, S]
-        back1 = torch.cat([ahead[:, 1:], ahead.new_full((B, 1), neg)], dim=1)  # s + 1
-        skip_next = torch.cat([skip[:, 2:], skip.new_zeros(B, 2)], dim=1)  # jump s -> s + 2 allowed
-        back2 = torch.where(skip_next, torch.cat([ahead[:, 2:], ahead.new_full((B, 2), neg)], dim=1), torch.full_like(ahead, neg))
-        new = torch.logsumexp(torch.stack([ahead, back1, back2]), dim=0)
-        beta = torch.where((t < lengths - 1).unsqueeze(1), new, beta_final)
-        betas[t] = beta
-    entry = torch.stack(entries, dim=1)  # [B, T, S]
-    beta_all = torch.stack(betas, dim=1)
-    post = torch.exp(entry + beta_all - log_z.view(B, 1, 1))[:, :, 1::2]  # label states -> [B, T, U]
+        torch.add(betas[t + 1, :, :S], emit[t + 1], out=ahead[:, :S])
+        stay_or_next = torch.logaddexp(ahead[:, :S], ahead[:, 1:-1])
+        betas[t, :, :S] = torch.where(inside[t], torch.logaddexp(stay_or_next, ahead[:, 2:] + skip_to), beta_final)
+    post = torch.exp(entries + betas[:, :, :S] - log_z.view(1, B, 1))[:, :, 1::2].transpose(0, 1)  # label states -> [B, T, U]
     feasible = (log_z > neg / 2).view(B, 1, 1)
-    steps = torch.arange(T, device=log_probs.device).view(1, T, 1)
+    steps = torch.arange(T, device=device).view(1, T, 1)
     return torch.where(feasible & (steps < lengths.view(B, 1, 1)), post, torch.zeros_like(post))
 
 

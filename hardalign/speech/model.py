@@ -48,7 +48,7 @@ from torch import nn
 from hardalign.attention import Trajectory, rollout
 from hardalign.objective import LatentOutput
 from hardalign.sampling import fold_tree, unfold
-from hardalign.speech.posterior import KINDS, Posterior, _Unfolded, count_features
+from hardalign.speech.posterior import KINDS, LOOKAHEADS, Posterior, _Unfolded, count_features
 
 __all__ = ["HardAlignmentConfig", "HardAlignmentRecognizer", "append_eos", "forced_decisions"]
 
@@ -140,6 +140,9 @@ class HardAlignmentConfig:
             (q reads p's encoder output: detached for its frame encoding, and its aligner is a
             CTC head on it, so ``aligner_weight`` times the aligner's CTC loss also trains p's
             encoder, as in hybrid CTC/attention training).
+        posterior_lookahead: with the shared encoder, how q reads the frames after step t:
+            ``"lstm"`` (a backward LSTM over the utterance) or ``"conv"`` (a row convolution over
+            the next ``posterior_lookahead_steps`` steps, time-parallel). See docs/speech.md.
         ctc_label_prior: with the shared encoder and the aligner, p's label softmax adds the CTC
             head's log-probabilities of the phones at step t (EOS: 0) to its own logits: ``d_t =
             softmax(label_head(h_t) + log P_ctc(phone | x_<=t))``. The CTC head becomes part of p
@@ -200,6 +203,8 @@ class HardAlignmentConfig:
     aligner_weight: float = 1.0
     posterior_kind: str = "lattice"
     posterior_encoder: str = "shared"
+    posterior_lookahead: str = "lstm"
+    posterior_lookahead_steps: int = 10
     ctc_label_prior: bool = True
     ctc_emit_prior: bool = True
     score_forced_emissions: bool = False
@@ -211,9 +216,11 @@ class HardAlignmentConfig:
             raise ValueError(f"posterior_encoder={self.posterior_encoder!r}: must be 'own' or 'shared'")
         if self.posterior_kind not in KINDS:
             raise ValueError(f"posterior_kind={self.posterior_kind!r}: must be one of {KINDS}")
+        if self.posterior_lookahead not in LOOKAHEADS:
+            raise ValueError(f"posterior_lookahead={self.posterior_lookahead!r}: must be one of {LOOKAHEADS}")
         if self.proposal not in ("prior", "posterior"):
             raise ValueError(f"proposal={self.proposal!r}: must be 'prior' or 'posterior'")
-        for name in ("hidden_size", "encoder_layers", "decision_hidden", "label_embedding", "posterior_hidden", "baseline_hidden"):
+        for name in ("hidden_size", "encoder_layers", "decision_hidden", "label_embedding", "posterior_hidden", "baseline_hidden", "posterior_lookahead_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if not 0.0 < self.emit_prior < 1.0:
@@ -278,6 +285,8 @@ class HardAlignmentRecognizer(nn.Module):
             aligner=config.posterior_aligner,
             kind=config.posterior_kind,
             shared_width=config.hidden_size if config.posterior_encoder == "shared" else 0,
+            lookahead=config.posterior_lookahead,
+            lookahead_steps=config.posterior_lookahead_steps,
         )
         self.aligner_weight = config.aligner_weight
         if self.uses_ctc_emit_prior:

@@ -49,9 +49,10 @@ from torch import nn
 
 from hardalign.speech.aligner import emission_hazard, label_start_posteriors
 
-__all__ = ["KINDS", "Posterior", "count_features", "reverse_within_length"]
+__all__ = ["KINDS", "LOOKAHEADS", "Posterior", "count_features", "reverse_within_length"]
 
 KINDS = ("recurrent", "lattice")
+LOOKAHEADS = ("lstm", "conv")
 
 
 def count_features(step, num_steps: torch.Tensor, emitted: torch.Tensor, num_labels: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -123,6 +124,12 @@ class Posterior(nn.Module):
             aligner is a linear CTC head on it, *not* detached, so the aligner's CTC loss is also
             an auxiliary loss on p's encoder (as in hybrid CTC/attention training). Much less
             computation; see docs/speech.md.
+        lookahead: with ``shared_width``, how q sees the frames ahead of step t (p's encoder
+            covers those behind): ``"lstm"``, a backward LSTM over the whole utterance, or
+            ``"conv"``, a row convolution (Wang et al. 2016, DeepSpeech 2): a projection to
+            ``hidden_size // 2`` channels, then each channel a learned weighted sum of steps
+            ``t .. t + lookahead_steps - 1``, all steps at once (no recurrence).
+        lookahead_steps: the window of the ``"conv"`` lookahead.
     """
 
     def __init__(
@@ -135,16 +142,27 @@ class Posterior(nn.Module):
         aligner: bool = True,
         kind: str = "recurrent",
         shared_width: int = 0,
+        lookahead: str = "lstm",
+        lookahead_steps: int = 10,
     ):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"posterior kind must be one of {KINDS}, got {kind!r}")
+        if lookahead not in LOOKAHEADS:
+            raise ValueError(f"posterior lookahead must be one of {LOOKAHEADS}, got {lookahead!r}")
+        if lookahead_steps < 1:
+            raise ValueError(f"posterior lookahead_steps must be >= 1, got {lookahead_steps}")
         self.kind = kind
         half = max(1, hidden_size // 2)
         self.hidden_size = hidden_size
         self.shared_width = shared_width
-        if shared_width:
+        self.lookahead = lookahead if shared_width else "lstm"
+        if shared_width and lookahead == "lstm":
             self.frames_behind = nn.LSTM(shared_width, half, batch_first=True)  # the forward direction is p's encoder
+            frame_width = shared_width + half
+        elif shared_width:  # row convolution: one learned filter per channel over the next steps
+            self.lookahead_proj = nn.Linear(shared_width, half)
+            self.lookahead_conv = nn.Conv1d(half, half, lookahead_steps, groups=half)
             frame_width = shared_width + half
         else:
             self.frames = _Bidirectional(input_dim, half)
@@ -221,8 +239,7 @@ class Posterior(nn.Module):
             if shared is None or shared.shape[-1] != self.shared_width:
                 raise ValueError(f"posterior: expected p's encoder output [B, T, {self.shared_width}] as shared=")
             ahead = shared.detach()  # q's score-function gradient must not reach p's encoder
-            behind, _ = self.frames_behind(reverse_within_length(ahead, feature_lengths))
-            frames = self.frame_proj(torch.cat([ahead, reverse_within_length(behind, feature_lengths)], dim=-1))  # [B, T, Hq]
+            frames = self.frame_proj(torch.cat([ahead, self._frames_ahead(ahead, feature_lengths)], dim=-1))  # [B, T, Hq]
         else:
             frames = self.frame_proj(self.frames(features, feature_lengths))  # [B, T, Hq]
         B, L = labels.shape
@@ -252,6 +269,17 @@ class Posterior(nn.Module):
         if self.kind == "lattice":
             memory["table"] = _Unfolded(self._table(frames, encoded, feature_lengths, num_labels, hazard if self.use_aligner else None))
         return memory
+
+    def _frames_ahead(self, encoded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """What q knows of the steps after t, from p's encoder output ``[B, T, D]``: ``[B, T, Hq / 2]``."""
+        if self.lookahead == "lstm":
+            behind, _ = self.frames_behind(reverse_within_length(encoded, lengths))
+            return reverse_within_length(behind, lengths)
+        steps = torch.arange(encoded.shape[1], device=encoded.device).view(1, -1, 1)
+        # padding is zeroed so that the window of the last valid steps sees nothing beyond the end
+        projected = torch.tanh(self.lookahead_proj(encoded)).masked_fill(steps >= lengths.view(-1, 1, 1), 0.0)
+        window = self.lookahead_conv.kernel_size[0]
+        return torch.tanh(self.lookahead_conv(F.pad(projected.transpose(1, 2), (0, window - 1)))).transpose(1, 2)
 
     def _table(self, frames, labels, num_steps, num_labels, hazard) -> torch.Tensor:
         """The lattice kind's emit logits ``[B, T, L]`` for every (step t, labels emitted n)."""

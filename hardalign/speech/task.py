@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Iterable, Iterator
 
 import torch
+import torch.nn.functional as F
 
 from hardalign.data.noise import check_noise_options, parse_eval_noise, parse_noise_spec
 from hardalign.speech.ctc import CTCRecognizer
@@ -77,6 +78,14 @@ class SpeechTaskConfig(HardAlignmentConfig):
             (``torchaudio.transforms.FrequencyMasking`` / ``TimeMasking``): the widest mask in mel
             bins (the same bins of the static, delta and delta-delta coefficients) and in 10 ms
             frames; 0: off. specaug_masks: masks of each kind per utterance.
+        warp_freq: VTLP-style warp of the mel axis (Jaitly & Hinton 2013) on the training features:
+            each utterance's bins are resampled at ``i * alpha``, ``alpha`` drawn per utterance and
+            epoch from ``[1 - warp_freq, 1 + warp_freq]`` (the same warp in every delta order; log
+            energy untouched); 0: off. A shorter or longer vocal tract, without recomputing features.
+        warp_time: speed perturbation on the features: each utterance's 10 ms frames are resampled
+            (linear interpolation) to ``1 / beta`` times as many, ``beta`` drawn per utterance and
+            epoch from ``[1 - warp_time, 1 + warp_time]``; never below the frames the utterance
+            needs to stay alignable (one step per label and EOS); 0: off.
         eval_limit: score only the first N utterances of a split (0: all; quick checks).
         eval_batch_size: utterances per decoding batch.
         preload: keep the training features in memory (clean training only).
@@ -100,6 +109,8 @@ class SpeechTaskConfig(HardAlignmentConfig):
     specaug_freq: int = 0
     specaug_time: int = 0
     specaug_masks: int = 2
+    warp_freq: float = 0.0
+    warp_time: float = 0.0
     eval_limit: int = 0
     eval_batch_size: int = 64
     preload: bool = True
@@ -119,6 +130,28 @@ class SpeechTaskConfig(HardAlignmentConfig):
         for key in ("specaug_freq", "specaug_time", "specaug_masks"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key}={getattr(self, key)}: must be >= 0")
+        for key in ("warp_freq", "warp_time"):
+            if not 0.0 <= getattr(self, key) < 0.5:
+                raise ValueError(f"{key}={getattr(self, key)}: must be in [0, 0.5)")
+
+
+def warp_axis(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Resample the last axis of ``x`` at positions ``i * alpha`` (linear interpolation; beyond the
+    last bin, the last bin): ``alpha > 1`` compresses the spectrum toward the low bins (a shorter
+    vocal tract), ``alpha < 1`` stretches it.
+
+    Example:
+        >>> warp_axis(torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]), 0.5).tolist()
+        [0.0, 0.5, 1.0, 1.5, 2.0]
+        >>> warp_axis(torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]), 2.0).tolist()
+        [0.0, 2.0, 4.0, 4.0, 4.0]
+    """
+    n = x.shape[-1]
+    position = (torch.arange(n, dtype=x.dtype, device=x.device) * alpha).clamp(max=n - 1)
+    low = position.floor().long().clamp(max=n - 1)
+    high = (low + 1).clamp(max=n - 1)
+    frac = position - low.to(x.dtype)
+    return x.index_select(-1, low) * (1 - frac) + x.index_select(-1, high) * frac
 
 
 def _undo_base60(snr: str) -> str:
@@ -281,7 +314,35 @@ class SpeechTask:
             self._train_items = [ds[i] for i in range(len(ds))]
         for indices in sampler:
             items = [self._train_items[i] for i in indices] if (clean and self._train_items is not None) else [ds[i] for i in indices]
-            yield collate_speech(self._spec_augment(items, epoch))
+            yield collate_speech(self._spec_augment(self._warp(items, epoch), epoch))
+
+    def _warp(self, items: list[dict], epoch: int) -> list[dict]:
+        """Frequency (VTLP) and time (speed) warps of training items (``warp_freq`` / ``warp_time``;
+        a no-op at 0), drawn from a generator seeded by (training seed, epoch, utterance): a
+        resumed run replays them. The items themselves are not changed."""
+        c = self.config
+        if not (c.warp_freq or c.warp_time):
+            return items
+        from hardalign.data.noise import utterance_rng
+
+        stack, base = self.features.stack, self.features.base_dim
+        orders = 1 + self.features.delta_order
+        bins = base // orders
+        energy = int(self.features.use_energy)
+        out = []
+        for item in items:
+            rng = utterance_rng(self.train_config.seed, "warp", epoch, item["id"])
+            alpha, beta = 1.0 + rng.uniform(-1.0, 1.0, size=2) * (c.warp_freq, c.warp_time)
+            frames = item["features"].reshape(-1, orders, bins)  # [T' * stack, orders, bins]
+            if c.warp_freq:
+                frames = torch.cat([frames[..., :energy], warp_axis(frames[..., energy:], float(alpha))], dim=-1)
+            if c.warp_time:
+                needed = (int(item["targets"].numel()) + 1) * stack  # one step per label and EOS
+                count = max(needed, int(round(frames.shape[0] / float(beta))))
+                count -= count % stack
+                frames = F.interpolate(frames.permute(1, 2, 0), size=count, mode="linear", align_corners=True).permute(2, 0, 1)
+            out.append({**item, "features": frames.reshape(-1, stack * base).contiguous()})
+        return out
 
     def _spec_augment(self, items: list[dict], epoch: int) -> list[dict]:
         """SpecAugment-style masks on training items (``specaug_freq`` / ``specaug_time``; a no-op at 0).

@@ -45,3 +45,19 @@ def test_unalignable_targets_give_zero_posteriors():
     log_probs = torch.log_softmax(torch.randn(1, 2, 3), -1)
     post = label_start_posteriors(log_probs, torch.tensor([2]), torch.tensor([[1, 1]]), torch.tensor([2]))  # needs 3 steps
     assert (post == 0).all()
+
+
+def test_float32_matches_float64_on_a_long_batch_and_empty_targets_work():
+    torch.manual_seed(1)
+    log_probs = torch.log_softmax(3 * torch.randn(4, 60, 9, dtype=torch.float64), -1)
+    targets = torch.randint(1, 9, (4, 12))
+    targets[0, 3:6] = 5  # repeats need the blank between them
+    lengths, target_lengths = torch.tensor([60, 41, 25, 60]), torch.tensor([12, 7, 12, 0])
+    exact = label_start_posteriors(log_probs, lengths, targets, target_lengths)
+    single = label_start_posteriors(log_probs.float(), lengths, targets, target_lengths)
+    torch.testing.assert_close(single.double(), exact, rtol=1e-4, atol=1e-5)
+    valid = torch.arange(60).view(1, 60, 1) < lengths.view(4, 1, 1)
+    sums = exact.sum(1)  # each label starts exactly once
+    torch.testing.assert_close(sums[:3], (torch.arange(12) < target_lengths[:3, None]).double() * torch.ones(3, 12, dtype=torch.float64))
+    assert (exact[~valid.expand_as(exact)] == 0).all() and (exact[3] == 0).all()
+    assert label_start_posteriors(log_probs, lengths, targets[:, :0], torch.zeros(4, dtype=torch.long)).shape == (4, 60, 0)

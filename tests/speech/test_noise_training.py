@@ -18,7 +18,7 @@ import torch
 
 from hardalign.data import read_audio, read_manifest
 from hardalign.data.noise import NoiseConfig, NoiseMixer, measure_snr
-from hardalign.speech.task import SpeechTask, SpeechTaskConfig
+from hardalign.speech.task import SpeechTask, SpeechTaskConfig, warp_axis
 from hardalign.train.config import ConfigError, resolve_config
 
 
@@ -181,6 +181,41 @@ def test_spec_augment_and_utterance_cmvn(corpus):
     assert all(torch.equal(x["features"], y["features"]) for x, y in zip(out, again))
     assert not all(torch.equal(x["features"], y["features"]) for x, y in zip(out, masked._spec_augment(items, epoch=1)))
     assert plain._spec_augment(items, epoch=0) is items
+
+
+def test_frequency_and_time_warps(corpus):
+    plain = _task(corpus, cmvn="utterance")
+    warped = _task(corpus, cmvn="utterance", warp_freq=0.1, warp_time=0.1)
+    ds = plain.train_set
+    items = [ds[i] for i in range(len(ds))]
+    before = [it["features"].clone() for it in items]
+    out = warped._warp(items, epoch=0)
+    assert all(torch.equal(it["features"], f) for it, f in zip(items, before))  # inputs untouched
+    stack, orders, bins = 3, 3, 41
+    ratios = []
+    for item, aug in zip(items, out):
+        x, y = item["features"].reshape(-1, orders, bins), aug["features"].reshape(-1, orders, bins)
+        assert aug["features"].shape[1] == item["features"].shape[1] and aug["id"] == item["id"]
+        assert y.shape[0] % stack == 0 and y.shape[0] // stack >= item["targets"].numel() + 1  # still alignable
+        ratios.append(y.shape[0] / x.shape[0])
+        # both ends of the time axis stay where they were; the log energy is not warped in frequency
+        torch.testing.assert_close(y[0, :, 0], x[0, :, 0])
+        torch.testing.assert_close(y[-1, :, 0], x[-1, :, 0])
+    assert min(ratios) >= 1 / 1.1 - 0.02 and max(ratios) <= 1 / 0.9 + 0.02 and max(ratios) - min(ratios) > 0.05
+    again = warped._warp(items, epoch=0)
+    assert all(torch.equal(a["features"], b["features"]) for a, b in zip(out, again))  # replayable
+    assert not all(torch.equal(a["features"], b["features"]) for a, b in zip(out, warped._warp(items, epoch=1)))
+    assert plain._warp(items, epoch=0) is items
+    # the frequency warp alone: the same frames, the mel bins resampled (identity at alpha = 1)
+    only_freq = _task(corpus, cmvn="utterance", warp_freq=0.2)._warp(items[:3], epoch=0)
+    for item, aug in zip(items[:3], only_freq):
+        assert aug["features"].shape == item["features"].shape
+        assert not torch.equal(aug["features"], item["features"])
+    assert torch.equal(warp_axis(before[0], 1.0), before[0])
+    batch = next(iter(warped.train_batches(0)))
+    assert batch["features"].shape[-1] == stack * orders * bins
+    with pytest.raises(ValueError, match="warp_time"):
+        _task(corpus, warp_time=0.6)
 
 
 def test_dynamic_range_floor_brings_clean_and_noisy_features_closer(corpus):

@@ -78,3 +78,35 @@ def test_time_parallel_training_step(name):
     assert model.gate_hidden.weight.grad.abs().sum() > 0 and model.emit_head.weight.grad.abs().sum() > 0
     if name != "vimco-seq":
         assert model.baseline_net[-1].bias.grad.abs() > 0
+
+
+def test_conv_lookahead_reads_only_the_window_ahead_and_trains():
+    model = lattice_model(posterior_lookahead="conv", posterior_lookahead_steps=3).double()
+    posterior = model.posterior
+    assert not hasattr(posterior, "frames_behind")
+    encoded = torch.randn(2, 9, 16, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([9, 6])
+    ahead = posterior._frames_ahead(encoded, lengths)
+    assert ahead.shape == (2, 9, 8)
+    for t, b in [(0, 0), (4, 0), (8, 0), (2, 1), (5, 1)]:
+        (grad,) = torch.autograd.grad(ahead[b, t].sum(), encoded, retain_graph=True)
+        reads = grad[b].abs().sum(-1) > 0  # steps that step t of utterance b reads
+        expected = torch.zeros(9, dtype=torch.bool)
+        expected[t : min(t + 3, int(lengths[b]))] = True
+        assert torch.equal(reads, expected), (b, t)
+        assert grad[1 - b].abs().sum() == 0
+    # the parallel scores still equal the rollout's, and a training step reaches the new layers
+    batch = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in tight_batch().items()}
+    stepwise = model.sample_alignments(batch, num_samples=3, generator=torch.Generator().manual_seed(1))
+    memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
+    torch.testing.assert_close(model.score_alignments(memory, stepwise.locations).log_q, stepwise.log_q)
+    terms = training_terms(model(batch, num_samples=3, step=2), build_estimator("vimco-seq"))
+    terms["loss"].backward()
+    assert posterior.lookahead_conv.weight.grad.abs().sum() > 0 and posterior.lookahead_proj.weight.grad.abs().sum() > 0
+
+
+def test_lookahead_options_are_checked():
+    with pytest.raises(ValueError, match="posterior_lookahead"):
+        lattice_model(posterior_lookahead="bidirectional")
+    with pytest.raises(ValueError, match="posterior_lookahead_steps"):
+        lattice_model(posterior_lookahead="conv", posterior_lookahead_steps=0)
