@@ -630,19 +630,22 @@ class HardAlignmentRecognizer(nn.Module):
         table = memory["posterior"]["table"].value.detach()  # [B, T, L]
         B, T, L = table.shape
         N = num_samples * B
-        example = torch.arange(N, device=table.device) % B  # row k * B + b -> b
-        num_steps, num_labels = memory["num_steps"][example], memory["num_labels"][example]
-        flat = table.reshape(-1)
-        emitted = torch.zeros(N, dtype=torch.long, device=table.device)
+        # the emit probability at every (step t, labels emitted n) with the forced decisions folded
+        # in (1: must emit, 0: must skip; n = L, everything emitted, is a forced skip): each step of
+        # the loop is then one gather, one comparison and one add
+        steps = torch.arange(T, device=table.device).view(1, T, 1)
+        emitted_so_far = torch.arange(L + 1, device=table.device).view(1, 1, L + 1)
+        is_forced, value = forced_decisions(steps, memory["num_steps"].view(B, 1, 1), emitted_so_far, memory["num_labels"].view(B, 1, 1))
+        prob = torch.where(is_forced, value.to(table.dtype), torch.sigmoid(F.pad(table, (0, 1))))  # [B, T, L + 1]
+        flat = prob.reshape(-1)
+        row = (torch.arange(N, device=table.device) % B) * (T * (L + 1))  # row k * B + b reads utterance b
         uniforms = torch.rand(T, N, generator=generator, device=table.device, dtype=table.dtype)
         decisions = []
         for t in range(T):
-            logit = flat[(example * T + t) * L + emitted.clamp(max=L - 1)]
-            is_forced, value = forced_decisions(t, num_steps, emitted, num_labels)
-            z = torch.where(is_forced, value.to(table.dtype), (uniforms[t] < torch.sigmoid(logit)).to(table.dtype))
-            emitted = emitted + z.long()
+            z = uniforms[t] < flat[row + t * (L + 1)]  # u < 1 always, u < 0 never: forced values are exact
+            row = row + z  # the next step reads one label further
             decisions.append(z)
-        return torch.stack(decisions, dim=-1).reshape(num_samples, B, T)  # [K * B, T] -> [K, B, T]
+        return torch.stack(decisions, dim=-1).to(table.dtype).reshape(num_samples, B, T)  # [K * B, T] -> [K, B, T]
 
     def score_alignments(self, memory: dict[str, Any], z: torch.Tensor) -> Trajectory:
         """The trajectory of given alignments, every step at once (the time-parallel path).
