@@ -38,7 +38,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def proposal_parameters(model) -> list[torch.nn.Parameter]:
     if model.proposal == "posterior":
         return list(model.posterior.parameters())
-    return [*model.gate_hidden.parameters(), *model.gate_decision.parameters(), *model.emit_head.parameters()]
+    recurrence = list(model.gate_hidden.parameters()) if hasattr(model, "gate_hidden") else []  # decision_recurrence
+    return [*recurrence, *model.gate_decision.parameters(), *model.emit_head.parameters()]
 
 
 def gradient_draws(model, estimator, batch, num_samples: int, draws: int, warmup: int) -> torch.Tensor:

@@ -206,7 +206,7 @@ class SpeechTask:
     metrics_to_minimize = ("per",)
     #: keys added since the first checkpoints were written, with the value those runs used (a
     #: stored config without them rebuilds the model they trained; see hardalign.train.run.load_run)
-    legacy_defaults = {"posterior_kind": "recurrent", "posterior_encoder": "own", "ctc_label_prior": False, "ctc_emit_prior": False, "score_forced_emissions": False, "forced_emission_weight": 0.0, "ctc_prior_gradient": 1.0}
+    legacy_defaults = {"posterior_kind": "recurrent", "posterior_encoder": "own", "ctc_label_prior": False, "ctc_emit_prior": False, "score_forced_emissions": False, "forced_emission_weight": 0.0, "ctc_prior_gradient": 1.0, "decision_recurrence": True}
 
     @classmethod
     def upgrade_stored_config(cls, stored: dict) -> dict:

@@ -75,7 +75,7 @@ def test_time_parallel_training_step(name):
     terms["loss"].backward()
     assert torch.isfinite(terms["loss"])
     assert model.posterior.gain.grad is not None and model.posterior.gain.grad.abs() > 0
-    assert model.gate_hidden.weight.grad.abs().sum() > 0 and model.emit_head.weight.grad.abs().sum() > 0
+    assert model.gate_decision.weight.grad.abs().sum() > 0 and model.emit_head.weight.grad.abs().sum() > 0
     if name != "vimco-seq":
         assert model.baseline_net[-1].bias.grad.abs() > 0
 
