@@ -316,6 +316,12 @@ class SpeechTask:
             items = [self._train_items[i] for i in indices] if (clean and self._train_items is not None) else [ds[i] for i in indices]
             yield collate_speech(self._spec_augment(self._warp(items, epoch), epoch))
 
+    def _frame_layout(self) -> tuple[int, int, int]:
+        """``(stack, orders, bins)``: a stacked feature row is ``stack`` 10 ms frames, each of
+        ``orders`` (static, delta, delta-delta) times ``bins`` (log energy + mel) coefficients."""
+        orders = 1 + self.features.delta_order
+        return self.features.stack, orders, self.features.base_dim // orders
+
     def _warp(self, items: list[dict], epoch: int) -> list[dict]:
         """Frequency (VTLP) and time (speed) warps of training items (``warp_freq`` / ``warp_time``;
         a no-op at 0), drawn from a generator seeded by (training seed, epoch, utterance): a
@@ -325,9 +331,7 @@ class SpeechTask:
             return items
         from hardalign.data.noise import utterance_rng
 
-        stack, base = self.features.stack, self.features.base_dim
-        orders = 1 + self.features.delta_order
-        bins = base // orders
+        stack, orders, bins = self._frame_layout()
         energy = int(self.features.use_energy)
         out = []
         for item in items:
@@ -341,7 +345,7 @@ class SpeechTask:
                 count = max(needed, int(round(frames.shape[0] / float(beta))))
                 count -= count % stack
                 frames = F.interpolate(frames.permute(1, 2, 0), size=count, mode="linear", align_corners=True).permute(2, 0, 1)
-            out.append({**item, "features": frames.reshape(-1, stack * base).contiguous()})
+            out.append({**item, "features": frames.reshape(-1, stack * orders * bins).contiguous()})
         return out
 
     def _spec_augment(self, items: list[dict], epoch: int) -> list[dict]:
@@ -360,9 +364,8 @@ class SpeechTask:
 
         from hardalign.data.noise import utterance_rng
 
-        stack, base = self.features.stack, self.features.base_dim
-        orders = 1 + self.features.delta_order
-        bins = base // orders
+        stack, orders, bins = self._frame_layout()
+        base = orders * bins
         masks = [AT.FrequencyMasking(c.specaug_freq)] * bool(c.specaug_freq) + [AT.TimeMasking(c.specaug_time)] * bool(c.specaug_time)
         out = []
         for item in items:

@@ -158,14 +158,23 @@ def test_training_batches_replay_per_epoch(corpus):
     assert not torch.equal(first["features"], second["features"])
 
 
-def test_spec_augment_and_utterance_cmvn(corpus):
-    plain = _task(corpus, cmvn="utterance")
-    masked = _task(corpus, cmvn="utterance", specaug_freq=10, specaug_time=20, specaug_masks=2)
+def _augment_all(plain, augment):
+    """The training items, ``augment(items, epoch=0)`` applied, checking that the items are not
+    changed and that the result replays for the same epoch and differs for another."""
     ds = plain.train_set
     items = [ds[i] for i in range(len(ds))]
     before = [it["features"].clone() for it in items]
-    out = masked._spec_augment(items, epoch=0)
+    out = augment(items, epoch=0)
     assert all(torch.equal(it["features"], f) for it, f in zip(items, before))  # inputs untouched
+    assert all(torch.equal(x["features"], y["features"]) for x, y in zip(out, augment(items, epoch=0)))
+    assert not all(torch.equal(x["features"], y["features"]) for x, y in zip(out, augment(items, epoch=1)))
+    return items, before, out
+
+
+def test_spec_augment_and_utterance_cmvn(corpus):
+    plain = _task(corpus, cmvn="utterance")
+    masked = _task(corpus, cmvn="utterance", specaug_freq=10, specaug_time=20, specaug_masks=2)
+    items, _, out = _augment_all(plain, masked._spec_augment)
     stack, orders, bins = 3, 3, 41
     for item, aug in zip(items, out):
         feats = item["features"]
@@ -177,20 +186,13 @@ def test_spec_augment_and_utterance_cmvn(corpus):
         zero_frames = (x == 0).all(dim=2).all(dim=1)
         assert 0 < int(zero_bins.sum()) <= 2 * 10 and 0 < int(zero_frames.sum()) <= 2 * 20
         assert aug["features"].shape == feats.shape and aug["id"] == item["id"]
-    again = masked._spec_augment(items, epoch=0)
-    assert all(torch.equal(x["features"], y["features"]) for x, y in zip(out, again))
-    assert not all(torch.equal(x["features"], y["features"]) for x, y in zip(out, masked._spec_augment(items, epoch=1)))
     assert plain._spec_augment(items, epoch=0) is items
 
 
 def test_frequency_and_time_warps(corpus):
     plain = _task(corpus, cmvn="utterance")
     warped = _task(corpus, cmvn="utterance", warp_freq=0.1, warp_time=0.1)
-    ds = plain.train_set
-    items = [ds[i] for i in range(len(ds))]
-    before = [it["features"].clone() for it in items]
-    out = warped._warp(items, epoch=0)
-    assert all(torch.equal(it["features"], f) for it, f in zip(items, before))  # inputs untouched
+    items, before, out = _augment_all(plain, warped._warp)
     stack, orders, bins = 3, 3, 41
     ratios = []
     for item, aug in zip(items, out):
@@ -202,9 +204,6 @@ def test_frequency_and_time_warps(corpus):
         torch.testing.assert_close(y[0, :, 0], x[0, :, 0])
         torch.testing.assert_close(y[-1, :, 0], x[-1, :, 0])
     assert min(ratios) >= 1 / 1.1 - 0.02 and max(ratios) <= 1 / 0.9 + 0.02 and max(ratios) - min(ratios) > 0.05
-    again = warped._warp(items, epoch=0)
-    assert all(torch.equal(a["features"], b["features"]) for a, b in zip(out, again))  # replayable
-    assert not all(torch.equal(a["features"], b["features"]) for a, b in zip(out, warped._warp(items, epoch=1)))
     assert plain._warp(items, epoch=0) is items
     # the frequency warp alone: the same frames, the mel bins resampled (identity at alpha = 1)
     only_freq = _task(corpus, cmvn="utterance", warp_freq=0.2)._warp(items[:3], epoch=0)
