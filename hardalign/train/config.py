@@ -295,6 +295,9 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 def _parse_scalar(text: str) -> Any:
     """Read one command-line value with YAML's scalar rules (``3`` int, ``3e-4`` float, ``null``)."""
+    # YAML reads an empty document as null; on the command line ``--eval-noise ""`` means the empty string
+    if not text.strip():
+        return ""
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:

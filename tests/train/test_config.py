@@ -133,6 +133,9 @@ def test_parse_overrides_forms():
     assert parse_overrides(["--resume", "null", "--seed=3", "--tensorboard", "--out-dir", "exp/a"]) == {
         "resume": None, "seed": 3, "tensorboard": True, "out_dir": "exp/a"}
     assert TrainConfig().estimator in ("reinforce", "nvil", "vimco", "vimco-seq")
+    # an empty value is the empty string (e.g. --eval-noise "" = clean only), not YAML's null
+    assert parse_overrides(["--layers", "", "--out-dir="]) == {"layers": "", "out_dir": ""}
+    assert resolve_config({}, ["--layers", ""], task_config_class=TaskOptions).task.layers == ""
 
 
 def test_single_sample_estimators_accept_k_1():
