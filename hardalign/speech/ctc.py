@@ -36,6 +36,9 @@ class CTCRecognizer(nn.Module):
             ``dropout_ramp_steps``.
     """
 
+    #: no discrete latent: the trainer's estimator is not used (reports say so instead of naming it)
+    uses_estimator = False
+
     def __init__(self, input_dim: int, num_phones: int, *, hidden_size: int = 256, num_layers: int = 2, dropout: float = 0.0, dropout_ramp_steps: int = 0):
         super().__init__()
         if num_phones < 1 or num_layers < 1:

@@ -41,7 +41,8 @@ def evaluate_checkpoint(
         write: write ``eval-<split>.json`` and ``eval-<split>.md`` into ``out_dir``.
 
     Returns:
-        ``{"task", "estimator", "num_samples", "split", "step", "checkpoint", "metrics": {...}}``.
+        ``{"task", "model", "uses_estimator", "estimator", "num_samples", "split", "step",
+        "checkpoint", "metrics": {...}}``.
 
     Raises:
         ValueError: neither a config nor a checkpoint was given, or ``split`` is unknown.
@@ -62,6 +63,9 @@ def evaluate_checkpoint(
         metrics.pop("train_wall_s", None)
     result = {
         "task": tc.task,
+        "model": type(model).__name__,
+        # False for a model without a discrete latent (e.g. the CTC baseline): the estimator is unused
+        "uses_estimator": bool(getattr(model, "uses_estimator", True)),
         "estimator": tc.estimator,
         "estimator_options": dict(tc.estimator_options),
         "num_samples": tc.num_samples,
@@ -91,14 +95,20 @@ def results_markdown(result: dict[str, Any]) -> str:
         |---|---|
         | bound | -99.5 |
         <BLANKLINE>
+        >>> print(results_markdown({"task": "timit", "model": "CTCRecognizer", "uses_estimator": False, "split": "dev",
+        ...                         "step": 5, "checkpoint": "c.pt", "metrics": {}}).splitlines()[2])
+        model `CTCRecognizer` (no discrete latent, no estimator), step 5, checkpoint `c.pt`
     """
     options = result.get("estimator_options") or {}
     extra = f" ({', '.join(f'{k}={v}' for k, v in options.items())})" if options else ""
+    if result.get("uses_estimator", True):
+        trained = f"estimator `{result['estimator']}`{extra}, K = {result['num_samples']}"
+    else:
+        trained = f"model `{result.get('model')}` (no discrete latent, no estimator)"
     lines = [
         f"# {result['task']}: {result['split']}",
         "",
-        f"estimator `{result['estimator']}`{extra}, K = {result['num_samples']}, step {result['step']}, "
-        f"checkpoint `{result['checkpoint']}`",
+        f"{trained}, step {result['step']}, checkpoint `{result['checkpoint']}`",
         "",
         "| metric | value |",
         "|---|---|",

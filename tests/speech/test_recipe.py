@@ -51,7 +51,9 @@ def test_recipe_stages_in_process(tiny_corpus, tmp_path, capsys):
     assert result.step == 3 and (run / "checkpoint.pt").is_file()
     metrics = evaluate_checkpoint(None, checkpoint=run / "checkpoint.pt", split="test")["metrics"]
     assert 0.0 <= metrics["per"] and "per_white10db" in metrics and metrics["ref_tokens"] > 0
-    assert json.loads((run / "eval-test.json").read_text())["metrics"]["per"] == metrics["per"]
+    report = json.loads((run / "eval-test.json").read_text())
+    assert report["metrics"]["per"] == metrics["per"] and report["uses_estimator"] is True
+    assert "estimator `vimco-seq`" in (run / "eval-test.md").read_text()
     assert hardalign(["decode", "--checkpoint", str(run / "checkpoint.pt"), "--split", "test", "--out", str(run / "hyp"), "--decoder", "beam", "--beam-size", "2"]) == 0
     lines = [json.loads(line) for line in (run / "hyp.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and all(len(x["phones"]) == len(x["times"]) for x in lines)
@@ -121,6 +123,10 @@ def test_ctc_run_decodes_and_plots(tiny_corpus, tmp_path):
          "--progress", "false", "--tensorboard", "false", "--max-minutes", "null"],
     )
     train(config)
+    assert hardalign(["evaluate", "--checkpoint", str(run / "checkpoint.pt"), "--split", "dev"]) == 0
+    report = json.loads((run / "eval-dev.json").read_text())
+    assert report["model"] == "CTCRecognizer" and report["uses_estimator"] is False
+    assert "no estimator" in (run / "eval-dev.md").read_text()  # not the unused default estimator's name
     assert hardalign(["decode", "--checkpoint", str(run / "checkpoint.pt"), "--split", "dev"]) == 0
     assert (run / "hyp-dev.jsonl").is_file()
     assert hardalign(["plot", "alignment", "--checkpoint", str(run / "checkpoint.pt"), "--split", "dev", "--out", str(run / "a.png")]) == 0
