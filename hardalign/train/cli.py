@@ -144,7 +144,7 @@ def register(commands) -> None:
     evaluate = commands.add(
         "evaluate",
         _evaluate_command,
-        help="score a checkpoint on dev or test; writes eval-SPLIT.json and .md in out_dir",
+        help="score a checkpoint on dev or test; writes eval-SPLIT.json and .md beside the checkpoint",
         description="Evaluate a trained model with its task's metric. With --checkpoint the config stored in "
         "the checkpoint is used; --key value overrides apply on top (e.g. --eval-num-samples 1000).",
         allow_abbrev=False,

@@ -3,7 +3,7 @@
 ``hardalign evaluate --checkpoint exp/run/checkpoint.pt --split test`` rebuilds the task and
 model from the config stored in the checkpoint (:func:`hardalign.train.run.load_run`;
 command-line overrides still apply, e.g. ``--eval-num-samples 1000``), calls the task's
-``evaluate`` and writes ``eval-<split>.json`` and ``eval-<split>.md`` in the config's ``out_dir``.
+``evaluate`` and writes ``eval-<split>.json`` and ``eval-<split>.md`` beside the checkpoint (the run's ``out_dir`` for its own checkpoint).
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def evaluate_checkpoint(
         checkpoint: the checkpoint file; default ``<out_dir>/checkpoint.pt`` of ``config``.
         split: ``dev`` or ``test``.
         overrides: applied on top of the config (``["--eval-num-samples", "1000"]``).
-        write: write ``eval-<split>.json`` and ``eval-<split>.md`` into ``out_dir``.
+        write: write ``eval-<split>.json`` and ``eval-<split>.md`` beside the checkpoint (its run's
+            ``out_dir`` unless the checkpoint was copied or averaged elsewhere: reports never
+            overwrite those of the run it came from).
 
     Returns:
         ``{"task", "model", "uses_estimator", "estimator", "num_samples", "split", "step",
@@ -75,7 +77,7 @@ def evaluate_checkpoint(
         "metrics": metrics,
     }
     if write:
-        out_dir = Path(tc.out_dir)
+        out_dir = Path(checkpoint).parent
         atomic_write_bytes(out_dir / f"eval-{split}.json", (json.dumps(result, indent=2) + "\n").encode("utf-8"))
         atomic_write_bytes(out_dir / f"eval-{split}.md", results_markdown(result).encode("utf-8"))
     return result

@@ -39,6 +39,16 @@ def test_sbn_task_through_the_cli(tmp_path, capsys):
     assert result["metrics"]["num_samples"] == 8 and result["step"] == 40 and result["estimator"] == "vimco-seq"
     assert -300 < result["metrics"]["bound"] < 0
     assert "| bound |" in (out_dir / "eval-test.md").read_text()
+    # a copy of the checkpoint elsewhere is scored there: the run's own reports stay as they were
+    import shutil
+
+    copy = tmp_path / "copy" / "averaged.pt"
+    copy.parent.mkdir()
+    shutil.copy(out_dir / "checkpoint.pt", copy)
+    before = (out_dir / "eval-test.json").read_bytes()
+    assert hardalign_main(["evaluate", "--checkpoint", str(copy), "--split", "test", "--eval-num-samples", "2"]) == 0
+    assert (out_dir / "eval-test.json").read_bytes() == before
+    assert json.loads((copy.parent / "eval-test.json").read_text())["metrics"]["num_samples"] == 2
     # a typo in an override exits with 2 and names the nearest key
     assert hardalign_main(["train", "--task", "sbn", "--num-sampels", "3", "--out-dir", str(tmp_path / "x")]) == 2
     assert "did you mean 'num_samples'" in capsys.readouterr().err
