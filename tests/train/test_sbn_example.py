@@ -1,6 +1,7 @@
 """examples/sbn.py trains with every estimator and its test bound improves; the sbn task via the CLI."""
 
 import json
+import shutil
 
 import pytest
 
@@ -40,8 +41,6 @@ def test_sbn_task_through_the_cli(tmp_path, capsys):
     assert -300 < result["metrics"]["bound"] < 0
     assert "| bound |" in (out_dir / "eval-test.md").read_text()
     # a copy of the checkpoint elsewhere is scored there: the run's own reports stay as they were
-    import shutil
-
     copy = tmp_path / "copy" / "averaged.pt"
     copy.parent.mkdir()
     shutil.copy(out_dir / "checkpoint.pt", copy)
