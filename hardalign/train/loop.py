@@ -231,7 +231,9 @@ class TrainingStep(nn.Module):
     The model rolls out (``model(batch, num_samples=K, step=i)``) and
     :func:`hardalign.objective.training_terms` applies the estimator; under ``torchrun`` this
     module is what DistributedDataParallel wraps, so that everything the loss depends on is
-    computed inside the wrapped forward.
+    computed inside the wrapped forward. A model with a ``budget_spent`` attribute has it set
+    before each step to the fraction of the training budget spent (steps or minutes, whichever is
+    further on, agreed by the ranks at each log interval), e.g. for a warm-up stage.
     """
 
     def __init__(self, model: nn.Module, estimator: nn.Module):
@@ -459,6 +461,8 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
             for batch in batches:
                 seen += 1
                 batch = _to_device(batch, ctx.device)
+                if hasattr(model, "budget_spent"):  # models with budget-driven stages (e.g. a CTC warm-up)
+                    model.budget_spent = max(run.step / tc.max_steps, budget_clock["fraction"])
                 # forward (rollout + estimator), backward, clip, step
                 try:
                     terms = training_step(batch, num_samples=tc.num_samples, step=run.step)

@@ -350,3 +350,49 @@ def test_the_prior_proposal_still_trains_the_ctc_head_it_reads():
     assert "aligner_ctc" in output.losses
     output.losses["aligner_ctc"].backward()
     assert model.posterior.aligner_out.weight.grad.abs().sum() > 0
+
+
+def test_ctc_warmup_trains_the_encoder_by_the_aligners_ctc_loss_then_hands_over():
+    """ctc_warmup: while the budget spent is below it, a step is the aligner's CTC loss on p's
+    encoder alone (the CTC baseline's loss on the same encoder and head); from then on the full
+    output, whose entropy schedule starts at the step the warm-up ended."""
+    batch = tight_batch()
+    torch.manual_seed(0)
+    model = small_model(ctc_warmup=0.5, entropy_weight=1.0, entropy_weight_final=0.0, entropy_decay_steps=10)
+    model.train()
+    model.budget_spent = 0.49
+    terms = training_terms(model(batch, num_samples=3, step=40), build_estimator("vimco-seq"))
+    assert terms["ctc_warmup"] == 1 and "objective" not in terms
+    log_probs = model.posterior.aligner_log_probs(batch["features"], model._encode_frames(batch["features"]))
+    expected = torch.nn.functional.ctc_loss(
+        log_probs.transpose(0, 1), batch["targets"], batch["feature_lengths"], batch["target_lengths"], reduction="none", zero_infinity=True
+    ).mean()
+    torch.testing.assert_close(terms["loss"], expected)
+    terms["loss"].backward()
+    assert model.encoder[0].weight_ih_l0.grad.abs().sum() > 0 and model.posterior.aligner_out.weight.grad.abs().sum() > 0
+    assert model.label_head.weight.grad is None and model.posterior.direct.weight.grad is None  # p's decisions and q untouched
+    model.budget_spent = 0.5
+    after = model(batch, num_samples=3, step=41)
+    assert "entropy_bonus" in after.losses and after.metrics["entropy_weight"] == 1.0  # the schedule's start
+    assert model(batch, num_samples=3, step=46).metrics["entropy_weight"] == 0.5
+    # the switch is kept in the state (a resumed run does not go back to the warm-up) ...
+    restored = small_model(ctc_warmup=0.5, entropy_weight=1.0, entropy_weight_final=0.0, entropy_decay_steps=10)
+    restored.load_state_dict(model.state_dict())
+    restored.train()
+    assert restored(batch, num_samples=3, step=46).metrics["entropy_weight"] == 0.5
+    # ... checkpoints from before the option load as "no warm-up"
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    restored.load_state_dict(old)
+    assert restored(batch, num_samples=3, step=6).metrics["entropy_weight"] == 0.4
+    model.eval()  # evaluation and decoding are never the warm-up
+    model._ctc_warmup_end, model.budget_spent = None, 0.0
+    assert not isinstance(model(batch, num_samples=2, step=0), dict)
+
+
+def test_ctc_warmup_needs_the_shared_encoder_and_the_aligner():
+    with pytest.raises(ValueError, match="ctc_warmup"):
+        small_model(ctc_warmup=0.5, posterior_encoder="own")
+    with pytest.raises(ValueError, match="ctc_warmup"):
+        small_model(ctc_warmup=0.5, posterior_aligner=False)
+    with pytest.raises(ValueError, match="ctc_warmup"):
+        small_model(ctc_warmup=1.0)

@@ -64,6 +64,22 @@ def test_recipe_stages_in_process(tiny_corpus, tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_ctc_warmup_takes_the_first_part_of_the_budget_and_survives_a_resume(tiny_corpus, tmp_path):
+    """``ctc_warmup: 0.5`` of ``max_steps: 4``: steps 1-2 are the CTC warm-up, 3-4 the bound; a
+    resumed run with more steps does not go back to the warm-up."""
+    from hardalign.train.config import resolve_config
+    from hardalign.train.loop import train
+
+    run = tmp_path / "run"
+    args = ["--data-dir", str(tiny_corpus), "--out-dir", str(run), "--ctc-warmup", "0.5", "--checkpoint-every", "1", *TINY_MODEL]
+    train(resolve_config(str(REPO / "recipes/timit/conf/vimco-seq.yaml"), [*args, "--max-steps", "4"]))
+    train(resolve_config(str(REPO / "recipes/timit/conf/vimco-seq.yaml"), [*args, "--max-steps", "6", "--resume", "auto"]))
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    warmup = {row["step"]: "ctc_warmup" in row for row in logged if row.get("split") == "train"}
+    assert warmup == {1: True, 2: True, 3: False, 4: False, 5: False, 6: False}
+    assert all("objective" in row for row in logged if row.get("split") == "train" and row["step"] > 2)
+
+
 def test_decode_reports_a_missing_checkpoint(tmp_path, capsys):
     from hardalign.cli import main as hardalign
 
