@@ -118,6 +118,7 @@ def main(argv=None) -> None:
             weights = {k: v for k, v in state["model"].items() if proposal == "posterior" or not k.startswith("baseline_net.")}
             model.load_state_dict(weights, strict=proposal == "posterior")
         model.train()
+        model.budget_spent = 1.0  # past any ctc_warmup stage: the bound's gradient is what is measured
         dataset = task.train_set
         batch = collate_speech([dataset[i] for i in range(min(args.utterances, len(dataset)))])
         return model, batch

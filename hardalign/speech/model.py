@@ -783,7 +783,7 @@ class HardAlignmentRecognizer(nn.Module):
         labels, num_labels = append_eos(batch["targets"], batch["target_lengths"], self.eos_id)
         log_probs = self.posterior.aligner_log_probs(features, self._encode_frames(features))
         nll = self.posterior.aligner_nll(log_probs, feature_lengths, labels, num_labels).mean()
-        return {"loss": nll, "aligner_ctc": nll.detach(), "ctc_warmup": nll.new_ones(())}
+        return {"loss": nll, "aligner_ctc": nll.detach(), "warmup": nll.new_ones(())}
 
     @property
     def time_parallel(self) -> bool:

@@ -25,7 +25,9 @@ has cleared and come back):
                           ``grad_reference`` logged values.
 ========================  ========================================================================
 
-A check whose terms a run does not log is skipped (the SBN logs no emission rate). What to do
+A check whose terms a run does not log is skipped (the SBN logs no emission rate). Log intervals
+with a nonzero ``warmup`` term (the speech model's ``ctc_warmup`` stage) and the evaluations made
+during them are not checked and set no reference; the early-step windows count from their end. What to do
 about each warning: ``recipes/timit/README.md`` ("When training stalls: the health report") and
 ``docs/training.md`` ("Training health").
 
@@ -164,6 +166,8 @@ class HealthMonitor:
         self._grad_norms: list[float] = []
         self._best: tuple[float, int] | None = None  # (value, step)
         self._evals_since_best = 0
+        self._in_warmup = False
+        self._start_step = 0  # the first step after a warm-up stage
 
     def _onset(self, name: str, holds: bool, patience: int) -> bool:
         """Count consecutive intervals that ``name`` holds; True exactly when it reaches ``patience``."""
@@ -180,6 +184,10 @@ class HealthMonitor:
     def observe_train(self, step: int, terms: Mapping[str, Any]) -> list[HealthWarning]:
         """Check one log interval's averaged terms (host floats); returns the warnings that start now."""
         th, out = self.thresholds, []
+        if _number(terms.get("warmup")):  # a warm-up stage: its dynamics are not the run's own
+            self._in_warmup, self._start_step = True, step
+            return out
+        self._in_warmup = False
         rate, free = _number(terms.get("emit_rate")), _number(terms.get("free_emit_rate"))
         if rate is not None and free is not None and rate > 0:
             low, high = th.emit_low * rate, min(th.emit_high * rate, (1.0 + rate) / 2.0)
@@ -201,7 +209,7 @@ class HealthMonitor:
             if self._first_entropy is None:
                 self._first_entropy = entropy
             start = self._first_entropy
-            collapsed = start > 0 and step <= th.entropy_early_steps and entropy < th.entropy_fraction * start
+            collapsed = start > 0 and step - self._start_step <= th.entropy_early_steps and entropy < th.entropy_fraction * start
             if self._onset("entropy_collapse", collapsed, th.entropy_patience):
                 what = f"the proposal's entropy fell below {th.entropy_fraction:g} of its start early: the K particles are near copies"
                 out.append(self._warn("entropy_collapse", step, {"entropy": entropy, "entropy_start": start}, what))
@@ -220,7 +228,7 @@ class HealthMonitor:
         """Check one evaluation's metrics; returns a ``no_improvement`` warning at its onset."""
         watched = watched_metric(self.task, metrics)
         value = _number(metrics.get(watched[0])) if watched is not None else None
-        if value is None:
+        if value is None or self._in_warmup:
             return []
         name, maximise = watched
         th = self.thresholds

@@ -362,7 +362,7 @@ def test_ctc_warmup_trains_the_encoder_by_the_aligners_ctc_loss_then_hands_over(
     model.train()
     model.budget_spent = 0.49
     terms = training_terms(model(batch, num_samples=3, step=40), build_estimator("vimco-seq"))
-    assert terms["ctc_warmup"] == 1 and "objective" not in terms
+    assert terms["warmup"] == 1 and "objective" not in terms
     log_probs = model.posterior.aligner_log_probs(batch["features"], model._encode_frames(batch["features"]))
     expected = torch.nn.functional.ctc_loss(
         log_probs.transpose(0, 1), batch["targets"], batch["feature_lengths"], batch["target_lengths"], reduction="none", zero_infinity=True

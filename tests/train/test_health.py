@@ -212,7 +212,7 @@ def speech_run(corpus: Path, out: Path, *extra: str) -> list[dict]:
     ids=["emit-prior-0.001", "emit-prior-0.999"],
 )
 def test_broken_emission_prior_warns(broken, expected, stuck, tiny_corpus, tmp_path, capsys):
-    records = speech_run(tiny_corpus, tmp_path / "run", *broken, "--eval-every", "1")
+    records = speech_run(tiny_corpus, tmp_path / "run", *broken, "--eval-every", "1", "--ctc-warmup", "0")  # the bound from step 1
     health = [r for r in records if r["split"] == "health"]
     train_lines = [r for r in records if r["split"] == "train"]
     # emit_rate is the data's labels per step, as in a healthy run; the free steps show the fault
@@ -226,8 +226,25 @@ def test_broken_emission_prior_warns(broken, expected, stuck, tiny_corpus, tmp_p
 
 
 def test_default_config_is_silent(tiny_corpus, tmp_path, capsys):
-    records = speech_run(tiny_corpus, tmp_path / "run", "--eval-every", "2")
+    """The recipe config, its CTC warm-up (half of the 6 steps, decoding nothing yet) included."""
+    records = speech_run(tiny_corpus, tmp_path / "run", "--eval-every", "1")
     assert [r for r in records if r["split"] == "health"] == []
     assert len([r for r in records if r["split"] == "train"]) == 6 and "health:" not in capsys.readouterr().err
+    bound = [r for r in records if r["split"] == "train" and "warmup" not in r]
+    assert [r["step"] for r in bound] == [4, 5, 6]
     # the emission rate at free steps stays near the data's rate
-    assert all(0.8 < r["free_emit_rate"] / r["emit_rate"] < 1.1 for r in records if r["split"] == "train")
+    assert all(0.8 < r["free_emit_rate"] / r["emit_rate"] < 1.1 for r in bound)
+
+
+def test_a_warmup_stage_is_not_checked_and_sets_no_reference():
+    """Intervals logging ``warmup`` (e.g. the speech model's CTC warm-up, which decodes nothing yet)
+    neither warn nor set the dev or gradient references; the early windows count from their end."""
+    monitor = HealthMonitor(num_samples=4, thresholds=HealthThresholds(plateau_evals=2, grad_reference=2))
+    for step in range(10, 60, 10):
+        assert monitor.observe_train(step, {"warmup": 1.0, "grad_norm": 0.01, "ess": 1.0}) == []
+        assert monitor.observe_eval(step, {"bound": -100.0}) == []
+    monitor.observe_train(60, {"grad_norm": 5.0, "entropy": 10.0})
+    monitor.observe_train(70, {"grad_norm": 5.0, "entropy": 10.0})
+    assert monitor.observe_train(80, {"grad_norm": 6.0}) == []  # not 600x the warm-up's 0.01
+    assert monitor.observe_eval(80, {"bound": -90.0}) == []
+    assert [w.name for w in monitor.observe_train(90, {"entropy": 0.01}) + monitor.observe_train(100, {"entropy": 0.01}) + monitor.observe_train(110, {"entropy": 0.01})] == ["entropy_collapse"]
