@@ -75,6 +75,9 @@ def test_a_speech_checkpoint_from_before_the_objective_layer_loads(tmp_path):
     run = load_run(tmp_path / "checkpoint.pt", device="cpu")
     assert run.step == 7 and run.config.task.posterior_kind == "recurrent"
     for key, value in old_model.state_dict().items():
+        if key.endswith("_extra_state"):  # the model's non-tensor state (the CTC warm-up's end)
+            assert run.model.state_dict()[key] == value, key
+            continue
         assert torch.equal(run.model.state_dict()[key], value), key
 
 
