@@ -806,6 +806,9 @@ class HardAlignmentRecognizer(nn.Module):
             scheduled weight times the proposal's entropy per utterance) and ``aligner_ctc``
             (weighted), and the metrics ``entropy``, ``entropy_weight``, ``emit_rate`` (emissions
             per valid step) and ``free_emit_rate`` (emissions per sampled, unforced step).
+            During the CTC warm-up (``ctc_warmup``, training only) instead a dict of terms:
+            ``loss`` (the aligner's CTC loss, mean over utterances, not scaled by
+            ``aligner_weight``), ``aligner_ctc`` (the same, detached) and ``warmup`` (1).
 
         Raises:
             ValueError: an utterance has fewer steps than labels + EOS (it cannot be aligned).
