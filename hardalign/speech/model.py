@@ -195,7 +195,7 @@ class HardAlignmentConfig:
             variational stage deciding as the CTC head would. The entropy-bonus schedule counts
             from the step the warm-up ended (kept in the checkpoint). Needs the shared encoder and
             the aligner. 0: off. On the main command, 0.5 (four seeds): dev / test PER 3.7 /
-            3.5% against 4.0 / 3.8% without; CTC 3.7 / 3.2% (docs/speech.md).
+            3.6% against 4.0 / 3.8% without; CTC 3.7 / 3.2% (docs/speech.md).
     """
 
     hidden_size: int = 256
