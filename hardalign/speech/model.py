@@ -776,9 +776,8 @@ class HardAlignmentRecognizer(nn.Module):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self._ctc_warmup_end = state.get("ctc_warmup_end")
 
-    def _ctc_warmup_terms(self, batch: dict[str, Any], step: int) -> dict[str, torch.Tensor]:
+    def _ctc_warmup_terms(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """A step of the CTC warm-up (``ctc_warmup``): the aligner's CTC loss on p's encoder."""
-        self._dropout_now = self.dropout_at(step)
         features, feature_lengths = batch["features"], batch["feature_lengths"]
         labels, num_labels = append_eos(batch["targets"], batch["target_lengths"], self.eos_id)
         log_probs = self.posterior.aligner_log_probs(features, self._encode_frames(features))
@@ -813,9 +812,9 @@ class HardAlignmentRecognizer(nn.Module):
         Raises:
             ValueError: an utterance has fewer steps than labels + EOS (it cannot be aligned).
         """
-        if self.training and self._in_ctc_warmup(step):
-            return self._ctc_warmup_terms(batch, step)
         self._dropout_now = self.dropout_at(step) if self.training else 0.0
+        if self.training and self._in_ctc_warmup(step):
+            return self._ctc_warmup_terms(batch)
         self._check_alignable(batch)
         if self.time_parallel:
             memory = self.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
