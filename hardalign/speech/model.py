@@ -196,6 +196,15 @@ class HardAlignmentConfig:
             from the step the warm-up ended (kept in the checkpoint). Needs the shared encoder and
             the aligner. 0: off. On the main command, 0.5 (four seeds): dev / test PER 3.7 /
             3.6% against 4.0 / 3.8% without; CTC 3.7 / 3.2% (docs/speech.md).
+        ctc_greedy_start: with the CTC label prior and emit cue, p starts out deciding as the CTC
+            head's greedy decoding does, so that a CTC warm-up hands the bound a decoder that
+            already works: the label prior is the head's distribution over phones *given* that a
+            phone is emitted, ``log P_ctc(c | x_<=t) - log(1 - P_ctc(blank | x_<=t))`` (so that
+            it does not lose to EOS's 0 where the head spikes), the emit head's bias starts at 0
+            (p emits where ``P_ctc(blank) < 0.5``) and EOS's label bias at ``eos_start_logit``.
+            ``False``: the label prior is the head's ``log P_ctc(c | x_<=t)`` itself and the emit
+            bias is ``emit_prior``'s log-odds (the earlier runs).
+        eos_start_logit: EOS's initial label bias with ``ctc_greedy_start``.
     """
 
     hidden_size: int = 256
@@ -225,6 +234,8 @@ class HardAlignmentConfig:
     forced_emission_weight: float = 1.0
     ctc_prior_gradient: float = 0.0
     ctc_warmup: float = 0.0
+    ctc_greedy_start: bool = False
+    eos_start_logit: float = -3.0
 
     def __post_init__(self) -> None:
         if self.posterior_encoder not in ("own", "shared"):
@@ -335,6 +346,9 @@ class HardAlignmentRecognizer(nn.Module):
             self.emit_head.bias.fill_(math.log(emit_prior / (1 - emit_prior)))
             self.label_head.weight.mul_(0.1)
             self.label_head.bias.zero_()
+            if self.starts_as_ctc_greedy:
+                self.emit_head.bias.zero_()  # with the emit cue: emit where the CTC head's blank < 0.5
+                self.label_head.bias[-1] = self.config.eos_start_logit
             self.baseline_net[-1].weight.zero_()
             self.baseline_net[-1].bias.zero_()
 
@@ -402,9 +416,11 @@ class HardAlignmentRecognizer(nn.Module):
         if ctc is not None:
             # the step inputs carry the label prior beside the gates: [B, T, 4H + n + 1]
             ctc = self._scale_prior_gradient(ctc)
-            priors = [ctc[..., 1:], torch.zeros_like(ctc[..., :1])]  # phones, EOS 0
+            log_not_blank = torch.logsumexp(ctc[..., 1:], dim=-1, keepdim=True)
+            phones = ctc[..., 1:] - log_not_blank if self.starts_as_ctc_greedy else ctc[..., 1:]
+            priors = [phones, torch.zeros_like(ctc[..., :1])]  # phones, EOS 0
             if self.uses_ctc_emit_prior:  # log-odds of "not blank": the last column
-                priors.append(torch.logsumexp(ctc[..., 1:], dim=-1, keepdim=True) - ctc[..., :1])
+                priors.append(log_not_blank - ctc[..., :1])
             gates = torch.cat([gates, *priors], dim=-1)
         # a tuple of per-step slices: indexing a [N, T, 4H] tensor per step would make autograd
         # allocate a full-size zero gradient at every step; unbind's backward is one stack.
@@ -441,6 +457,10 @@ class HardAlignmentRecognizer(nn.Module):
     @property
     def uses_ctc_emit_prior(self) -> bool:
         return self.uses_ctc_label_prior and self.config.ctc_emit_prior
+
+    @property
+    def starts_as_ctc_greedy(self) -> bool:
+        return self.uses_ctc_emit_prior and self.config.ctc_greedy_start
 
     def _split_step_inputs(self, step_inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``[..., 4H (+ n + 1 (+ 1))]`` -> the decision cell's gate inputs, the label prior and the emit cue (or None)."""

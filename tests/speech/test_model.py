@@ -277,6 +277,33 @@ def test_the_ctc_emit_prior_makes_p_emit_where_the_ctc_head_spikes():
     assert small_model().uses_ctc_emit_prior  # the default
 
 
+def test_ctc_greedy_start_makes_p_decide_as_the_ctc_heads_greedy_decoding():
+    """p's own heads silenced, it emits where P_ctc(blank) < 0.5 and names the head's best phone."""
+    torch.manual_seed(0)
+    model = small_model(ctc_greedy_start=True, eos_start_logit=-2.5).eval()
+    assert model.starts_as_ctc_greedy and not small_model().starts_as_ctc_greedy
+    assert model.emit_head.bias.item() == 0.0 and model.label_head.bias[-1].item() == -2.5
+    assert not small_model(ctc_greedy_start=True, ctc_emit_prior=False).starts_as_ctc_greedy  # needs the cue
+    batch = toy_batch(toy_utterances(4, num_phones=PHONES, dim=DIM))
+    with torch.no_grad():
+        model.posterior.aligner_out.weight.mul_(20.0)  # a peaky head: blank and phones both win somewhere
+        model.emit_head.weight.zero_()
+        model.label_head.weight.zero_()
+        model.label_head.bias[-1] = -20.0
+        memory = model.encode(batch["features"], batch["feature_lengths"])
+        _, label_prior, _ = model._split_step_inputs(memory["gate_inputs"].value)
+        ctc = model.posterior.aligner_log_probs(batch["features"], model._encode_frames(batch["features"]))
+    # the label prior is a distribution over the phones (EOS's column is 0 beside it)
+    torch.testing.assert_close(label_prior[..., :-1].logsumexp(-1), torch.zeros(label_prior.shape[:-1]))
+    hyps = greedy_decode(model, batch["features"], batch["feature_lengths"])
+    for b, hyp in enumerate(hyps):
+        steps = torch.arange(int(batch["feature_lengths"][b]))
+        emits = ctc[b, steps, 0].exp() < 0.5
+        assert 0 < int(emits.sum()) < len(steps), "the test needs both decisions"
+        assert hyp.steps == steps[emits].tolist()
+        assert hyp.labels == (ctc[b, steps[emits], 1:].argmax(-1) + 1).tolist()
+
+
 @pytest.mark.parametrize("kind", ["recurrent", "lattice"])
 def test_forced_emissions_are_scored_in_p_and_nothing_else_changes(kind):
     """score_forced_emissions: p's emit decision counts where q had to emit; forced skips stay free."""
