@@ -51,7 +51,7 @@ from hardalign.objective import LatentOutput
 from hardalign.sampling import fold_tree, unfold
 from hardalign.speech.posterior import KINDS, LOOKAHEADS, Posterior, _Unfolded, count_features
 
-__all__ = ["HardAlignmentConfig", "HardAlignmentRecognizer", "append_eos", "forced_decisions"]
+__all__ = ["HardAlignmentConfig", "HardAlignmentRecognizer", "append_eos", "ctc_new_label_log_probs", "forced_decisions"]
 
 
 def append_eos(targets: torch.Tensor, target_lengths: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +73,29 @@ def append_eos(targets: torch.Tensor, target_lengths: torch.Tensor, eos_id: int)
     labels = F.pad(targets, (0, 1))  # [B, U + 1]
     labels = labels.scatter(1, target_lengths.unsqueeze(1), eos_id)
     return labels, target_lengths + 1
+
+
+def ctc_new_label_log_probs(ctc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where a CTC head's greedy decoding starts a new label, from its frame posteriors.
+
+    Args:
+        ctc: ``[B, T, 1 + n]`` log-probabilities (blank first) of each step, independent across steps.
+
+    Returns:
+        ``(phones [B, T, n], log_new [B, T, 1], log_not_new [B, T, 1])``: ``log P(frame t is phone
+        c and frame t - 1 is not c)``, its log-sum over c (a new label starts at t) and the log of
+        the rest (blank, or the same phone as at t - 1, which greedy decoding collapses). Causal:
+        step t reads steps t - 1 and t only.
+    """
+    phones = ctc[..., 1:]
+    # nothing before the first step: a finite "log 0", so that gradients stay finite
+    previous = F.pad(phones[:, :-1], (0, 0, 1, 0), value=-1e4)
+    # log(1 - p) of the previous step's phones, kept finite where p rounds to 1
+    not_previous = torch.log(-torch.expm1(previous.clamp(max=-torch.finfo(previous.dtype).eps)))
+    new = phones + not_previous
+    log_new = torch.logsumexp(new, dim=-1, keepdim=True)
+    log_not_new = torch.logaddexp(ctc[..., :1], torch.logsumexp(phones + previous, dim=-1, keepdim=True))
+    return new, log_new, log_not_new
 
 
 def forced_decisions(step: int, num_steps: torch.Tensor, emitted: torch.Tensor, num_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,6 +228,12 @@ class HardAlignmentConfig:
             ``False``: the label prior is the head's ``log P_ctc(c | x_<=t)`` itself and the emit
             bias is ``emit_prior``'s log-odds (the earlier runs).
         eos_start_logit: EOS's initial label bias with ``ctc_greedy_start``.
+        ctc_emit_cue: what the emit cue and the label prior read from the CTC head. ``not_blank``:
+            ``P_ctc(blank) < 0.5`` at step t (a spike over several frames is emitted at each).
+            ``new_label``: the probability that the head's greedy decoding starts a new label at
+            t, ``sum_c P_t(c) (1 - P_{t-1}(c))`` (frame posteriors as independent; repeats over
+            consecutive frames collapsed, as CTC's greedy decoding collapses them), and phones
+            weighted the same way (:func:`ctc_new_label_log_probs`).
     """
 
     hidden_size: int = 256
@@ -236,6 +265,7 @@ class HardAlignmentConfig:
     ctc_warmup: float = 0.0
     ctc_greedy_start: bool = False
     eos_start_logit: float = -3.0
+    ctc_emit_cue: str = "not_blank"
 
     def __post_init__(self) -> None:
         if self.posterior_encoder not in ("own", "shared"):
@@ -253,6 +283,8 @@ class HardAlignmentConfig:
             raise ValueError(f"emit_prior={self.emit_prior}: must be in (0, 1)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout}: must be in [0, 1)")
+        if self.ctc_emit_cue not in ("not_blank", "new_label"):
+            raise ValueError(f"ctc_emit_cue={self.ctc_emit_cue!r}: must be 'not_blank' or 'new_label'")
         if not 0.0 <= self.ctc_warmup < 1.0:
             raise ValueError(f"ctc_warmup={self.ctc_warmup}: must be a fraction of the training budget in [0, 1)")
         if self.ctc_warmup and not (self.posterior_encoder == "shared" and self.posterior_aligner):
@@ -416,11 +448,16 @@ class HardAlignmentRecognizer(nn.Module):
         if ctc is not None:
             # the step inputs carry the label prior beside the gates: [B, T, 4H + n + 1]
             ctc = self._scale_prior_gradient(ctc)
-            log_not_blank = torch.logsumexp(ctc[..., 1:], dim=-1, keepdim=True)
-            phones = ctc[..., 1:] - log_not_blank if self.starts_as_ctc_greedy else ctc[..., 1:]
+            if self.config.ctc_emit_cue == "new_label":
+                phones, log_emit, log_no_emit = ctc_new_label_log_probs(ctc)
+            else:
+                phones, log_no_emit = ctc[..., 1:], ctc[..., :1]
+                log_emit = torch.logsumexp(phones, dim=-1, keepdim=True)
+            if self.starts_as_ctc_greedy:
+                phones = phones - log_emit  # which phone, given that one is emitted
             priors = [phones, torch.zeros_like(ctc[..., :1])]  # phones, EOS 0
-            if self.uses_ctc_emit_prior:  # log-odds of "not blank": the last column
-                priors.append(log_not_blank - ctc[..., :1])
+            if self.uses_ctc_emit_prior:  # the emit cue's log-odds: the last column
+                priors.append(log_emit - log_no_emit)
             gates = torch.cat([gates, *priors], dim=-1)
         # a tuple of per-step slices: indexing a [N, T, 4H] tensor per step would make autograd
         # allocate a full-size zero gradient at every step; unbind's backward is one stack.

@@ -304,6 +304,63 @@ def test_ctc_greedy_start_makes_p_decide_as_the_ctc_heads_greedy_decoding():
         assert hyp.labels == (ctc[b, steps[emits], 1:].argmax(-1) + 1).tolist()
 
 
+def test_ctc_new_label_log_probs_against_a_loop_in_float64():
+    from hardalign.speech.model import ctc_new_label_log_probs
+
+    torch.manual_seed(1)
+    ctc = torch.log_softmax(3 * torch.randn(2, 7, 5, dtype=torch.float64), -1)
+    ctc[0, 1] = torch.log(torch.tensor([1.0 - 4e-12, 1e-12, 1e-12, 1e-12, 1e-12], dtype=torch.float64))  # blank, then
+    ctc[0, 2:4] = torch.log(torch.tensor([1e-12, 1.0 - 4e-12, 1e-12, 1e-12, 1e-12], dtype=torch.float64))  # a two-frame spike
+    phones, log_new, log_not_new = ctc_new_label_log_probs(ctc)
+    p = ctc.exp()
+    for b in range(2):
+        for t in range(7):
+            before = p[b, t - 1, 1:] if t > 0 else torch.zeros(4, dtype=torch.float64)
+            new = p[b, t, 1:] * (1 - before)
+            torch.testing.assert_close(phones[b, t].exp(), new, atol=1e-9, rtol=1e-6)
+            torch.testing.assert_close(log_new[b, t, 0].exp(), new.sum(), atol=1e-9, rtol=1e-6)
+            torch.testing.assert_close(log_not_new[b, t, 0].exp(), 1 - new.sum(), atol=1e-9, rtol=1e-6)
+    assert log_new[0, 2] > 0.0 - 1e-6 and log_new[0, 3] < -20  # the spike's second frame is no new label
+    leaf = ctc.float().requires_grad_()
+    sum(x.sum() for x in ctc_new_label_log_probs(leaf)).backward()
+    assert torch.isfinite(leaf.grad).all()
+
+
+def test_the_new_label_cue_collapses_a_spike_over_several_frames():
+    """Greedy start with ``ctc_emit_cue: new_label``: a phone spiking over frames 3-5 is emitted once, at 3."""
+    model = small_model(ctc_greedy_start=True, ctc_emit_cue="new_label").eval()
+    batch = toy_batch(toy_utterances(2, num_phones=PHONES, dim=DIM))
+    with torch.no_grad():
+        model.emit_head.weight.zero_()
+        model.label_head.weight.zero_()
+        head = model.posterior.aligner_out
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[0] = 6.0  # blank everywhere ...
+
+    def spike(module, inputs, output):  # ... but phone 4 over steps 3-5 and phone 2 at steps 7 and 9
+        output = output.clone()
+        output[:, 3:6, 4] = 14.0
+        output[:, [7, 9], 2] = 14.0
+        return output
+
+    hook = head.register_forward_hook(spike)
+    try:
+        hyps = greedy_decode(model, batch["features"], batch["feature_lengths"])
+        plain = small_model(ctc_greedy_start=True).eval()
+        plain.load_state_dict(model.state_dict())
+        plain.posterior.aligner_out.register_forward_hook(spike)
+        every_frame = greedy_decode(plain, batch["features"], batch["feature_lengths"])
+    finally:
+        hook.remove()
+    for hyp, length in zip(hyps, batch["feature_lengths"].tolist()):
+        expected = [(3, 4), (7, 2), (9, 2)]  # a blank between the two 2s: both are kept
+        assert list(zip(hyp.steps, hyp.labels)) == [(t, c) for t, c in expected if t < length]
+    assert every_frame[0].steps[:3] == [3, 4, 5]  # the not-blank cue emits at every frame of the spike
+    with pytest.raises(ValueError, match="ctc_emit_cue"):
+        small_model(ctc_emit_cue="blank")
+
+
 @pytest.mark.parametrize("kind", ["recurrent", "lattice"])
 def test_forced_emissions_are_scored_in_p_and_nothing_else_changes(kind):
     """score_forced_emissions: p's emit decision counts where q had to emit; forced skips stay free."""
