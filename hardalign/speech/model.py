@@ -377,11 +377,11 @@ class HardAlignmentRecognizer(nn.Module):
             self.gate_input.bias.zero_()
             self.gate_input.bias[H : 2 * H] = 1.0  # forget-gate bias 1: remember by default
             self.emit_head.weight.mul_(0.1)
-            self.emit_head.bias.fill_(math.log(emit_prior / (1 - emit_prior)))
+            # with the greedy start, the emit cue alone decides: emit where the CTC head's blank < 0.5
+            self.emit_head.bias.fill_(0.0 if self.starts_as_ctc_greedy else math.log(emit_prior / (1 - emit_prior)))
             self.label_head.weight.mul_(0.1)
             self.label_head.bias.zero_()
             if self.starts_as_ctc_greedy:
-                self.emit_head.bias.zero_()  # with the emit cue: emit where the CTC head's blank < 0.5
                 self.label_head.bias[-1] = self.config.eos_start_logit
             self.baseline_net[-1].weight.zero_()
             self.baseline_net[-1].bias.zero_()
