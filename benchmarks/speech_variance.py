@@ -42,20 +42,37 @@ def proposal_parameters(model) -> list[torch.nn.Parameter]:
     return [*recurrence, *model.gate_decision.parameters(), *model.emit_head.parameters()]
 
 
-def gradient_draws(model, estimator, batch, num_samples: int, draws: int, warmup: int) -> torch.Tensor:
-    """``[draws, P]`` flattened proposal gradients of the whole training loss."""
-    from hardalign.objective import training_terms
+def gradient_draws(model, estimator, batch, num_samples: int, draws: int, warmup: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[draws, P]`` flattened proposal gradients of the whole training loss, and of its
+    score-function part alone (``-mean_b sum_k sum_t A_t^k grad log q_t^k``, the part a learning
+    signal's baseline changes; the rest is the bound's pathwise gradient and the model's other losses)."""
+    from hardalign.estimators._surrogate import score_function_surrogate
 
     params = proposal_parameters(model)
-    rows = []
+    rows, score_rows = [], []
+
+    def flat(grads) -> torch.Tensor:
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)]).double()
+
     for i in range(warmup + draws):
         estimator.train(i < warmup)
-        loss = training_terms(model(batch, num_samples=num_samples, step=0), estimator)["loss"]
+        output = model(batch, num_samples=num_samples, step=0)
+        trajectory = output.trajectory
+        baseline = None
+        if getattr(estimator, "takes_baseline", False):
+            baseline = output.baseline() if callable(output.baseline) else output.baseline
+        # as hardalign.objective.training_terms forms the loss, keeping the estimator's signals
+        result = estimator(trajectory.log_weights, trajectory.log_q, trajectory.mask, baseline=baseline, progress=trajectory.progress)
+        loss = result.loss + sum(output.losses.values())
+        score = -score_function_surrogate(result.signals, trajectory.log_q, trajectory.mask).sum(0).mean()
+        if i < warmup:
+            continue
         # only the proposal's gradient: autograd skips what it does not need (p's encoder backward)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        if i >= warmup:
-            rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)]).double())
-    return torch.stack(rows)
+        grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+        score_grads = torch.autograd.grad(score, params, allow_unused=True)
+        rows.append(flat(grads))
+        score_rows.append(flat(score_grads))
+    return torch.stack(rows), torch.stack(score_rows)
 
 
 def trace(draws: torch.Tensor) -> float:
@@ -141,9 +158,12 @@ def main(argv=None) -> None:
         model, batch = models[proposal]
         torch.manual_seed(args.seed + 17)
         started = time.perf_counter()
-        draws = gradient_draws(model, build_estimator(estimator_name, **options), batch, k, args.draws, args.warmup)
+        draws, score_draws = gradient_draws(model, build_estimator(estimator_name, **options), batch, k, args.draws, args.warmup)
         boot = bootstrap_traces(draws, args.resamples, generator)
-        results.append({"row": name, "K": k, "trace": trace(draws), "boot": boot, "seconds": time.perf_counter() - started})
+        results.append({
+            "row": name, "K": k, "trace": trace(draws), "boot": boot, "seconds": time.perf_counter() - started,
+            "score_trace": trace(score_draws), "rest_trace": trace(draws - score_draws),
+        })
         print(f"{name:40s} K={k:2d} trace {results[-1]['trace']:.4g} ({results[-1]['seconds']:.0f} s)", flush=True)
 
     def ratio(row, reference) -> str:
@@ -160,13 +180,14 @@ def main(argv=None) -> None:
         f"{args.utterances} utterances, {args.draws} draws per row after {args.warmup} warm-up draws, "
         f"bootstrap 95% intervals from {args.resamples} resamples; one CPU thread.",
         "",
-        "| estimator | K | trace of covariance | x vimco (same K) | x reinforce (prior) |",
-        "|---|---|---|---|---|",
+        "| estimator | K | trace of covariance | x vimco (same K) | x reinforce (prior) | score-function part | rest | rest / vimco's total |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
         vimco = next((r for r in results if r["row"] == "vimco" and r["K"] == row["K"]), None)
         lines.append(
-            f"| {row['row']} | {row['K']} | {row['trace']:.4g} | {ratio(row, vimco) if vimco else '-'} | {ratio(row, reinforce)} |"
+            f"| {row['row']} | {row['K']} | {row['trace']:.4g} | {ratio(row, vimco) if vimco else '-'} | {ratio(row, reinforce)} "
+            f"| {row['score_trace']:.4g} | {row['rest_trace']:.4g} | {format(row['rest_trace'] / vimco['trace'], '.3g') if vimco else '-'} |"
         )
     table = "\n".join(lines) + "\n"
     print(table)
