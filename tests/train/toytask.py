@@ -111,5 +111,8 @@ def distributed_worker(rank: int, world_size: int, port: int, configs: list) -> 
     try:
         for values in configs:
             train(resolve_config(values))
+        # both ranks finish their last collective before either tears the group down: one CI run
+        # saw a rank abort in gloo's teardown ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
