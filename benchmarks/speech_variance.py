@@ -47,6 +47,7 @@ def gradient_draws(model, estimator, batch, num_samples: int, draws: int, warmup
     score-function part alone (``-mean_b sum_k sum_t A_t^k grad log q_t^k``, the part a learning
     signal's baseline changes; the rest is the bound's pathwise gradient and the model's other losses)."""
     from hardalign.estimators._surrogate import score_function_surrogate
+    from hardalign.objective import training_terms
 
     params = proposal_parameters(model)
     rows, score_rows = [], []
@@ -54,24 +55,24 @@ def gradient_draws(model, estimator, batch, num_samples: int, draws: int, warmup
     def flat(grads) -> torch.Tensor:
         return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params)]).double()
 
-    for i in range(warmup + draws):
-        estimator.train(i < warmup)
-        output = model(batch, num_samples=num_samples, step=0)
-        trajectory = output.trajectory
-        baseline = None
-        if getattr(estimator, "takes_baseline", False):
-            baseline = output.baseline() if callable(output.baseline) else output.baseline
-        # as hardalign.objective.training_terms forms the loss, keeping the estimator's signals
-        result = estimator(trajectory.log_weights, trajectory.log_q, trajectory.mask, baseline=baseline, progress=trajectory.progress)
-        loss = result.loss + sum(output.losses.values())
-        score = -score_function_surrogate(result.signals, trajectory.log_q, trajectory.mask).sum(0).mean()
-        if i < warmup:
-            continue
-        # only the proposal's gradient: autograd skips what it does not need (p's encoder backward)
-        grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
-        score_grads = torch.autograd.grad(score, params, allow_unused=True)
-        rows.append(flat(grads))
-        score_rows.append(flat(score_grads))
+    # the estimator's output (its learning signals) as training_terms computes it, without a second call
+    last = {}
+    hook = estimator.register_forward_hook(lambda module, inputs, output: last.update(result=output))
+    try:
+        for i in range(warmup + draws):
+            estimator.train(i < warmup)
+            output = model(batch, num_samples=num_samples, step=0)
+            loss = training_terms(output, estimator)["loss"]
+            if i < warmup:
+                continue
+            signals = last["result"].signals
+            trajectory = output.trajectory
+            score = -score_function_surrogate(signals, trajectory.log_q, trajectory.mask).sum(0).mean()
+            # only the proposal's gradient: autograd skips what it does not need (p's encoder backward)
+            rows.append(flat(torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)))
+            score_rows.append(flat(torch.autograd.grad(score, params, allow_unused=True)))
+    finally:
+        hook.remove()
     return torch.stack(rows), torch.stack(score_rows)
 
 
