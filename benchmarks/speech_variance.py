@@ -103,6 +103,10 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", default="4,16", help="K values for the multi-sample rows")
     parser.add_argument("--aligns", default="time,progress,progress-time,fitted", help="vimco-seq align options")
     parser.add_argument("--weight-control", action=argparse.BooleanOptionalAction, default=True, help="also the rows with weight_control (the control variate for the proposal's share of the pathwise gradient)")
+    parser.add_argument(
+        "--lookahead", default="on", choices=("on", "off", "both"),
+        help="vimco-seq rows with the lookahead stand-in (the default), without it, or both",
+    )
     parser.add_argument("--draws", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=16)
     parser.add_argument("--resamples", type=int, default=300)
@@ -146,10 +150,13 @@ def main(argv=None) -> None:
         rows.append(("vimco", "posterior", "vimco", {}, k))
         if args.weight_control:
             rows.append(("vimco (weight control)", "posterior", "vimco", {"weight_control": True}, k))
+        lookaheads = {"on": (True,), "off": (False,), "both": (True, False)}[args.lookahead]
         for align in args.aligns.split(","):
-            rows.append((f"vimco-seq (align={align})", "posterior", "vimco-seq", {"align": align}, k))
-            if args.weight_control:
-                rows.append((f"vimco-seq (align={align}, weight control)", "posterior", "vimco-seq", {"align": align, "weight_control": True}, k))
+            for lookahead in lookaheads:
+                label = f"align={align}" + ("" if lookahead else ", no lookahead")
+                rows.append((f"vimco-seq ({label})", "posterior", "vimco-seq", {"align": align, "lookahead": lookahead}, k))
+                if args.weight_control:
+                    rows.append((f"vimco-seq ({label}, weight control)", "posterior", "vimco-seq", {"align": align, "lookahead": lookahead, "weight_control": True}, k))
     generator = torch.Generator().manual_seed(args.seed + 1)
     results = []
     models = {}

@@ -80,6 +80,10 @@ class Trajectory:
             comparable across particles (the speech model: labels emitted before step t). The
             sequential estimators align the particles' futures on it; ``None`` means the step
             index t.
+        alternative: optional :class:`hardalign.estimators.Alternative` for binary decisions:
+            the sampled decision and the step log weight had the other been taken (what
+            ``vimco-seq``'s lookahead stand-in reads); the speech model's time-parallel path
+            supplies it.
     """
 
     locations: torch.Tensor | None
@@ -91,6 +95,7 @@ class Trajectory:
     valid: torch.Tensor
     final_state: Any
     progress: torch.Tensor | None = None
+    alternative: Any = None
 
     @property
     def num_samples(self) -> int:

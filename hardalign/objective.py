@@ -98,7 +98,9 @@ def training_terms(output: LatentOutput | Mapping[str, Any], estimator: nn.Modul
         baseline = output.baseline() if callable(output.baseline) else output.baseline
         if baseline is None:
             raise ValueError(f"estimator {type(estimator).__name__} uses an input-dependent baseline, but the model provides none")
-    result = estimator(trajectory.log_weights, trajectory.log_q, trajectory.mask, baseline=baseline, progress=trajectory.progress)
+    result = estimator(
+        trajectory.log_weights, trajectory.log_q, trajectory.mask, baseline=baseline, progress=trajectory.progress, alternative=trajectory.alternative
+    )
     loss = result.loss
     terms: dict[str, torch.Tensor] = {"objective": result.objective.mean().detach()}
     for name, value in result.stats.items():

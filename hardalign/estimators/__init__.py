@@ -46,7 +46,7 @@ Example:
 """
 
 from hardalign.estimators._baselines import leave_one_out_mean, reward_to_go
-from hardalign.estimators._inputs import EstimatorOutput
+from hardalign.estimators._inputs import Alternative, EstimatorOutput
 from hardalign.estimators._logspace import leave_one_out_logsumexp, log_mean_exp
 from hardalign.estimators._nvil import NVIL, nvil_loss
 from hardalign.estimators._registry import ESTIMATORS, build_estimator, estimator_options
@@ -56,6 +56,7 @@ from hardalign.estimators._vimco import VIMCO, SequentialVIMCO, sequential_vimco
 
 __all__ = [
     "ESTIMATORS",
+    "Alternative",
     "EstimatorOutput",
     "NVIL",
     "REINFORCE",

@@ -63,12 +63,16 @@ def exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(x[..., :1]), x.cumsum(-1)[..., :-1]], dim=-1)
 
 
-def others_future_mean(steps: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
+def others_future_mean(steps: torch.Tensor, key: torch.Tensor | None = None, query: torch.Tensor | None = None) -> torch.Tensor:
     """``(1/(K-1)) sum_{j != k} F^j(tau_j(key_t^k))`` for every k and t (see the module docstring).
 
     Args:
         steps: detached per-step log weights ``[K, B, T]`` (K >= 2); entries may be ``-inf``.
         key: integer ``[K, B, T]``, non-decreasing along T; None matches by time (``key_t = t``).
+        query: integer ``[K, B, T]`` (with ``key``): the value to match for particle k at entry t
+            instead of ``key_t^k`` itself, e.g. the progress k would have after step t under
+            either decision; it need not occur among the keys (a binary search then finds
+            ``#{i : key_i^j < query}``). None: ``key``.
 
     Returns:
         ``[K, B, T]`` in ``steps``' dtype.
@@ -94,12 +98,18 @@ def others_future_mean(steps: torch.Tensor, key: torch.Tensor | None = None) -> 
     flat_channels = channels.permute(0, 2, 1, 3).reshape(2, B, K * T)
     sorted_key, order = torch.sort(flat_key, dim=-1, stable=True)
     prefix = exclusive_prefix(flat_channels.gather(-1, order.expand(2, B, K * T)))  # [2, B, K*T + 1]
-    # #{(j, i) : key_i^j < key_t^k} is where the run of k's key value starts in the sorted order
-    below = torch.empty_like(order).scatter_(-1, order, run_starts(sorted_key))  # [B, K*T], back in original order
+    if query is None:
+        # #{(j, i) : key_i^j < key_t^k} is where the run of k's key value starts in the sorted order
+        below = torch.empty_like(order).scatter_(-1, order, run_starts(sorted_key))  # [B, K*T], back in original order
+        # P^k(n): k's own steps with key below n are its first tau_k(n) steps (key is non-decreasing),
+        # and tau_k(key_t^k) is where k's run of equal keys containing t starts
+        tau = run_starts(key)  # [K, B, T]
+    else:  # a value that may not occur among the keys: binary searches (left: counts keys below it)
+        query = query.to(key.dtype)
+        flat_query = query.permute(1, 0, 2).reshape(B, K * T).contiguous()
+        below = torch.searchsorted(sorted_key, flat_query)  # [B, K*T]
+        tau = torch.searchsorted(key.contiguous(), query.contiguous())  # [K, B, T], k's own steps below it
     all_past = prefix.gather(-1, below.expand(2, B, K * T)).reshape(2, B, K, T).permute(0, 2, 1, 3)  # [2, K, B, T]
-    # P^k(n): k's own steps with key below n are its first tau_k(n) steps (key is non-decreasing),
-    # and tau_k(key_t^k) is where k's run of equal keys containing t starts
-    tau = run_starts(key)  # [K, B, T]
     own_past = exclusive_prefix(channels).gather(-1, tau.expand(2, K, B, T))  # [2, K, B, T]
     others_future = others_total.unsqueeze(-1) - (all_past - own_past)  # [2, K, B, T]
     mean = others_future[0] / (K - 1)

@@ -107,6 +107,41 @@ def check_progress(name: str, progress, inputs: Inputs) -> torch.Tensor:
     return progress
 
 
+class Alternative(NamedTuple):
+    """The other branch of each binary decision, for ``vimco-seq``'s ``lookahead`` stand-in.
+
+    Attributes:
+        taken: bool ``[K, B, T]``, the decision that was sampled (True: the positive one, which
+            advances ``progress`` by one: for the speech model, emit).
+        log_weights: ``[K, B, T]``, the step log weight ``l_t^k`` had the other decision been
+            taken at step t (with the same past); read detached. Only steps in ``mask`` are used,
+            where both decisions must be possible to the proposal.
+    """
+
+    taken: torch.Tensor
+    log_weights: torch.Tensor
+
+
+def check_alternative(name: str, alternative, inputs: Inputs) -> Alternative:
+    """Metadata checks of an :class:`Alternative`: bool ``taken`` and floating ``log_weights`` of
+    ``log_probs``' shape ``[K, B, T]``, on its device, ``log_weights`` in its dtype."""
+    if not isinstance(alternative, Alternative):
+        raise TypeError(f"alternative: expected hardalign.estimators.Alternative(taken, log_weights), got {type(alternative).__name__}")
+    if not inputs.per_step:
+        raise ValueError(f"alternative: {name} needs per-step log_weights and log_probs [K, B, T] with it; got per-sample totals")
+    taken = alternative.taken
+    if not isinstance(taken, torch.Tensor) or taken.dtype != torch.bool:
+        got = taken.dtype if isinstance(taken, torch.Tensor) else type(taken).__name__
+        raise TypeError(f"alternative.taken: expected a bool tensor (True: the positive decision was sampled), got {got}")
+    _checks.check_same_shape("alternative.taken", taken, "log_probs", inputs.log_probs, "[K, B, T]")
+    if taken.device != inputs.log_probs.device:
+        raise ValueError(f"alternative.taken: is on {taken.device} but log_probs is on {inputs.log_probs.device}")
+    _checks.check_floating("alternative.log_weights", alternative.log_weights)
+    _checks.check_same_shape("alternative.log_weights", alternative.log_weights, "log_probs", inputs.log_probs, "[K, B, T]")
+    _checks.check_same_device_dtype("alternative.log_weights", alternative.log_weights, "log_weights", inputs.step_log_weights)
+    return alternative
+
+
 def check_values(name: str, inputs: Inputs, *, baseline=None, progress=None, impossible_ok: bool) -> None:
     """Opt-in value checks (``check_finite=True``): one host synchronisation, so never on by default.
 

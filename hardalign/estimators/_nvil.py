@@ -120,7 +120,7 @@ class NVIL(nn.Module):
         """Always True: NVIL uses the caller's input-dependent baseline ``b_psi`` when given."""
         return True
 
-    def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None) -> EstimatorOutput:
+    def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None, alternative=None) -> EstimatorOutput:
         inputs = canonical_inputs("nvil", log_weights, log_probs, mask)
         if self.check_finite:
             check_values("nvil", inputs, baseline=baseline, impossible_ok=False)

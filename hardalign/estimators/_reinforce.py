@@ -190,7 +190,7 @@ class REINFORCE(nn.Module):
     def extra_repr(self) -> str:
         return f"baseline={self.baseline!r}, per_step={self.per_step}, decay={self.decay}"
 
-    def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None) -> EstimatorOutput:
+    def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None, alternative=None) -> EstimatorOutput:
         if self.baseline == "learned" and baseline is None:
             raise ValueError(
                 "reinforce: baseline='learned' needs the baseline network's prediction: call "

@@ -52,11 +52,12 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hardalign.estimators._align import ALIGNMENTS, alignment_key, exclusive_cumsum, others_future_mean
 from hardalign.estimators._baselines import leave_one_out_mean, masked_sums
-from hardalign.estimators._inputs import EstimatorOutput, Inputs, canonical_inputs, check_progress, check_values, effective_sample_size, finish
+from hardalign.estimators._inputs import Alternative, EstimatorOutput, Inputs, check_alternative, canonical_inputs, check_progress, check_values, effective_sample_size, finish
 from hardalign.estimators._logspace import leave_one_out_logsumexp, log_mean_exp
 from hardalign.estimators._surrogate import score_function_surrogate
 
@@ -192,6 +193,7 @@ def sequential_vimco_loss(
     mix: torch.Tensor | float = 0.0,
     progress_weight: torch.Tensor | float = 0.5,
     weight_control: bool = False,
+    alternative: Alternative | None = None,
     check_finite: bool = False,
 ) -> EstimatorOutput:
     """Sequential VIMCO: per-step signals ``A_t^k = L - L_{-k}^(t)`` (see the module docstring).
@@ -213,6 +215,10 @@ def sequential_vimco_loss(
             depend on the current sample (the module estimates it from earlier batches).
         progress_weight: ``a`` in [0, 1] for ``align="fitted"`` (the module fits it on earlier batches).
         weight_control: add the per-step stand-in's normalised weight to each signal (module docstring).
+        alternative: for binary decisions, the sampled decision and the step log weight of the
+            other one (:class:`Alternative`): the baseline then looks one decision ahead (the
+            lookahead stand-in, module docstring). With ``progress``, the positive decision
+            advances it by one.
         check_finite: value checks (a host sync): NaN or ``+inf`` log weights, non-finite
             ``log_probs`` on masked-in steps or a decreasing ``progress`` raise a ValueError.
 
@@ -238,7 +244,9 @@ def sequential_vimco_loss(
     for name, value in (("mix", mix), ("progress_weight", progress_weight)):
         if not isinstance(value, torch.Tensor) and not 0.0 <= value <= 1.0:
             raise ValueError(f"vimco-seq: {name} must be in [0, 1], got {value}")
-    return _sequential_vimco(inputs, progress, align, mix, progress_weight, weight_control=weight_control)[0]
+    if alternative is not None:
+        alternative = check_alternative("vimco-seq", alternative, inputs)
+    return _sequential_vimco(inputs, progress, align, mix, progress_weight, weight_control=weight_control, alternative=alternative)[0]
 
 
 def _progress_for(align: str, progress, inputs: Inputs):
@@ -250,9 +258,12 @@ def _progress_for(align: str, progress, inputs: Inputs):
     return check_progress("vimco-seq", progress, inputs)
 
 
-def _sequential_vimco(inputs: Inputs, progress, align: str, mix, progress_weight=0.5, *, fit: bool = False, weight_control: bool = False):
+def _sequential_vimco(
+    inputs: Inputs, progress, align: str, mix, progress_weight=0.5, *, fit: bool = False, weight_control: bool = False, alternative: Alternative | None = None
+):
     """The estimate and, with ``fit``, the batch sums for the running least-squares fit of the
-    coefficients (:func:`_fit_sums`; None without ``fit`` or with per-sample totals)."""
+    coefficients (:func:`_fit_sums`; None without ``fit`` or with per-sample totals). With an
+    ``alternative``, the lookahead stand-ins (:func:`_cross_weighted`)."""
     if not inputs.per_step:
         return _vimco(inputs, "geometric", weight_control), None
     bound = _bound(inputs)
@@ -260,29 +271,82 @@ def _sequential_vimco(inputs: Inputs, progress, align: str, mix, progress_weight
     steps = torch.where(bound.impossible[None, :, None], torch.zeros_like(inputs.step_log_weights), inputs.step_log_weights)
     steps = steps.detach()  # [K, B, T]
     num, _, length = steps.shape
-    past = exclusive_cumsum(steps)  # own past
     like = dict(dtype=steps.dtype, device=steps.device)
     stats = {}
-    if align == "fitted":  # the base is the time-aligned stand-in, the alternative the progress-aligned one
-        base = past + others_future_mean(steps, None)
-        other = base if progress is None else past + others_future_mean(steps, alignment_key(progress, "progress", length))
-        weight = torch.as_tensor(progress_weight, **like).clamp(0, 1)
-        stand_in = _convex(base, other, weight)
+    weight = torch.as_tensor(progress_weight, **like).clamp(0, 1)
+    if align == "fitted":
         stats["progress_weight"] = weight
-    else:
-        base = stand_in = past + others_future_mean(steps, alignment_key(progress, align, length))  # log wbar_k^(t)
-        other = None
     plain = leave_one_out_mean(log_weights, dim=0).unsqueeze(-1)  # g_{-k}, [K, B, 1]
-    if isinstance(mix, torch.Tensor) or mix != 0.0:  # a stats key only where a mix is configured
+    configured_mix = isinstance(mix, torch.Tensor) or mix != 0.0
+    if configured_mix:  # a stats key only where a mix is configured
         mix = torch.as_tensor(mix, **like).clamp(0, 1)
-        stand_in = _convex(stand_in, plain, mix)
         stats["mix_coefficient"] = mix
-    sums = _fit_sums(log_weights, base, other, plain, inputs.mask & ~bound.impossible[None, :, None]) if fit else None
     others = leave_one_out_logsumexp(log_weights, dim=0).unsqueeze(-1)  # independent of t: [K, B, 1]
-    signals = bound.bound.detach()[None, :, None] - _bound_without(others, stand_in, num)  # [K, B, T]
+
+    def stand_ins(own_past, future):
+        """``(base, alternative or None, stand-in)`` from k's own past and ``future(key, query)``,
+        the others' average future: the fitted blend, then the mix with VIMCO's stand-in."""
+        if align == "fitted":  # the base is the time-aligned stand-in, the alternative the progress-aligned one
+            base = own_past + future(None)
+            other = base if progress is None else own_past + future(alignment_key(progress, "progress", length))
+            stand_in = _convex(base, other, weight)
+        else:
+            base = stand_in = own_past + future(alignment_key(progress, align, length))
+            other = None
+        return base, other, (_convex(stand_in, plain, mix) if configured_mix else stand_in)
+
+    valid = inputs.mask & ~bound.impossible[None, :, None]
+    if alternative is None:
+        base, other, stand_in = stand_ins(exclusive_cumsum(steps), lambda key: others_future_mean(steps, key))  # log wbar_k^(t)
+        bound_without = _bound_without(others, stand_in, num)
+    else:
+        taken = alternative.taken
+        branch_steps = torch.where(taken, steps, alternative.log_weights.detach()), torch.where(taken, alternative.log_weights.detach(), steps)
+        # the branches' stand-ins, decision 1 (index 0) and decision 0 (index 1); the sampled one feeds the fit
+        branches = [stand_ins(*_after_step(steps, own_step, progress, positive, align, length)) for own_step, positive in zip(branch_steps, (True, False))]
+        base, other, _ = (torch.where(taken, a, b) if a is not None else None for a, b in zip(*branches))
+        q_positive = torch.exp(inputs.log_probs.detach())
+        q_positive = torch.where(taken, q_positive, 1 - q_positive)  # q_t(1), detached
+        positive, negative = branches[0][2], branches[1][2]
+        bound_without = _cross_weighted(_bound_without(others, positive, num), _bound_without(others, negative, num), q_positive)
+    sums = _fit_sums(log_weights, base, other, plain, valid) if fit else None
+    signals = bound.bound.detach()[None, :, None] - bound_without  # [K, B, T]
     if weight_control:
-        signals = signals + _stand_in_weight(others, stand_in)
+        if alternative is None:
+            signals = signals + _stand_in_weight(others, stand_in)
+        else:  # the same cross weights keep the control variate independent of the step's decision
+            signals = signals + _cross_weighted(_stand_in_weight(others, positive), _stand_in_weight(others, negative), q_positive)
     return _multi_sample(inputs, signals, bound, stats), sums
+
+
+def _after_step(steps, own_step, progress, positive: bool, align: str, length: int):
+    """k's own past through step t with ``own_step`` as its step-t log weight, and the others'
+    average future from where they match k *after* step t had k taken the decision ``positive``
+    (progress ``p_t + 1`` for the positive decision, ``p_t`` else; by time: from t + 1)."""
+    own_past = exclusive_cumsum(steps) + own_step
+
+    def future(key):
+        if key is None:  # by time: the others' futures from t + 1 (0 past the end)
+            return F.pad(others_future_mean(steps, None)[..., 1:], (0, 1))
+        after = progress + int(positive)
+        if align == "progress-time":
+            time = torch.arange(length, device=progress.device, dtype=progress.dtype)
+            query = after * (length + 1) + time + 1
+        else:
+            query = after
+        return others_future_mean(steps, key, query)
+
+    return own_past, future
+
+
+def _cross_weighted(positive: torch.Tensor, negative: torch.Tensor, q_positive: torch.Tensor) -> torch.Tensor:
+    """The lookahead baseline ``q_t(0) b_t(1) + q_t(1) b_t(0)`` from the two branches' values
+    (``b_t(d) = L_{-k}`` with particle k's stand-in after step t had it decided d). The cross
+    weights make it the variance-optimal decision-independent baseline where ``L`` is explained
+    by the decision (``L = b(z)``: the score-function term is then ``(b(1) - b(0)) grad q_t(1)``
+    whichever decision was drawn, the step's exact expectation). It depends on ``z^k_{<t}``, the
+    step's probabilities and the other particles only, so the estimate stays unbiased."""
+    return (1 - q_positive) * positive + q_positive * negative
 
 
 def _fit_sums(log_weights, base, other, plain, mask) -> torch.Tensor:
@@ -325,7 +389,7 @@ class VIMCO(nn.Module):
     def extra_repr(self) -> str:
         return f"loo={self.loo!r}" + (", weight_control=True" if self.weight_control else "")
 
-    def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None) -> EstimatorOutput:
+    def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None, alternative=None) -> EstimatorOutput:
         if baseline is not None:
             raise ValueError("vimco: takes no baseline tensor (its baseline is built from the other particles); pass baseline=None")
         return vimco_loss(log_weights, log_probs, mask, loo=self.loo, weight_control=self.weight_control, check_finite=self.check_finite)
@@ -369,7 +433,9 @@ class SequentialVIMCO(nn.Module):
         [True, True]
     """
 
-    def __init__(self, *, align: str = "fitted", mix: str = "none", decay: float = 0.9, weight_control: bool = False, check_finite: bool = False):
+    def __init__(
+        self, *, align: str = "fitted", mix: str = "none", decay: float = 0.9, weight_control: bool = False, lookahead: bool = True, check_finite: bool = False
+    ):
         super().__init__()
         if align not in ALIGNMENTS:
             raise ValueError(f"vimco-seq: align must be one of {list(ALIGNMENTS)}, got {align!r}")
@@ -379,6 +445,7 @@ class SequentialVIMCO(nn.Module):
             raise ValueError(f"vimco-seq: decay must be in [0, 1), got {decay}")
         self.align, self.mix, self.decay, self.check_finite = align, mix, decay, check_finite
         self.weight_control = bool(weight_control)
+        self.lookahead = bool(lookahead)
         self.register_buffer("fit_moments", torch.zeros(5, dtype=torch.float64))
 
     @property
@@ -388,7 +455,10 @@ class SequentialVIMCO(nn.Module):
 
     def extra_repr(self) -> str:
         fitted = self.mix == "running" or self.align == "fitted"
-        return f"align={self.align!r}, mix={self.mix!r}" + (f", decay={self.decay}" if fitted else "") + (", weight_control=True" if self.weight_control else "")
+        return (
+            f"align={self.align!r}, mix={self.mix!r}" + (f", decay={self.decay}" if fitted else "")
+            + (", weight_control=True" if self.weight_control else "") + ("" if self.lookahead else ", lookahead=False")
+        )
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(a, beta)`` for the next call: the progress weight (``align="fitted"``) and the mix
@@ -413,7 +483,7 @@ class SequentialVIMCO(nn.Module):
         state_dict.setdefault(prefix + "fit_moments", torch.zeros_like(self.fit_moments))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None) -> EstimatorOutput:
+    def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None, alternative=None) -> EstimatorOutput:
         if baseline is not None:
             raise ValueError("vimco-seq: takes no baseline tensor (its baseline is built from the other particles); pass baseline=None")
         inputs = canonical_inputs("vimco-seq", log_weights, log_probs, mask, min_samples=2)
@@ -422,7 +492,10 @@ class SequentialVIMCO(nn.Module):
         like = dict(dtype=inputs.step_log_weights.dtype, device=inputs.step_log_weights.device)
         weight, beta = (c.to(**like) for c in self.coefficients())
         learn = self.training and (self.mix == "running" or (self.align == "fitted" and progress is not None))
-        out, sums = _sequential_vimco(inputs, progress, self.align, beta if self.mix == "running" else 0.0, weight, fit=learn, weight_control=self.weight_control)
+        alternative = check_alternative("vimco-seq", alternative, inputs) if self.lookahead and alternative is not None else None
+        out, sums = _sequential_vimco(
+            inputs, progress, self.align, beta if self.mix == "running" else 0.0, weight, fit=learn, weight_control=self.weight_control, alternative=alternative
+        )
         if sums is not None:
             sums = sums.to(self.fit_moments)
             seen = sums[0] > 0  # a batch with no usable step leaves the statistics alone (no host sync)

@@ -47,6 +47,7 @@ from torch import distributions as D
 from torch import nn
 
 from hardalign.attention import Trajectory, rollout
+from hardalign.estimators import Alternative
 from hardalign.objective import LatentOutput
 from hardalign.sampling import fold_tree, unfold
 from hardalign.speech.posterior import KINDS, LOOKAHEADS, Posterior, _Unfolded, count_features
@@ -798,6 +799,11 @@ class HardAlignmentRecognizer(nn.Module):
         log_q = torch.where(mask, -F.binary_cross_entropy_with_logits(q_logit, z, reduction="none"), zero)
         q_prob = torch.sigmoid(q_logit)
         entropy = torch.where(mask, F.binary_cross_entropy_with_logits(q_logit, q_prob, reduction="none"), zero)
+        with torch.no_grad():  # each free step's log weight had the other decision been taken (vimco-seq's lookahead)
+            other = 1 - z
+            other_log_p = -F.binary_cross_entropy_with_logits(emit_logit, other, reduction="none") + torch.where(emit, zero, label_next_logp)
+            other_log_q = -F.binary_cross_entropy_with_logits(q_logit, other, reduction="none")
+            alternative = Alternative(taken=emit, log_weights=torch.where(mask, other_log_p - other_log_q, zero))
 
         def proposal_state() -> torch.Tensor:  # what the lattice posterior "knew" before each decision
             frames = memory["posterior"]["frame_table"].value  # [B, T, Hq]
@@ -818,6 +824,7 @@ class HardAlignmentRecognizer(nn.Module):
             valid=valid,
             final_state={"record": record},
             progress=emitted,
+            alternative=alternative,
         )
 
     def _in_ctc_warmup(self, step: int) -> bool:

@@ -20,11 +20,14 @@ from typing import NamedTuple
 import torch
 from torch import distributions as D
 
+from hardalign.estimators import Alternative
+
 
 class Draw(NamedTuple):
     log_weights: torch.Tensor  # [K, N, T]
     log_probs: torch.Tensor  # [K, N, T]
     progress: torch.Tensor | None  # [K, N, T] long, or None
+    alternative: Alternative | None = None  # binary decisions: the other branch of every step
 
 
 @dataclass
@@ -56,11 +59,14 @@ class IndependentBernoulli(Problem):
         log_p = D.Bernoulli(logits=theta).log_prob(z) + self.reward.to(z) * z
         return log_p, log_q
 
+    def decisions(self, phi, num_samples, generator):
+        return torch.bernoulli(torch.sigmoid(phi).detach().expand(num_samples, *phi.shape), generator=generator)
+
     def draw(self, phi, theta, num_samples, generator):
-        probs = torch.sigmoid(phi).detach().expand(num_samples, *phi.shape)
-        z = torch.bernoulli(probs, generator=generator)
-        log_p, log_q = self.step_terms(z, phi, theta)
-        return log_p - log_q, log_q
+        return self.sample(phi, theta, num_samples, generator)[:2]
+
+    def sample(self, phi, theta, num_samples, generator) -> Draw:
+        return binary_draw(self, self.decisions(phi, num_samples, generator), phi, theta, progress=False)
 
     def states(self):
         return torch.tensor(list(itertools.product([0.0, 1.0], repeat=len(self.phi0))), dtype=torch.float64)
@@ -121,15 +127,16 @@ class MarkovBernoulli(Problem):
         return log_p, log_q
 
     def draw(self, phi, theta, num_samples, generator):
+        return self.sample(phi, theta, num_samples, generator)[:2]
+
+    def sample(self, phi, theta, num_samples, generator) -> Draw:
         z_prev = torch.zeros(num_samples, phi.shape[0], dtype=phi.dtype)
         steps = []
         for t in range(self.length):
             probs = torch.sigmoid(phi[:, t].detach() + 1.5 * z_prev)
             z_prev = torch.bernoulli(probs, generator=generator)
             steps.append(z_prev)
-        z = torch.stack(steps, -1)  # [K, N, T]
-        log_p, log_q = self.step_terms(z, phi, theta)
-        return log_p - log_q, log_q
+        return binary_draw(self, torch.stack(steps, -1), phi, theta, progress=False)  # z [K, N, T]
 
     def states(self):
         return torch.tensor(list(itertools.product([0.0, 1.0], repeat=self.length)), dtype=torch.float64)
@@ -207,9 +214,7 @@ class LabelCounter(Problem):
             z_t = torch.bernoulli(probs, generator=generator)
             steps.append(z_t)
             counter = counter + z_t
-        z = torch.stack(steps, -1)  # [K, N, T]
-        log_p, log_q = self.step_terms(z, phi, theta)
-        return Draw(log_p - log_q, log_q, exclusive_count(z).long())
+        return binary_draw(self, torch.stack(steps, -1), phi, theta, progress=True)  # z [K, N, T]
 
     def draw(self, phi, theta, num_samples, generator):
         return self.sample(phi, theta, num_samples, generator)[:2]
@@ -220,6 +225,20 @@ class LabelCounter(Problem):
     def exact_objective(self, phi, theta, num_samples):
         log_p, log_q = self.step_terms(self.states(), phi, theta)
         return _enumerate_bound((log_p - log_q).sum(-1), log_q.sum(-1), num_samples)
+
+
+def binary_draw(problem, z, phi, theta, *, progress: bool) -> Draw:
+    """The draw of binary decisions ``z [K, N, T]``, with the other branch of every step: flip
+    ``z_t`` alone and take step t's log weight (step t's terms depend on ``z_{<=t}`` only)."""
+    log_p, log_q = problem.step_terms(z, phi, theta)
+    columns = []
+    for t in range(z.shape[-1]):
+        flipped = z.clone()
+        flipped[..., t] = 1 - flipped[..., t]
+        other_p, other_q = problem.step_terms(flipped, phi, theta)
+        columns.append((other_p - other_q)[..., t].detach())
+    alternative = Alternative(taken=z > 0.5, log_weights=torch.stack(columns, -1))
+    return Draw(log_p - log_q, log_q, exclusive_count(z).long() if progress else None, alternative)
 
 
 def exclusive_count(z: torch.Tensor) -> torch.Tensor:

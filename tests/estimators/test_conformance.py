@@ -204,7 +204,7 @@ def test_takes_baseline_is_a_read_only_flag(name, option):
 def test_forward_signature_is_shared():
     for name, cls in ESTIMATORS.items():
         params = inspect.signature(cls.forward).parameters
-        assert list(params) == ["self", "log_weights", "log_probs", "mask", "baseline", "progress"], name
+        assert list(params) == ["self", "log_weights", "log_probs", "mask", "baseline", "progress", "alternative"], name
         assert params["baseline"].kind is inspect.Parameter.KEYWORD_ONLY and params["baseline"].default is None
         assert params["progress"].kind is inspect.Parameter.KEYWORD_ONLY and params["progress"].default is None
         assert params["mask"].default is None

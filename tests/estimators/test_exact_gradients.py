@@ -27,8 +27,11 @@ CASES = [
     ("nvil", {"per_step": False}, 2, 1),
     ("vimco", {}, 2, 2),
     ("vimco", {"loo": "arithmetic"}, 3, 3),
-    ("vimco-seq", {}, 2, 2),
+    ("vimco-seq", {}, 2, 2),  # lookahead on the binary problems (the default), plain stand-ins elsewhere
     ("vimco-seq", {}, 3, 3),
+    ("vimco-seq", {"lookahead": False}, 3, 3),
+    ("vimco-seq", {"align": "progress"}, 3, 3),
+    ("vimco-seq", {"align": "progress-time", "lookahead": False}, 2, 2),
     ("vimco-seq", {"align": "time"}, 3, 3),
     ("vimco-seq", {"align": "progress-time"}, 3, 3),
     ("vimco-seq", {"align": "progress", "mix": "running"}, 3, 3),  # coefficients from prepared running statistics
@@ -51,7 +54,7 @@ def estimate(problem, name, options, num_samples, *, seed, prepare=None):
     if prepare is not None:
         prepare(estimator)
     phi, theta = problem.leaves(REPLICAS)
-    log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, generator)
+    log_weights, log_probs, progress, alternative = problem.sample(phi, theta, num_samples, generator)
     baseline = None
     if estimator.takes_baseline:  # a stand-in for the baseline network, different per step; its
         # regression term must not bias the proposal's or the model's gradient
@@ -59,7 +62,7 @@ def estimate(problem, name, options, num_samples, *, seed, prepare=None):
         if not options.get("per_step", True):
             baseline = baseline[..., 0]
         baseline = baseline.clone().requires_grad_(True)
-    out = estimator(log_weights, log_probs, baseline=baseline, progress=progress)
+    out = estimator(log_weights, log_probs, baseline=baseline, progress=progress, alternative=alternative)
     out.loss.backward()
     # loss is the batch mean: replica b's own estimate of -grad is N * grad[b]
     return -REPLICAS * phi.grad, -REPLICAS * theta.grad

@@ -237,10 +237,10 @@ def fitted_and_fixed_variances(problem, num_samples=8, replicas=1000, seed=0):
         warm_up = torch.Generator().manual_seed(1000 + seed)
         for _ in range(5):
             phi, theta = problem.leaves(256)
-            log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, warm_up)
+            log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, warm_up)[:3]
             estimator(log_weights, log_probs, progress=progress)
         phi, theta = problem.leaves(replicas)
-        log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, torch.Generator().manual_seed(seed))
+        log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, torch.Generator().manual_seed(seed))[:3]
         estimator(log_weights, log_probs, progress=progress).loss.backward()
         variances[align] = (replicas * phi.grad).var(0).sum().item()
     return variances
