@@ -63,7 +63,8 @@ def main(argv=None) -> None:
     parser.add_argument("--labels", type=int, default=34, help="U, phones per utterance")
     parser.add_argument("--phones", type=int, default=40)
     parser.add_argument("--samples", default="1,4,16", help="the K values")
-    parser.add_argument("--estimators", default="vimco-seq,vimco,nvil,reinforce")
+    parser.add_argument("--estimators", default="vimco-seq,vimco,nvil,reinforce",
+                        help="names, each optionally with estimator options: vimco-seq:lookahead=false")
     parser.add_argument("--posteriors", default="lattice,recurrent")
     parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE,...",
                         help="model option sets to compare besides the defaults (e.g. posterior_encoder=shared)")
@@ -97,8 +98,12 @@ def main(argv=None) -> None:
     # one-time costs (allocator growth, lazy initialisation) would otherwise land on the first row
     time_step(HardAlignmentRecognizer(dim, args.phones).to(device), build_estimator("vimco"), batch, 4, 1, args.warmup, device, clock)
     for kind, model_options in variants:
-        for name in args.estimators.split(","):
+        for spec in args.estimators.split(","):
+            name, _, option_text = spec.partition(":")
             options = {"baseline": "learned"} if name == "reinforce" else {}
+            for item in filter(None, option_text.split(";")):
+                key, value = item.split("=", 1)
+                options[key] = {"true": True, "false": False}.get(value.lower(), value)
             for k in (int(v) for v in args.samples.split(",")):
                 if name.startswith("vimco") and k < 2:
                     continue
@@ -106,8 +111,8 @@ def main(argv=None) -> None:
                 model = HardAlignmentRecognizer(dim, args.phones, **model_options).to(device)
                 estimator = build_estimator(name, **options).to(device)
                 ms = time_step(model, estimator, batch, k, args.repeats, args.warmup, device, clock)
-                rows.append(("hard-alignment", kind, name, k, ms))
-                print(f"{kind:20s} {name:10s} K={k:2d} {ms:8.1f} ms  ({ms / ctc_ms:.2f}x CTC)", flush=True)
+                rows.append(("hard-alignment", kind, spec, k, ms))
+                print(f"{kind:20s} {spec:10s} K={k:2d} {ms:8.1f} ms  ({ms / ctc_ms:.2f}x CTC)", flush=True)
     where = f"{args.device}" + (f", {args.threads} thread(s)" if device.type == "cpu" else f" ({torch.cuda.get_device_name(device)})")
     lines = [
         f"Training step (forward + backward + Adam), B={args.batch}, T={args.steps} steps, U={args.labels} phones, "

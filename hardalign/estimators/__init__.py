@@ -2,7 +2,7 @@
 
 Every estimator follows one call convention::
 
-    out = estimator(log_weights, log_probs, mask=None, *, baseline=None, progress=None)
+    out = estimator(log_weights, log_probs, mask=None, *, baseline=None, progress=None, alternative=None)
 
 * ``log_weights``: per-step log weights ``l_t^k`` ``[K, B, T]`` (or per-sample totals ``[K, B]``);
   ``log w^k = sum_t l_t^k = log p(y, z^k | x) - log q(z^k | x, y)``. They carry the model's
@@ -20,6 +20,10 @@ Every estimator follows one call convention::
   (for the speech model: labels emitted before step t). Only ``vimco-seq`` uses it, to match
   steps across particles (unless ``align="time"``); every other estimator's signals do not
   depend on how steps align, and it ignores it.
+* ``alternative``: for binary decisions, an :class:`Alternative` ``(taken [K, B, T] bool,
+  log_weights [K, B, T])``: the sampled decision and the step log weight had the other been
+  taken at that step (same past). ``vimco-seq`` (``lookahead=True``, the default) then weighs
+  both branches of each step in its stand-in; the others ignore it.
 
 Value checks cost a host synchronisation and are opt-in: ``check_finite=True`` (an option of every
 module and pure function) raises a ValueError naming the argument for NaN (or ``+inf``) log

@@ -69,13 +69,13 @@ def others_future_mean(steps: torch.Tensor, key: torch.Tensor | None = None, que
     Args:
         steps: detached per-step log weights ``[K, B, T]`` (K >= 2); entries may be ``-inf``.
         key: integer ``[K, B, T]``, non-decreasing along T; None matches by time (``key_t = t``).
-        query: integer ``[K, B, T]`` (with ``key``): the value to match for particle k at entry t
-            instead of ``key_t^k`` itself, e.g. the progress k would have after step t under
-            either decision; it need not occur among the keys (a binary search then finds
-            ``#{i : key_i^j < query}``). None: ``key``.
+        query: integer ``[K, B, T]`` or ``[D, K, B, T]`` (with ``key``): the value(s) to match for
+            particle k at entry t instead of ``key_t^k`` itself, e.g. the progress k would have
+            after step t under each of its D possible decisions; it need not occur among the keys
+            (binary searches then find ``#{i : key_i^j < query}``; one sort serves all D). None: ``key``.
 
     Returns:
-        ``[K, B, T]`` in ``steps``' dtype.
+        ``[K, B, T]`` (``[D, K, B, T]`` for such a query) in ``steps``' dtype.
 
     Example:
         >>> steps = torch.tensor([[[1.0, 2.0, 3.0]], [[10.0, 20.0, 30.0]]])  # K=2, B=1, T=3
@@ -103,15 +103,22 @@ def others_future_mean(steps: torch.Tensor, key: torch.Tensor | None = None, que
         below = torch.empty_like(order).scatter_(-1, order, run_starts(sorted_key))  # [B, K*T], back in original order
         # P^k(n): k's own steps with key below n are its first tau_k(n) steps (key is non-decreasing),
         # and tau_k(key_t^k) is where k's run of equal keys containing t starts
-        tau = run_starts(key)  # [K, B, T]
-    else:  # a value that may not occur among the keys: binary searches (left: counts keys below it)
-        query = query.to(key.dtype)
-        flat_query = query.permute(1, 0, 2).reshape(B, K * T).contiguous()
-        below = torch.searchsorted(sorted_key, flat_query)  # [B, K*T]
-        tau = torch.searchsorted(key.contiguous(), query.contiguous())  # [K, B, T], k's own steps below it
-    all_past = prefix.gather(-1, below.expand(2, B, K * T)).reshape(2, B, K, T).permute(0, 2, 1, 3)  # [2, K, B, T]
-    own_past = exclusive_prefix(channels).gather(-1, tau.expand(2, K, B, T))  # [2, K, B, T]
-    others_future = others_total.unsqueeze(-1) - (all_past - own_past)  # [2, K, B, T]
+        tau = run_starts(key).unsqueeze(0)  # [1, K, B, T]
+        branches, squeeze = 1, True
+    else:  # values that may not occur among the keys: binary searches (left: counts keys below them)
+        squeeze = query.dim() == 3
+        query = query.to(key.dtype).reshape(-1, K, B, T)  # [D, K, B, T]
+        branches = query.shape[0]
+        flat_query = query.permute(2, 0, 1, 3).reshape(B, branches * K * T).contiguous()
+        below = torch.searchsorted(sorted_key, flat_query)  # [B, D*K*T]
+        tau = torch.searchsorted(key.expand(branches, K, B, T).contiguous(), query.contiguous())  # k's own steps below it
+    size = branches * K * T
+    all_past = prefix.gather(-1, below.expand(2, B, size)).reshape(2, B, branches, K, T).permute(0, 2, 3, 1, 4)  # [2, D, K, B, T]
+    own_prefix = exclusive_prefix(channels).unsqueeze(1).expand(2, branches, K, B, T + 1)
+    own_past = own_prefix.gather(-1, tau.expand(2, branches, K, B, T))  # [2, D, K, B, T]
+    others_future = others_total[:, None, :, :, None] - (all_past - own_past)  # [2, D, K, B, T]
+    if squeeze:
+        others_future = others_future.squeeze(1)
     mean = others_future[0] / (K - 1)
     # a count above 1/2 (counts are exact small integers) means some other future holds a -inf step
     return torch.where(others_future[1] > 0.5, torch.full_like(mean, float("-inf")), mean)

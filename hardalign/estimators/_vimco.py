@@ -19,6 +19,11 @@ per-particle signals
   ``(1 - beta) log wbar_k^(t) + beta g_{-k}``. The module fits ``a`` and ``beta`` on earlier
   batches. The stand-in depends only on ``z^k_{<t}`` and the other particles and the coefficients
   on earlier batches, so every variant is unbiased; at t = 1 the time-aligned form equals VIMCO.
+* the lookahead stand-in (binary decisions, an :class:`Alternative` passed): for both branches d
+  of step t, ``s_t(d)`` = k's past, step t's log weight under d, and the others' future from where
+  they match k after step t (progress ``p_t + d``, or step t + 1 by time); with ``b_t(d) = L_{-k}``
+  under ``s_t(d)``, ``A_t^k = L - (q_t(0) b_t(1) + q_t(1) b_t(0))``: the score term of step t is
+  then its exact expectation over the step's decision plus the noise of the later steps.
 
 Weight control (``weight_control=True``, both estimators): differentiating ``L`` through
 ``log w^k = log p - log q(z^k)`` also gives the proposal ``- sum_k wtilde^k grad log q(z^k)``
@@ -284,7 +289,7 @@ def _sequential_vimco(
     others = leave_one_out_logsumexp(log_weights, dim=0).unsqueeze(-1)  # independent of t: [K, B, 1]
 
     def stand_ins(own_past, future):
-        """``(base, alternative or None, stand-in)`` from k's own past and ``future(key, query)``,
+        """``(base, alternative or None, stand-in)`` from k's own past and ``future(key)``,
         the others' average future: the fitted blend, then the mix with VIMCO's stand-in."""
         if align == "fitted":  # the base is the time-aligned stand-in, the alternative the progress-aligned one
             base = own_past + future(None)
@@ -299,15 +304,16 @@ def _sequential_vimco(
     if alternative is None:
         base, other, stand_in = stand_ins(exclusive_cumsum(steps), lambda key: others_future_mean(steps, key))  # log wbar_k^(t)
         bound_without = _bound_without(others, stand_in, num)
-    else:
+    else:  # both branches at once, [2, K, B, T]: index 0 the positive decision, 1 the negative one
         taken = alternative.taken
-        branch_steps = torch.where(taken, steps, alternative.log_weights.detach()), torch.where(taken, alternative.log_weights.detach(), steps)
-        # the branches' stand-ins, decision 1 (index 0) and decision 0 (index 1); the sampled one feeds the fit
-        branches = [stand_ins(*_after_step(steps, own_step, progress, positive, align, length)) for own_step, positive in zip(branch_steps, (True, False))]
-        base, other, _ = (torch.where(taken, a, b) if a is not None else None for a, b in zip(*branches))
+        other_step = alternative.log_weights.detach()
+        own_past = exclusive_cumsum(steps) + torch.stack([torch.where(taken, steps, other_step), torch.where(taken, other_step, steps)])
+        base, other, branch_stand_ins = stand_ins(own_past, _future_after_step(steps, progress, align))
+        # the sampled branch's stand-ins feed the running fit
+        base, other = (None if x is None else torch.where(taken, x[0], x[1]) for x in (base, other))
         q_positive = torch.exp(inputs.log_probs.detach())
         q_positive = torch.where(taken, q_positive, 1 - q_positive)  # q_t(1), detached
-        positive, negative = branches[0][2], branches[1][2]
+        positive, negative = branch_stand_ins.unbind(0)
         bound_without = _cross_weighted(_bound_without(others, positive, num), _bound_without(others, negative, num), q_positive)
     sums = _fit_sums(log_weights, base, other, plain, valid) if fit else None
     signals = bound.bound.detach()[None, :, None] - bound_without  # [K, B, T]
@@ -319,24 +325,24 @@ def _sequential_vimco(
     return _multi_sample(inputs, signals, bound, stats), sums
 
 
-def _after_step(steps, own_step, progress, positive: bool, align: str, length: int):
-    """k's own past through step t with ``own_step`` as its step-t log weight, and the others'
-    average future from where they match k *after* step t had k taken the decision ``positive``
-    (progress ``p_t + 1`` for the positive decision, ``p_t`` else; by time: from t + 1)."""
-    own_past = exclusive_cumsum(steps) + own_step
+def _future_after_step(steps, progress, align: str):
+    """``future(key)`` for the lookahead: the others' average future from where they match particle
+    k *after* step t, for k's positive and negative decision at t, ``[2, K, B, T]`` (progress
+    ``p_t + 1`` and ``p_t``; one sort serves both), or ``[K, B, T]`` by time (from step t + 1,
+    0 past the end; the same for both branches)."""
+    length = steps.shape[-1]
+    by_time = F.pad(others_future_mean(steps, None)[..., 1:], (0, 1))
 
     def future(key):
-        if key is None:  # by time: the others' futures from t + 1 (0 past the end)
-            return F.pad(others_future_mean(steps, None)[..., 1:], (0, 1))
-        after = progress + int(positive)
-        if align == "progress-time":
+        if key is None:
+            return by_time
+        after = progress.unsqueeze(0) + torch.tensor([1, 0], device=progress.device, dtype=progress.dtype).view(2, 1, 1, 1)
+        if align == "progress-time":  # (progress, then time) after the step: time t + 1
             time = torch.arange(length, device=progress.device, dtype=progress.dtype)
-            query = after * (length + 1) + time + 1
-        else:
-            query = after
-        return others_future_mean(steps, key, query)
+            return others_future_mean(steps, key, after * (length + 1) + time + 1)
+        return others_future_mean(steps, key, after)
 
-    return own_past, future
+    return future
 
 
 def _cross_weighted(positive: torch.Tensor, negative: torch.Tensor, q_positive: torch.Tensor) -> torch.Tensor:
@@ -398,9 +404,10 @@ class VIMCO(nn.Module):
 class SequentialVIMCO(nn.Module):
     """Sequential VIMCO (K >= 2): per-step leave-one-out baselines for long sequences.
 
-    Call: ``est(log_weights, log_probs, mask=None, *, baseline=None, progress=None)``; a baseline
-    tensor is refused. ``progress`` (integer ``[K, B, T]``, e.g. labels emitted before step t)
-    aligns the others' futures when ``align`` is not ``"time"``; without it, steps match by time.
+    Call: ``est(log_weights, log_probs, mask=None, *, baseline=None, progress=None, alternative=None)``;
+    a baseline tensor is refused. ``progress`` (integer ``[K, B, T]``, e.g. labels emitted before
+    step t) aligns the others' futures when ``align`` is not ``"time"``; without it, steps match by
+    time. ``alternative`` (:class:`Alternative`, binary decisions) turns on the lookahead stand-in.
 
     Args:
         align: ``"fitted"`` (default): ``(1 - a) s_time + a s_progress``, ``a`` fitted on earlier
@@ -415,6 +422,9 @@ class SequentialVIMCO(nn.Module):
         weight_control: add the stand-in's normalised weight to each signal, a control variate for
             the proposal's share of the pathwise gradient (module docstring; only where the log
             weights carry ``-log q``).
+        lookahead: use an ``alternative`` when the caller passes one: the stand-in weighs both
+            branches of each step's decision (module docstring). Measured on the speech model at
+            initialisation, K = 4: 0.70x VIMCO's variance against 0.75x without (``docs/estimators.md``).
         check_finite: value checks on every call (a host sync), see :func:`sequential_vimco_loss`.
 
     The fitted coefficients are the least-squares fit of ``log w^k`` (the value of the stand-in

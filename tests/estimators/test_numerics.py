@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hardalign.estimators import build_estimator, leave_one_out_logsumexp, sequential_vimco_loss, vimco_loss
+from hardalign.estimators import Alternative, build_estimator, leave_one_out_logsumexp, sequential_vimco_loss, vimco_loss
 from tests.estimators.problems import MarkovBernoulli
 
 
@@ -74,6 +74,52 @@ def loop_stand_ins(steps, progress, align):
     return out
 
 
+def loop_lookahead_signals(steps, alt, taken, q_taken, align="progress", mix=0.0, progress_weight=0.5):
+    """The lookahead form for one example by the definition: for each branch d of step t, particle
+    k's stand-in is its past, step t's log weight under d, and the others' mean future from where
+    they match k after step t (progress p_t + d, or step t + 1 by time); the baseline is
+    q_t(0) b_t(1) + q_t(1) b_t(0). steps, alt [K][T]; taken [K][T] bools; q_taken [K][T] probabilities."""
+    K, T = len(steps), len(steps[0])
+    progress = [[sum(taken[k][:t]) for t in range(T)] for k in range(K)]
+    log_w = [sum(row) for row in steps]
+    total = sum(math.exp(v) for v in log_w)
+    out = [[0.0] * T for _ in range(K)]
+    if total == 0:
+        return out
+    L = math.log(total / K)
+
+    def future(k, t, start_key):  # the others' mean future from the first step whose key is >= start_key
+        futures = []
+        for j in range(K):
+            if j != k:
+                tau = sum(1 for i in range(T) if start_key(j, i))
+                futures.append(sum(steps[j][tau:]))
+        return sum(futures) / (K - 1)
+
+    for k, t in itertools.product(range(K), range(T)):
+        rest = sum(math.exp(log_w[j]) for j in range(K) if j != k)
+        plain = sum(log_w[j] for j in range(K) if j != k) / (K - 1)
+        values = {}
+        for d in (0, 1):
+            own = sum(steps[k][:t]) + (steps[k][t] if int(taken[k][t]) == d else alt[k][t])
+            n = progress[k][t] + d
+            by_time = future(k, t, lambda j, i: i < t + 1)
+            by_progress = future(k, t, lambda j, i: progress[j][i] < n)
+            if align == "progress-time":
+                aligned = future(k, t, lambda j, i: progress[j][i] < n or (progress[j][i] == n and i < t + 1))
+            elif align == "time":
+                aligned = by_time
+            elif align == "fitted":
+                aligned = mixed(by_time, by_progress, progress_weight)
+            else:
+                aligned = by_progress
+            stand_in = mixed(own + aligned, plain, mix)
+            values[d] = math.log((rest + math.exp(stand_in)) / K) if rest > 0 else 0.0
+        q_positive = q_taken[k][t] if taken[k][t] else 1 - q_taken[k][t]
+        out[k][t] = L - ((1 - q_positive) * values[1] + q_positive * values[0])
+    return out
+
+
 def random_progress(k, b, t, generator, rate=0.4):
     """A counter of emissions before each step: non-decreasing, different across particles."""
     emit = (torch.rand(k, b, t, generator=generator) < rate).long()
@@ -119,6 +165,44 @@ def test_aligned_sequential_vimco_matches_loop_reference(align, mix, impossible)
         expected = loop_vimco_seq_signals(steps[:, b].tolist(), progress[:, b].tolist(), align, mix, 0.7)
         torch.testing.assert_close(out.signals[:, b], torch.tensor(expected, dtype=torch.float64))
     assert bool(torch.isfinite(out.signals).all()) and bool(torch.isfinite(out.loss))
+
+
+@pytest.mark.parametrize("align", ["progress", "progress-time", "time", "fitted"])
+@pytest.mark.parametrize("mix", [0.0, 0.3])
+@pytest.mark.parametrize("impossible", [False, True], ids=["finite", "with-inf"])
+def test_lookahead_matches_loop_reference(align, mix, impossible):
+    g = torch.Generator().manual_seed(9)
+    K, B, T = 3, 4, 6
+    steps = torch.randn(K, B, T, generator=g, dtype=torch.float64)
+    alt = torch.randn(K, B, T, generator=g, dtype=torch.float64)
+    taken = torch.rand(K, B, T, generator=g) < 0.4
+    log_probs = torch.log(torch.rand(K, B, T, generator=g, dtype=torch.float64).clamp(0.05, 0.95))
+    if impossible:  # an impossible step, an impossible branch, an example whose particles are all impossible
+        steps[0, 0, 3] = float("-inf")
+        alt[1, 0, 2] = float("-inf")
+        steps[:, 1, 4] = float("-inf")
+    progress = taken.long().cumsum(-1) - taken.long()
+    out = sequential_vimco_loss(
+        steps, log_probs, progress=progress, align=align, mix=mix, progress_weight=0.7, alternative=Alternative(taken, alt)
+    )
+    for b in range(B):
+        expected = loop_lookahead_signals(
+            steps[:, b].tolist(), alt[:, b].tolist(), taken[:, b].tolist(), log_probs[:, b].exp().tolist(), align, mix, 0.7
+        )
+        torch.testing.assert_close(out.signals[:, b], torch.tensor(expected, dtype=torch.float64))
+    assert bool(torch.isfinite(out.signals).all()) and bool(torch.isfinite(out.loss))
+
+
+def test_lookahead_with_the_branch_taken_equal_to_the_other_is_a_decision_free_baseline():
+    """Where both branches lead to the same stand-in (same step log weight, time alignment) the
+    baseline is the stand-in of step t + 1, whatever q says."""
+    g = torch.Generator().manual_seed(10)
+    steps = torch.randn(3, 2, 5, generator=g, dtype=torch.float64)
+    taken = torch.rand(3, 2, 5, generator=g) < 0.5
+    log_probs = torch.log(torch.rand(3, 2, 5, generator=g, dtype=torch.float64))
+    out = sequential_vimco_loss(steps, log_probs, align="time", alternative=Alternative(taken, steps.clone()))
+    shifted = sequential_vimco_loss(torch.cat([steps, torch.zeros_like(steps[..., :1])], -1), torch.zeros(3, 2, 6, dtype=torch.float64), align="time")
+    torch.testing.assert_close(out.signals, shifted.signals[..., 1:])
 
 
 def test_progress_equal_to_time_is_the_time_aligned_form():
@@ -190,11 +274,12 @@ def test_single_seeded_sample_equals_closed_form():
 
 # ---------------------------------------------------------------------------- variance orderings
 def proposal_gradient_variance(problem, name, options, num_samples, replicas=4000, seed=0):
-    """Total variance (summed over components) of the proposal-parameter gradient estimates."""
+    """Total variance (summed over components) of the proposal-parameter gradient estimates (the
+    problem's progress and alternative branches passed along where it has them)."""
     generator = torch.Generator().manual_seed(seed)
     phi, theta = problem.leaves(replicas)
-    log_weights, log_probs = problem.draw(phi, theta, num_samples, generator)
-    build_estimator(name, **options).double()(log_weights, log_probs).loss.backward()
+    log_weights, log_probs, progress, alternative = problem.sample(phi, theta, num_samples, generator)
+    build_estimator(name, **options).double()(log_weights, log_probs, progress=progress, alternative=alternative).loss.backward()
     return (replicas * phi.grad).var(0).sum().item()
 
 
@@ -226,6 +311,18 @@ def test_sequential_vimco_has_lower_variance_than_vimco_on_long_sequences():
     plain = proposal_gradient_variance(problem, "vimco", {}, 8, replicas=2000)
     sequential = proposal_gradient_variance(problem, "vimco-seq", {}, 8, replicas=2000)
     assert sequential <= plain, (sequential, plain)
+
+
+@pytest.mark.parametrize("align", ["fitted", "progress"])
+def test_lookahead_lowers_the_variance_on_long_sequences(align):
+    """Measured (2,000 paired replicas, K = 4, proposal gradient): fitted 0.541 -> 0.510 of VIMCO's
+    variance on the 50-step chain, 0.566 -> 0.521 on the 30-step label counter."""
+    from tests.estimators.problems import LabelCounter
+
+    for problem in (MarkovBernoulli(50, offset=-2.0), LabelCounter(30, labels=8)):
+        without = proposal_gradient_variance(problem, "vimco-seq", {"align": align, "lookahead": False}, 4, replicas=2000)
+        with_lookahead = proposal_gradient_variance(problem, "vimco-seq", {"align": align}, 4, replicas=2000)
+        assert with_lookahead < without, (problem.name, with_lookahead, without)
 
 
 def fitted_and_fixed_variances(problem, num_samples=8, replicas=1000, seed=0):

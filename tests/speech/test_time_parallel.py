@@ -48,6 +48,27 @@ def test_parallel_scores_equal_the_step_by_step_rollout(aligner, encoder, emit_c
     torch.testing.assert_close(parallel.final_state["record"]["proposal_state"](), stepwise_states)
 
 
+@pytest.mark.parametrize("aligner", [True, False])
+def test_alternative_is_the_step_log_weight_of_the_other_decision(aligner):
+    """What vimco-seq's lookahead reads: at every free step, the log weight had the decision been
+    flipped there (same past), i.e. step t of the re-scored path with z_t flipped."""
+    model = lattice_model(posterior_aligner=aligner, ctc_emit_prior=aligner).double()
+    batch = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in tight_batch().items()}
+    memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
+    z = model._draw_from_lattice(memory, 3, generator=torch.Generator().manual_seed(2))
+    trajectory = model.score_alignments(memory, z)
+    alternative = trajectory.alternative
+    assert torch.equal(alternative.taken, z > 0.5)
+    assert bool(trajectory.mask.any())
+    for t in range(z.shape[-1]):
+        flipped = z.clone()
+        flipped[..., t] = 1 - flipped[..., t]
+        expected = model.score_alignments(memory, flipped).log_weights[..., t]
+        free = trajectory.mask[..., t]
+        torch.testing.assert_close(alternative.log_weights[..., t][free], expected[free], rtol=1e-9, atol=1e-9)
+        assert bool((alternative.log_weights[..., t][~free] == 0).all())
+
+
 def test_lattice_draws_respect_forcing_and_match_the_rollout_distribution():
     model = lattice_model()
     batch = tight_batch()
