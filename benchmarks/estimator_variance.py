@@ -5,6 +5,8 @@ estimates over R independent replicas, on
 
 * a Markov Bernoulli chain (z_t depends on z_{t-1}, per-step reward, a constant per-step
   log-likelihood offset of -2 nats) at T = 3 and T = 50 (no progress index: steps match by time);
+  every problem's decisions are binary, so each draw also carries the other branch of every step
+  (``Alternative``), which ``vimco-seq``'s lookahead rows read;
 * label-structured toy alignments (``tests/estimators/problems.py::LabelCounter``: T = 50 emit/skip
   decisions, U = 12 labels, label c scores best near its own time, missing labels cost nats, the
   progress index is the number of labels emitted): "labels" with a learned p(z) and a per-frame
@@ -39,13 +41,15 @@ ROWS = [
     ("reinforce", {"baseline": "loo"}, 8, "leave-one-out (RLOO)"),
     ("vimco", {}, 8, "geometric stand-in"),
     ("vimco", {"loo": "arithmetic"}, 8, "arithmetic stand-in"),
-    ("vimco-seq", {"align": "time"}, 8, "per-step stand-in, steps matched by time"),
-    ("vimco-seq", {"align": "progress"}, 8, "per-step stand-in, matched by progress (labels emitted)"),
-    ("vimco-seq", {"align": "progress-time"}, 8, "matched by (labels emitted, frames left)"),
-    ("vimco-seq", {"align": "time", "mix": "running"}, 8, "time-matched, running convex mix with VIMCO's stand-in"),
-    ("vimco-seq", {"align": "progress", "mix": "running"}, 8, "progress-matched, running convex mix with VIMCO's stand-in"),
-    ("vimco-seq", {"align": "fitted"}, 8, "fitted blend of time- and progress-matched stand-ins"),
-    ("vimco-seq", {"align": "fitted", "mix": "running"}, 8, "fitted blend of time-, progress-matched and VIMCO's stand-ins"),
+    ("vimco-seq", {"align": "time", "lookahead": False}, 8, "per-step stand-in, steps matched by time"),
+    ("vimco-seq", {"align": "progress", "lookahead": False}, 8, "per-step stand-in, matched by progress (labels emitted)"),
+    ("vimco-seq", {"align": "progress-time", "lookahead": False}, 8, "matched by (labels emitted, frames left)"),
+    ("vimco-seq", {"align": "time", "mix": "running", "lookahead": False}, 8, "time-matched, running convex mix with VIMCO's stand-in"),
+    ("vimco-seq", {"align": "progress", "mix": "running", "lookahead": False}, 8, "progress-matched, running convex mix with VIMCO's stand-in"),
+    ("vimco-seq", {"align": "fitted", "lookahead": False}, 8, "fitted blend of time- and progress-matched stand-ins"),
+    ("vimco-seq", {"align": "fitted", "mix": "running", "lookahead": False}, 8, "fitted blend of time-, progress-matched and VIMCO's stand-ins"),
+    ("vimco-seq", {"align": "progress"}, 8, "progress-matched, lookahead over both branches of each decision"),
+    ("vimco-seq", {"align": "fitted"}, 8, "fitted blend with the lookahead (the default)"),
 ]
 
 
@@ -59,11 +63,11 @@ def gradient_variance(problem, name, options, num_samples, replicas, seed=0):
     if name == "nvil" or stateful:  # warm the running statistics up
         for _ in range(20):
             phi, theta = problem.leaves(256)
-            log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, warm_up)
-            estimator(log_weights, log_probs, progress=progress)
+            log_weights, log_probs, progress, alternative = problem.sample(phi, theta, num_samples, warm_up)
+            estimator(log_weights, log_probs, progress=progress, alternative=alternative)
     phi, theta = problem.leaves(replicas)
-    log_weights, log_probs, progress = problem.sample(phi, theta, num_samples, generator)
-    out = estimator(log_weights, log_probs, progress=progress)
+    log_weights, log_probs, progress, alternative = problem.sample(phi, theta, num_samples, generator)
+    out = estimator(log_weights, log_probs, progress=progress, alternative=alternative)
     out.loss.backward()
     grads = replicas * phi.grad  # one estimate per replica
     return grads.var(0).sum().item(), out.objective.mean().item()
