@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     parser.add_argument("--phones", type=int, default=40)
     parser.add_argument("--samples", default="1,4,16", help="the K values")
     parser.add_argument("--estimators", default="vimco-seq,vimco,nvil,reinforce",
-                        help="names, each optionally with estimator options: vimco-seq:lookahead=false")
+                        help="names, each optionally with estimator options: vimco-seq:lookahead=false;weight_control=true")
     parser.add_argument("--posteriors", default="lattice,recurrent")
     parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE,...",
                         help="model option sets to compare besides the defaults (e.g. posterior_encoder=shared)")
@@ -78,6 +78,7 @@ def main(argv=None) -> None:
     from hardalign.estimators import build_estimator
     from hardalign.speech.ctc import CTCRecognizer
     from hardalign.speech.model import HardAlignmentRecognizer
+    from hardalign.train.config import _parse_options
 
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -101,9 +102,8 @@ def main(argv=None) -> None:
         for spec in args.estimators.split(","):
             name, _, option_text = spec.partition(":")
             options = {"baseline": "learned"} if name == "reinforce" else {}
-            for item in filter(None, option_text.split(";")):
-                key, value = item.split("=", 1)
-                options[key] = {"true": True, "false": False}.get(value.lower(), value)
+            # the command line's estimator-options syntax, with ";" between items (the list is comma-separated)
+            options.update(_parse_options(option_text.replace(";", ",")))
             for k in (int(v) for v in args.samples.split(",")):
                 if name.startswith("vimco") and k < 2:
                     continue

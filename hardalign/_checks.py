@@ -48,10 +48,11 @@ def check_same_device_dtype(name: str, x: torch.Tensor, reference_name: str, ref
         raise TypeError(f"{name}: has dtype {x.dtype} but {reference_name} has {reference.dtype}; use one dtype")
 
 
-def check_mask(name: str, mask: torch.Tensor, reference_name: str, reference: torch.Tensor, layout: str) -> None:
+def check_mask(name: str, mask: torch.Tensor, reference_name: str, reference: torch.Tensor, layout: str, *, meaning: str = "True = the step counts") -> None:
+    """A bool tensor of ``reference``'s shape on its device; ``meaning`` says what True stands for in the error."""
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise TypeError(f"{name}: expected a bool tensor (True = the step counts), got {got}")
+        raise TypeError(f"{name}: expected a bool tensor ({meaning}), got {got}")
     check_same_shape(name, mask, reference_name, reference, layout)
     if mask.device != reference.device:
         raise ValueError(f"{name}: is on {mask.device} but {reference_name} is on {reference.device}")

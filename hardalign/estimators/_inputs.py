@@ -129,13 +129,7 @@ def check_alternative(name: str, alternative, inputs: Inputs) -> Alternative:
         raise TypeError(f"alternative: expected hardalign.estimators.Alternative(taken, log_weights), got {type(alternative).__name__}")
     if not inputs.per_step:
         raise ValueError(f"alternative: {name} needs per-step log_weights and log_probs [K, B, T] with it; got per-sample totals")
-    taken = alternative.taken
-    if not isinstance(taken, torch.Tensor) or taken.dtype != torch.bool:
-        got = taken.dtype if isinstance(taken, torch.Tensor) else type(taken).__name__
-        raise TypeError(f"alternative.taken: expected a bool tensor (True: the positive decision was sampled), got {got}")
-    _checks.check_same_shape("alternative.taken", taken, "log_probs", inputs.log_probs, "[K, B, T]")
-    if taken.device != inputs.log_probs.device:
-        raise ValueError(f"alternative.taken: is on {taken.device} but log_probs is on {inputs.log_probs.device}")
+    _checks.check_mask("alternative.taken", alternative.taken, "log_probs", inputs.log_probs, "[K, B, T]", meaning="True: the positive decision was sampled")
     _checks.check_floating("alternative.log_weights", alternative.log_weights)
     _checks.check_same_shape("alternative.log_weights", alternative.log_weights, "log_probs", inputs.log_probs, "[K, B, T]")
     _checks.check_same_device_dtype("alternative.log_weights", alternative.log_weights, "log_weights", inputs.step_log_weights)
