@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hardalign.estimators import ESTIMATORS, build_estimator, reinforce_loss, sequential_vimco_loss, vimco_loss
+from hardalign.estimators import ESTIMATORS, Alternative, build_estimator, reinforce_loss, sequential_vimco_loss, vimco_loss
 from tests.estimators.test_numerics import random_progress
 
 INF = float("inf")
@@ -137,6 +137,30 @@ def test_bad_progress_names_the_argument(case):
         build_estimator("vimco-seq", align="progress")(steps, log_probs, progress=make(progress))
     with pytest.raises(error, match=pattern):
         sequential_vimco_loss(steps, log_probs, progress=make(progress))
+
+
+BAD_ALTERNATIVE = {
+    "not an Alternative": (lambda s, a: (a.taken, a.log_weights), TypeError, r"alternative: expected hardalign.estimators.Alternative"),
+    "taken not bool": (lambda s, a: Alternative(a.taken.long(), a.log_weights), TypeError, r"alternative.taken: expected a bool tensor \(True: the positive decision was sampled\)"),
+    "taken wrong T": (lambda s, a: Alternative(a.taken[..., :-1], a.log_weights), ValueError, r"alternative.taken: expected shape \[K, B, T\]"),
+    "log weights wrong dtype": (lambda s, a: Alternative(a.taken, a.log_weights.float()), TypeError, r"alternative.log_weights: has dtype torch.float32"),
+    "log weights wrong T": (lambda s, a: Alternative(a.taken, a.log_weights[..., :-1]), ValueError, r"alternative.log_weights: expected shape"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ALTERNATIVE))
+def test_bad_alternative_names_the_argument(case):
+    make, error, pattern = BAD_ALTERNATIVE[case]
+    steps, log_probs, progress = leaves()
+    g = torch.Generator().manual_seed(5)
+    good = Alternative(torch.rand(steps.shape, generator=g) < 0.5, torch.randn(steps.shape, generator=g, dtype=steps.dtype))
+    bad = make(steps, good)
+    with pytest.raises(error, match=pattern):
+        build_estimator("vimco-seq")(steps, log_probs, progress=progress, alternative=bad)
+    with pytest.raises(error, match=pattern):
+        sequential_vimco_loss(steps, log_probs, progress=progress, alternative=bad)
+    with pytest.raises(ValueError, match="alternative: vimco-seq needs per-step log_weights"):
+        sequential_vimco_loss(steps.sum(-1), log_probs.sum(-1), alternative=good)
 
 
 def test_progress_needs_per_step_terms():
