@@ -231,6 +231,19 @@ class HardAlignmentConfig:
             ``ctc_warmup: 0.5`` (four seeds): dev / test PER 3.9 / 3.2% against 3.7 / 3.6%
             (docs/speech.md).
         eos_start_logit: EOS's initial label bias with ``ctc_greedy_start``.
+        flat_start: the first fraction of the training budget (counted as ``ctc_warmup`` counts
+            it, after any CTC warm-up) in which the bound scores every alignment under the uniform
+            alignment prior instead of p's decisions: at a free step with r labels (EOS included)
+            left to emit in s steps, p(emit) = r / s, which makes every alignment equally likely.
+            p's decision head still learns, from the bound's own gradient for it (the
+            self-normalised weights times its log-probabilities of the drawn decisions), but q's
+            learning signal no longer rewards alignments for being easy for p to predict. Why:
+            without the CTC aligner, q collapses within a few hundred steps onto emitting every
+            label as early as it may (the one alignment p's decision head learns to predict at no
+            cost) while p's encoder has not yet learnt where any phone is; under the uniform prior
+            only the labels' likelihood and q's entropy shape q, as an HMM's flat start does.
+            Needs the time-parallel path (``proposal: posterior``, ``posterior_kind: lattice``).
+            0: off (docs/speech.md).
         ctc_emit_cue: what the emit cue and the label prior read from the CTC head. ``not_blank``:
             ``P_ctc(blank) < 0.5`` at step t (a spike over several frames is emitted at each).
             ``new_label``: the probability that the head's greedy decoding starts a new label at
@@ -269,6 +282,7 @@ class HardAlignmentConfig:
     ctc_greedy_start: bool = False
     eos_start_logit: float = -3.0
     ctc_emit_cue: str = "not_blank"
+    flat_start: float = 0.0
 
     def __post_init__(self) -> None:
         if self.posterior_encoder not in ("own", "shared"):
@@ -294,6 +308,13 @@ class HardAlignmentConfig:
             raise ValueError(
                 f"ctc_warmup={self.ctc_warmup} trains p's encoder through the aligner's CTC head, "
                 "which needs posterior_encoder='shared' and posterior_aligner=true"
+            )
+        if not 0.0 <= self.flat_start < 1.0:
+            raise ValueError(f"flat_start={self.flat_start}: must be a fraction of the training budget in [0, 1)")
+        if self.flat_start and not (self.proposal == "posterior" and self.posterior_kind == "lattice"):
+            raise ValueError(
+                f"flat_start={self.flat_start} changes the time-parallel scoring of alignments, "
+                f"which needs proposal='posterior' and posterior_kind='lattice' (got {self.proposal!r}, {self.posterior_kind!r})"
             )
 
 
@@ -739,7 +760,7 @@ class HardAlignmentRecognizer(nn.Module):
             decisions.append(z)
         return torch.stack(decisions, dim=-1).to(table.dtype).reshape(num_samples, B, T)  # [K * B, T] -> [K, B, T]
 
-    def score_alignments(self, memory: dict[str, Any], z: torch.Tensor) -> Trajectory:
+    def score_alignments(self, memory: dict[str, Any], z: torch.Tensor, *, flat: bool = False) -> Trajectory:
         """The trajectory of given alignments, every step at once (the time-parallel path).
 
         log p(z_t, y-emissions | past) for all K x B rows and T steps: the decision cell's inputs
@@ -751,6 +772,9 @@ class HardAlignmentRecognizer(nn.Module):
         Args:
             memory: from :meth:`encode` with targets and the lattice posterior.
             z: ``[K, B, T]`` decisions (0/1), forced steps included.
+            flat: score the decisions under the uniform alignment prior (``flat_start``) instead
+                of p's emit head; p's own log-probabilities of the free decisions are then kept
+                in ``final_state["record"]["decision_logp"]`` for the loss that trains its head.
         """
         K, B, T = z.shape
         gates, label_prior, emit_cue = self._split_step_inputs(memory["gate_inputs"].value)  # [B, T, 4H], [B, T, n + 1], [B, T]
@@ -792,7 +816,16 @@ class HardAlignmentRecognizer(nn.Module):
         label_next_logp = label_logp.gather(-1, (label_next - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
         zero = torch.zeros_like(emit_logit)
         log_p_decision = -F.binary_cross_entropy_with_logits(emit_logit, z, reduction="none")
-        log_p = torch.where(self._p_forced(is_forced, emit), zero, log_p_decision)
+        if flat:  # the uniform alignment prior: r labels left (EOS included) in s steps, p(emit) = r / s
+            left = (num_labels.view(1, B, 1) - emitted).to(emit_logit.dtype)
+            hazard = (left / (num_steps.view(1, B, 1) - steps).clamp_min(1).to(emit_logit.dtype)).clamp(1e-6, 1 - 1e-6)
+
+            def decision_logp(decisions: torch.Tensor) -> torch.Tensor:
+                return torch.where(decisions > 0.5, hazard.log(), torch.log1p(-hazard))
+        else:
+            def decision_logp(decisions: torch.Tensor) -> torch.Tensor:
+                return -F.binary_cross_entropy_with_logits(emit_logit, decisions, reduction="none")
+        log_p = torch.where(self._p_forced(is_forced, emit), zero, decision_logp(z) if flat else log_p_decision)
         log_p = torch.where(valid, log_p + torch.where(emit, label_next_logp, zero), zero)
         # --- the proposal q: its logits along the paths ---
         q_logit = self.posterior.path_logits(memory["posterior"], emitted)  # [K, B, T]
@@ -801,7 +834,7 @@ class HardAlignmentRecognizer(nn.Module):
         entropy = torch.where(mask, F.binary_cross_entropy_with_logits(q_logit, q_prob, reduction="none"), zero)
         with torch.no_grad():  # each free step's log weight had the other decision been taken (vimco-seq's lookahead)
             other = 1 - z
-            other_log_p = -F.binary_cross_entropy_with_logits(emit_logit, other, reduction="none") + torch.where(emit, zero, label_next_logp)
+            other_log_p = decision_logp(other) + torch.where(emit, zero, label_next_logp)
             other_log_q = -F.binary_cross_entropy_with_logits(q_logit, other, reduction="none")
             alternative = Alternative(taken=emit, log_weights=torch.where(mask, other_log_p - other_log_q, zero))
 
@@ -814,6 +847,8 @@ class HardAlignmentRecognizer(nn.Module):
         record: dict[str, Any] = {"proposal_state": proposal_state}
         if self.config.forced_emission_weight > 0:  # what the auxiliary loss reads (forward)
             record["forced_emission_logp"] = torch.where(is_forced & emit, log_p_decision, zero)
+        if flat:  # what trains p's emit head while the bound does not read it (forward)
+            record["decision_logp"] = torch.where(mask, log_p_decision, zero)
         return Trajectory(
             locations=z,
             log_q=log_q,
@@ -882,9 +917,11 @@ class HardAlignmentRecognizer(nn.Module):
         if self.training and self._in_ctc_warmup(step):
             return self._ctc_warmup_terms(batch)
         self._check_alignable(batch)
+        flat = False
         if self.time_parallel:
             memory = self.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
-            trajectory = self.score_alignments(memory, self._draw_from_lattice(memory, num_samples))
+            flat = self.training and self.budget_spent < self.config.flat_start
+            trajectory = self.score_alignments(memory, self._draw_from_lattice(memory, num_samples), flat=flat)
         else:
             trajectory, memory = self._rollout(batch, num_samples)
         entropy = trajectory.entropy.sum(-1).mean()  # per utterance, mean over particles and batch
@@ -897,6 +934,9 @@ class HardAlignmentRecognizer(nn.Module):
             losses["forced_emission"] = -self.config.forced_emission_weight * forced.sum(-1).mean()
         if "aligner_nll" in memory:
             losses["aligner_ctc"] = self.aligner_weight * memory["aligner_nll"].value.mean()
+        if flat:  # flat start: the bound's gradient for p's emit head, sum_k wtilde^k grad log p(z^k)
+            wtilde = torch.softmax(trajectory.log_weights.sum(-1).detach(), dim=0)  # [K, B]
+            losses["flat_start_decisions"] = -(wtilde * trajectory.final_state["record"]["decision_logp"].sum(-1)).sum(0).mean()
         valid = trajectory.valid
         metrics = {
             "entropy": entropy.detach(),

@@ -131,3 +131,65 @@ def test_lookahead_options_are_checked():
         lattice_model(posterior_lookahead="bidirectional")
     with pytest.raises(ValueError, match="posterior_lookahead_steps"):
         lattice_model(posterior_lookahead="conv", posterior_lookahead_steps=0)
+
+
+def _double_batch() -> dict:
+    return {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in tight_batch().items()}
+
+
+@pytest.mark.parametrize("aligner", [True, False])
+def test_flat_start_scores_every_alignment_alike(aligner):
+    """``flat_start``: the decisions' log-probability under the uniform alignment prior is the same
+    for every alignment, -log C(T, U + 1); the labels' terms and q are unchanged; p's own decision
+    log-probabilities are kept for its loss; the lookahead's alternative is the flipped path's."""
+    model = lattice_model(posterior_aligner=aligner, ctc_emit_prior=aligner).double()
+    batch = _double_batch()
+    memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
+    z = model._draw_from_lattice(memory, 5, generator=torch.Generator().manual_seed(3))
+    learnt, flat = model.score_alignments(memory, z), model.score_alignments(memory, z, flat=True)
+    torch.testing.assert_close(flat.log_q, learnt.log_q)
+    p_decisions = flat.final_state["record"]["decision_logp"]
+    assert "decision_logp" not in learnt.final_state["record"]
+    assert bool((p_decisions[~learnt.mask] == 0).all()) and bool((p_decisions[learnt.mask] < 0).all())
+    labels_only = learnt.log_p.sum(-1) - p_decisions.sum(-1)  # forced steps carry no decision term
+    T, U1 = batch["feature_lengths"].double(), (batch["target_lengths"] + 1).double()
+    log_paths = torch.lgamma(T + 1) - torch.lgamma(U1 + 1) - torch.lgamma(T - U1 + 1)  # log C(T, U + 1)
+    torch.testing.assert_close(flat.log_p.sum(-1), labels_only - log_paths, rtol=1e-9, atol=1e-9)
+    for t in range(z.shape[-1]):
+        flipped = z.clone()
+        flipped[..., t] = 1 - flipped[..., t]
+        expected = model.score_alignments(memory, flipped, flat=True).log_weights[..., t]
+        free = flat.mask[..., t]
+        torch.testing.assert_close(flat.alternative.log_weights[..., t][free], expected[free], rtol=1e-9, atol=1e-9)
+
+
+def test_flat_start_trains_the_emit_head_by_its_own_loss_then_ends():
+    model = lattice_model(posterior_aligner=False, flat_start=0.5)
+    estimator = build_estimator("vimco-seq")
+    model.budget_spent = 0.2
+    output = model(tight_batch(), num_samples=3, step=1)
+    assert "flat_start_decisions" in output.losses
+    terms = training_terms(output, estimator)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"])
+    assert model.emit_head.weight.grad.abs().sum() > 0 and model.posterior.gain.grad.abs() > 0
+    # the emit head's gradient comes from that loss alone: without it, none reaches the head
+    model.zero_grad()
+    output = model(tight_batch(), num_samples=3, step=1)
+    output.losses.pop("flat_start_decisions")
+    output.losses.pop("forced_emission", None)
+    training_terms(output, estimator)["loss"].backward()
+    assert model.emit_head.weight.grad is None or model.emit_head.weight.grad.abs().sum() == 0
+    model.budget_spent = 0.5
+    assert "flat_start_decisions" not in model(tight_batch(), num_samples=3, step=2).losses
+    model.eval()
+    model.budget_spent = 0.0
+    with torch.no_grad():
+        assert "flat_start_decisions" not in model(tight_batch(), num_samples=3, step=0).losses
+
+
+def test_flat_start_options_are_checked():
+    with pytest.raises(ValueError, match="flat_start"):
+        lattice_model(flat_start=1.0)
+    with pytest.raises(ValueError, match="flat_start=0.3 .*posterior_kind='lattice'"):
+        HardAlignmentRecognizer(DIM, PHONES, posterior_kind="recurrent", flat_start=0.3)
