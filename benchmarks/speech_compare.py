@@ -89,6 +89,17 @@ def time_to_target(metrics_file: Path, target: float) -> tuple[float | None, int
     return None, None
 
 
+def dev_per_at(metrics_file: Path, seconds: float) -> float | None:
+    """Dev PER of the last evaluation at or before ``seconds`` of training (``train_wall_s``)."""
+    per = None
+    if metrics_file.is_file():
+        for line in metrics_file.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("split") == "dev" and "per" in record and record.get("train_wall_s", math.inf) <= seconds:
+                per = record["per"]
+    return per
+
+
 def last_train_step(metrics_file: Path) -> int | None:
     steps = [json.loads(line)["step"] for line in metrics_file.read_text().splitlines() if '"split": "train"' in line]
     return steps[-1] if steps else None
@@ -126,7 +137,7 @@ def gradient_variance(run: str, args: argparse.Namespace) -> tuple[float, float]
 
 
 def format_table(rows: list[dict], noise: list[str], args: argparse.Namespace) -> str:
-    head = ["run", "test PER clean"] + [f"test PER {n.rpartition(':')[0]} {n.rpartition(':')[2]} dB" for n in noise] + [f"s to dev PER <= {100 * args.target_per:g}%", "steps", "grad. variance at init (trace)", "variance / mean^2"]
+    head = ["run", "test PER clean"] + [f"test PER {n.rpartition(':')[0]} {n.rpartition(':')[2]} dB" for n in noise] + [f"s to dev PER <= {100 * args.target_per:g}%"] + [f"dev PER at {t:g} s" for t in args.dev_at] + ["steps", "grad. variance at init (trace)", "variance / mean^2"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def pct(x):
@@ -135,6 +146,7 @@ def format_table(rows: list[dict], noise: list[str], args: argparse.Namespace) -
     for row in rows:
         cells = [row["label"], pct(row["per"])] + [pct(row["noise"].get(n)) for n in noise]
         cells.append("not reached" if row["time_to_target"] is None else f"{row['time_to_target']:.0f}")
+        cells += [pct(row["dev_at"].get(t)) for t in args.dev_at]
         cells.append(str(row["steps"]))
         if row["variance"] is not None:
             cells += [f"{row['variance'][0]:.3g}", f"{row['variance'][1]:.3g}"]
@@ -157,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variance-draws", type=int, default=16)
     parser.add_argument("--variance-batch", type=int, default=16)
+    parser.add_argument("--dev-at", default="", help="comma-separated training seconds: a column of dev PER at each (the last evaluation by then)")
     parser.add_argument("--skip-training", action="store_true", help="only evaluate existing runs in --exp")
     parser.add_argument("--out", default="recipes/timit/results/compare.md", help="Markdown table (JSON beside it)")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run, after --")
@@ -167,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--runs: unknown {unknown}; choose from {list(RUNS)}")
     noise = [c.strip() for c in args.eval_noise.split(",") if c.strip()]
+    try:
+        args.dev_at = [float(t) for t in args.dev_at.split(",") if t.strip()]
+    except ValueError:
+        parser.error(f"--dev-at: expected comma-separated seconds, got {args.dev_at!r}")
     if not args.skip_training:
         run_all(args, runs)
     from hardalign.train.evaluate import evaluate_checkpoint
@@ -184,12 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({
             "run": run, "label": LABELS[run], "per": metrics["per"], "noise": noisy, "time_to_target": seconds,
             "steps": last_train_step(out_dir / "metrics.jsonl"), "variance": gradient_variance(run, args),
+            "dev_at": {t: dev_per_at(out_dir / "metrics.jsonl", t) for t in args.dev_at},
         })
         print(f"[speech_compare] {run}: test PER {100 * metrics['per']:.1f}%", flush=True)
     table = format_table(rows, noise, args)
     header = (f"Equal wall-clock budget: {args.minutes:g} min of training per run ({args.jobs} at a time, "
               f"{os.cpu_count()} CPU cores visible, torch threads per run from the configs), data `{args.data_dir}`, "
-              f"seed {args.seed}. PER in %, 39 phones, core test.\n\n")
+              f"seed {args.seed}" + (f", overrides `{' '.join(args.overrides)}`" if args.overrides else "") + ". PER in %, 39 phones, core test.\n\n")
     print(header + table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

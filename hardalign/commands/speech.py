@@ -87,7 +87,7 @@ def register(commands) -> None:
         "OUT.txt (phones with emission times in seconds) and print the 39-phone PER. Other --key value "
         "pairs override the stored config (e.g. --data-dir DIR).",
     )
-    decode.add_argument("--decoder", choices=("greedy", "beam"), default=None, help="default: the run's config")
+    decode.add_argument("--decoder", choices=("greedy", "median", "beam"), default=None, help="default: the run's config")
     decode.add_argument("--beam-size", type=int, default=None)
     decode.add_argument("--out", default=None, help="output path without suffix (default: next to the checkpoint, hyp-SPLIT)")
     plot = _speech_run_parser(

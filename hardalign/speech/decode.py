@@ -6,6 +6,12 @@ it does, emits a phone which it feeds back. Decoding of an utterance stops emitt
 emitted. Each emitted phone carries its step index, its *emission time*.
 
 * Greedy: emit when ``b_t > 0.5``, the phone ``argmax d_t``.
+* Greedy on the median emission time (``rule="median"``, the task's ``decoder: median``): emit at
+  the first step by which the next emission has probability at least 0.5, i.e. where the
+  survival ``prod_s (1 - b_s)`` over the steps since the last emission falls to 0.5 or below.
+  Where p spreads an emission over several steps (``b_t`` below 0.5 at each, as after a flat
+  start, docs/speech.md), step-wise greedy never emits; the median still does once. Where ``b_t``
+  is sharp the two agree.
 * Beam search over decisions and labels: each hypothesis extends by "skip" (score
   ``log(1 - b_t)``) or "emit c" (``log b_t + log d_t[c]``); the ``beam_size`` best of all
   extensions survive. Utterances and hypotheses are batched (``B * W`` rows); the only host
@@ -43,18 +49,22 @@ def _check(model, features: torch.Tensor, feature_lengths: torch.Tensor) -> None
 
 
 @torch.no_grad()
-def greedy_decode(model, features: torch.Tensor, feature_lengths: torch.Tensor) -> list[Hypothesis]:
+def greedy_decode(model, features: torch.Tensor, feature_lengths: torch.Tensor, *, rule: str = "step") -> list[Hypothesis]:
     """Greedy online decoding.
 
     Args:
         model: a :class:`~hardalign.speech.model.HardAlignmentRecognizer` (put it in eval mode).
         features: ``[B, T, F]``.
         feature_lengths: ``[B]`` long.
+        rule: ``"step"`` (emit where ``b_t > 0.5``) or ``"median"`` (emit where the probability
+            that the next emission has happened by step t reaches 0.5; module docstring).
 
     Returns:
         one :class:`Hypothesis` per utterance.
     """
     _check(model, features, feature_lengths)
+    if rule not in ("step", "median"):
+        raise ValueError(f"rule={rule!r}: must be 'step' or 'median'")
     B, T, _ = features.shape
     memory = model.encode(features, feature_lengths)
     gates = memory["gates"]
@@ -66,11 +76,19 @@ def greedy_decode(model, features: torch.Tensor, feature_lengths: torch.Tensor) 
     ended = torch.zeros(B, dtype=torch.bool, device=device)
     emitted = torch.zeros(B, T, dtype=torch.long, device=device)  # label emitted at each step (0: none)
     probs = features.new_zeros(B, T)
+    log_survival = features.new_zeros(B)  # log prod (1 - b_s) over the steps since the last emission
+    half = -torch.log(features.new_tensor(2.0))
     h, c, emit_logit, label_logp = model._p_step(gates[0], h, c, z, label_prev)
     for t in range(T):
         label = label_logp.argmax(-1) + 1  # class c-1 is label c
         probs[:, t] = torch.sigmoid(emit_logit)
-        emit = (emit_logit > 0) & ~ended & (feature_lengths > t)
+        if rule == "median":
+            log_survival = log_survival - F.softplus(emit_logit)  # log(1 - b_t) = -softplus(logit)
+            decide = log_survival <= half
+        else:
+            decide = emit_logit > 0
+        emit = decide & ~ended & (feature_lengths > t)
+        log_survival = torch.where(emit, torch.zeros_like(log_survival), log_survival)
         emitted[:, t] = torch.where(emit, label, torch.zeros_like(label))
         ended = ended | (emit & (label == model.eos_id))
         label_prev = torch.where(emit, label, label_prev)

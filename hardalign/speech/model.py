@@ -231,8 +231,8 @@ class HardAlignmentConfig:
             ``ctc_warmup: 0.5`` (four seeds): dev / test PER 3.9 / 3.2% against 3.7 / 3.6%
             (docs/speech.md).
         eos_start_logit: EOS's initial label bias with ``ctc_greedy_start``.
-        flat_start: the first fraction of the training budget (counted as ``ctc_warmup`` counts
-            it, after any CTC warm-up) in which the bound scores every alignment under the uniform
+        flat_start: the first fraction of the training budget (counted from the start, as
+            ``ctc_warmup`` counts it; with both set, the flat stage follows the warm-up) in which the bound scores every alignment under the uniform
             alignment prior instead of p's decisions: at a free step with r labels (EOS included)
             left to emit in s steps, p(emit) = r / s, which makes every alignment equally likely.
             p's decision head still learns, from the bound's own gradient for it (the

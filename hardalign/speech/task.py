@@ -37,7 +37,7 @@ from hardalign.speech.model import HardAlignmentConfig, HardAlignmentRecognizer
 __all__ = ["SpeechTask", "SpeechTaskConfig", "decode_batch", "parse_noise_conditions"]
 
 _MODELS = ("hardalign", "ctc")
-_DECODERS = ("greedy", "beam")
+_DECODERS = ("greedy", "median", "beam")
 
 
 @dataclass
@@ -60,7 +60,10 @@ class SpeechTaskConfig(HardAlignmentConfig):
             95th percentile in the utterance (``FeatureConfig.dynamic_range_db``).
         frame_stack: frames stacked per model step (3: 30 ms steps).
         ctc_layers: LSTM layers of the CTC baseline (0: ``encoder_layers``, the same encoder as p).
-        decoder: ``greedy`` or ``beam``; beam_size: its width.
+        decoder: ``greedy`` (emit where p's emit probability passes 0.5), ``median`` (greedy, emitting
+            where the next emission's probability since the last one reaches 0.5: for a p whose
+            emissions are spread over several steps, e.g. after a flat start) or ``beam``;
+            beam_size: its width.
         noise: noise added on the fly to training audio: a type (``white``, ``pink``, ``brown``,
             ``babble``), ``dir:PATH`` (a folder of recordings), a comma list of them
             (``white,pink,babble``: one drawn per utterance and epoch), or empty for clean training.
@@ -196,7 +199,7 @@ def decode_batch(model: torch.nn.Module, batch: dict[str, Any], *, decoder: str 
         return model.decode(features, lengths)
     if decoder == "beam":
         return beam_search(model, features, lengths, beam_size=beam_size)
-    return greedy_decode(model, features, lengths)
+    return greedy_decode(model, features, lengths, rule="median" if decoder == "median" else "step")
 
 
 class SpeechTask:

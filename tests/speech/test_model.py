@@ -174,6 +174,30 @@ def test_greedy_and_beam_stop_after_eos():
         assert all(h.labels == [] and h.ended for h in hyps)
 
 
+@pytest.mark.parametrize("emit_prob", [0.3, 0.8])
+def test_median_rule_emits_where_the_next_emission_has_probability_one_half(emit_prob):
+    """``rule="median"``: with b_t = 0.3 at every step, step-wise greedy never emits, the median
+    rule emits every second step (survival 0.7, then 0.49 <= 0.5); with 0.8 the two agree."""
+    import math
+
+    model = small_model(posterior_aligner=False).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.emit_head.bias.fill_(math.log(emit_prob / (1 - emit_prob)))
+        model.label_head.bias[2] = 6.0  # phone 3
+    batch = tight_batch()
+    step = greedy_decode(model, batch["features"], batch["feature_lengths"])
+    median = greedy_decode(model, batch["features"], batch["feature_lengths"], rule="median")
+    for s, m, length in zip(step, median, batch["feature_lengths"].tolist()):
+        if emit_prob < 0.5:
+            assert s.labels == [] and m.steps == list(range(1, length, 2)) and m.labels == [3] * len(m.steps)
+        else:
+            assert s.steps == m.steps == list(range(length)) and s.labels == m.labels
+    with pytest.raises(ValueError, match="rule"):
+        greedy_decode(model, batch["features"], batch["feature_lengths"], rule="mode")
+
+
 def test_beam_search_finds_a_better_scoring_path_than_greedy():
     torch.manual_seed(3)
     model = small_model().eval()
