@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variance-draws", type=int, default=16)
     parser.add_argument("--variance-batch", type=int, default=16)
+    parser.add_argument("--decoder", default=None, choices=("greedy", "median", "beam"), help="decoder for the test columns (default: each run's config); the dev columns are the runs' own evaluations")
     parser.add_argument("--dev-at", default="", help="comma-separated training seconds: a column of dev PER at each (the last evaluation by then)")
     parser.add_argument("--skip-training", action="store_true", help="only evaluate existing runs in --exp")
     parser.add_argument("--out", default="recipes/timit/results/compare.md", help="Markdown table (JSON beside it)")
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for run in runs:
         out_dir = Path(args.exp) / run
-        result = evaluate_checkpoint(None, checkpoint=out_dir / "checkpoint.pt", split="test", overrides=["--eval-noise", args.eval_noise, "--data-dir", args.data_dir])
+        result = evaluate_checkpoint(None, checkpoint=out_dir / "checkpoint.pt", split="test", overrides=["--eval-noise", args.eval_noise, "--data-dir", args.data_dir, *(["--decoder", args.decoder] if args.decoder else [])])
         metrics = result["metrics"]
         noisy = {}
         for condition in noise:
@@ -207,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(rows, noise, args)
     header = (f"Equal wall-clock budget: {args.minutes:g} min of training per run ({args.jobs} at a time, "
               f"{os.cpu_count()} CPU cores visible, torch threads per run from the configs), data `{args.data_dir}`, "
-              f"seed {args.seed}" + (f", overrides `{' '.join(args.overrides)}`" if args.overrides else "") + ". PER in %, 39 phones, core test.\n\n")
+              f"seed {args.seed}" + (f", overrides `{' '.join(args.overrides)}`" if args.overrides else "")
+              + (f", test decoded with `{args.decoder}`" if args.decoder else "") + ". PER in %, 39 phones, core test.\n\n")
     print(header + table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
