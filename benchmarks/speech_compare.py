@@ -78,13 +78,18 @@ def run_all(args: argparse.Namespace, runs: list[str]) -> None:
                 print(f"[speech_compare] {run} finished", flush=True)
 
 
+def dev_evaluations(metrics_file: Path) -> list[dict]:
+    """The dev evaluations logged in a run's ``metrics.jsonl``, in order (none if it is missing)."""
+    if not metrics_file.is_file():
+        return []
+    records = (json.loads(line) for line in metrics_file.read_text().splitlines())
+    return [r for r in records if r.get("split") == "dev" and "per" in r]
+
+
 def time_to_target(metrics_file: Path, target: float) -> tuple[float | None, int | None]:
     """Training seconds and step of the first dev evaluation with PER <= target."""
-    if not metrics_file.is_file():
-        return None, None
-    for line in metrics_file.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("split") == "dev" and "per" in record and record["per"] <= target:
+    for record in dev_evaluations(metrics_file):
+        if record["per"] <= target:
             return record.get("train_wall_s"), record.get("step")
     return None, None
 
@@ -92,11 +97,9 @@ def time_to_target(metrics_file: Path, target: float) -> tuple[float | None, int
 def dev_per_at(metrics_file: Path, seconds: float) -> float | None:
     """Dev PER of the last evaluation at or before ``seconds`` of training (``train_wall_s``)."""
     per = None
-    if metrics_file.is_file():
-        for line in metrics_file.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("split") == "dev" and "per" in record and record.get("train_wall_s", math.inf) <= seconds:
-                per = record["per"]
+    for record in dev_evaluations(metrics_file):
+        if record.get("train_wall_s", math.inf) <= seconds:
+            per = record["per"]
     return per
 
 

@@ -88,7 +88,8 @@ def greedy_decode(model, features: torch.Tensor, feature_lengths: torch.Tensor, 
         else:
             decide = emit_logit > 0
         emit = decide & ~ended & (feature_lengths > t)
-        log_survival = torch.where(emit, torch.zeros_like(log_survival), log_survival)
+        if rule == "median":  # the next emission's clock restarts
+            log_survival = torch.where(emit, torch.zeros_like(log_survival), log_survival)
         emitted[:, t] = torch.where(emit, label, torch.zeros_like(label))
         ended = ended | (emit & (label == model.eos_id))
         label_prev = torch.where(emit, label, label_prev)

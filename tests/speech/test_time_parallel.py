@@ -30,13 +30,17 @@ def tight_batch() -> dict:
     return batch
 
 
+def _double_batch() -> dict:
+    return {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in tight_batch().items()}
+
+
 @pytest.mark.parametrize("encoder,emit_cue", [("own", False), ("shared", False), ("shared", True)])
 @pytest.mark.parametrize("aligner", [True, False])
 @pytest.mark.parametrize("recurrence", [True, False])
 def test_parallel_scores_equal_the_step_by_step_rollout(aligner, encoder, emit_cue, recurrence):
     model = lattice_model(posterior_aligner=aligner, posterior_encoder=encoder, ctc_emit_prior=emit_cue, decision_recurrence=recurrence).double()
     assert model.uses_ctc_emit_prior == (emit_cue and aligner)
-    batch = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in tight_batch().items()}
+    batch = _double_batch()
     stepwise = model.sample_alignments(batch, num_samples=5, generator=torch.Generator().manual_seed(1))
     memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
     parallel = model.score_alignments(memory, stepwise.locations)
@@ -53,7 +57,7 @@ def test_alternative_is_the_step_log_weight_of_the_other_decision(aligner):
     """What vimco-seq's lookahead reads: at every free step, the log weight had the decision been
     flipped there (same past), i.e. step t of the re-scored path with z_t flipped."""
     model = lattice_model(posterior_aligner=aligner, ctc_emit_prior=aligner).double()
-    batch = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in tight_batch().items()}
+    batch = _double_batch()
     memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
     z = model._draw_from_lattice(memory, 3, generator=torch.Generator().manual_seed(2))
     trajectory = model.score_alignments(memory, z)
@@ -117,7 +121,7 @@ def test_conv_lookahead_reads_only_the_window_ahead_and_trains():
         assert torch.equal(reads, expected), (b, t)
         assert grad[1 - b].abs().sum() == 0
     # the parallel scores still equal the rollout's, and a training step reaches the new layers
-    batch = {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in tight_batch().items()}
+    batch = _double_batch()
     stepwise = model.sample_alignments(batch, num_samples=3, generator=torch.Generator().manual_seed(1))
     memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
     torch.testing.assert_close(model.score_alignments(memory, stepwise.locations).log_q, stepwise.log_q)
@@ -131,10 +135,6 @@ def test_lookahead_options_are_checked():
         lattice_model(posterior_lookahead="bidirectional")
     with pytest.raises(ValueError, match="posterior_lookahead_steps"):
         lattice_model(posterior_lookahead="conv", posterior_lookahead_steps=0)
-
-
-def _double_batch() -> dict:
-    return {k: (v.double() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in tight_batch().items()}
 
 
 @pytest.mark.parametrize("aligner", [True, False])
