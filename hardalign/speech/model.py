@@ -818,11 +818,11 @@ class HardAlignmentRecognizer(nn.Module):
         label_next_logp = label_logp.gather(-1, (label_next - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
         zero = torch.zeros_like(emit_logit)
 
-        def decision_logp(decisions: torch.Tensor) -> torch.Tensor:  # the bound's decision term: p's emit head
+        def head_logp(decisions: torch.Tensor) -> torch.Tensor:  # p's emit head
             return -F.binary_cross_entropy_with_logits(emit_logit, decisions, reduction="none")
 
-        log_p_decision = decision_logp(z)
-        bound_decision = log_p_decision
+        log_p_decision = head_logp(z)  # the bound's decision term, or (flat start) what trains the head
+        decision_logp = head_logp  # how the bound scores decisions
         if flat:  # the uniform alignment prior: r labels left (EOS included) in s steps, p(emit) = r / s
             left = (num_labels.view(1, B, 1) - emitted).to(emit_logit.dtype)
             hazard = (left / (num_steps.view(1, B, 1) - steps).clamp_min(1).to(emit_logit.dtype)).clamp(1e-6, 1 - 1e-6)
@@ -830,8 +830,7 @@ class HardAlignmentRecognizer(nn.Module):
             def decision_logp(decisions: torch.Tensor) -> torch.Tensor:
                 return torch.where(decisions > 0.5, hazard.log(), torch.log1p(-hazard))
 
-            bound_decision = decision_logp(z)
-        log_p = torch.where(self._p_forced(is_forced, emit), zero, bound_decision)
+        log_p = torch.where(self._p_forced(is_forced, emit), zero, decision_logp(z) if flat else log_p_decision)
         log_p = torch.where(valid, log_p + torch.where(emit, label_next_logp, zero), zero)
         # --- the proposal q: its logits along the paths ---
         q_logit = self.posterior.path_logits(memory["posterior"], emitted)  # [K, B, T]
