@@ -33,9 +33,10 @@ import torch
 import torchaudio.compliance.kaldi as kaldi
 import torchaudio.functional as AF
 
-__all__ = ["CMVN", "OnlineCMVN", "UtteranceCMVN", "FeatureConfig", "compute_cmvn", "extract_features", "load_cmvn", "num_frames", "stack_frames"]
+__all__ = ["CMVN", "OnlineCMVN", "UtteranceCMVN", "FeatureConfig", "compute_cmvn", "extract_features", "load_cmvn", "num_frames", "pcen", "stack_frames"]
 
 _FRONTENDS = ("kaldi", "librosa")
+COMPRESSIONS = ("log", "pcen")
 CMVN_MODES = ("global", "speaker", "utterance", "online", "none")
 
 
@@ -56,6 +57,11 @@ class FeatureConfig:
             many dB, before deltas. Low-level detail (silence, weak high bands) is what added noise
             covers first, so a floor of about 20 dB makes clean and noisy versions of an
             utterance look more alike (docs/speech-data.md section 3).
+        compression: ``"log"`` (log power, the default) or ``"pcen"``: per-channel energy
+            normalisation (Wang et al. 2017, ``librosa.pcen`` with its defaults: smoother time
+            constant 0.4 s, gain 0.98, bias 2, power 0.5) of the mel (and frame) energies in place
+            of the log, before deltas. Each band is divided by its own recent average, an
+            automatic gain control that flattens stationary noise (white, pink) toward a constant.
         stack: consecutive frames concatenated per model step (3).
         cmvn: ``"global"`` (training-set statistics), ``"speaker"`` (per speaker), ``"utterance"``
             (each utterance by its own statistics), ``"online"`` (causal running statistics with
@@ -71,6 +77,7 @@ class FeatureConfig:
     dither: float = 0.0
     sample_rate: int = 16000
     dynamic_range_db: float = 0.0
+    compression: str = "log"
     stack: int = 3
     cmvn: str = "global"
 
@@ -79,6 +86,10 @@ class FeatureConfig:
             raise ValueError(f"frontend must be one of {_FRONTENDS}, got {self.frontend!r}")
         if self.cmvn not in CMVN_MODES:
             raise ValueError(f"cmvn must be one of {CMVN_MODES}, got {self.cmvn!r}")
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, got {self.compression!r}")
+        if self.compression == "pcen" and self.dynamic_range_db:
+            raise ValueError("dynamic_range_db floors log-power features; it cannot be combined with compression='pcen'")
         if self.delta_order not in (0, 1, 2):
             raise ValueError(f"delta_order must be 0, 1 or 2, got {self.delta_order!r}")
         if self.stack < 1:
@@ -103,6 +114,8 @@ class FeatureConfig:
         opts = {k: v for k, v in asdict(self).items() if k not in ("stack", "cmvn")}
         if not opts["dynamic_range_db"]:
             del opts["dynamic_range_db"]  # off: the key (and the cache) of the features before the option
+        if opts["compression"] == "log":
+            del opts["compression"]  # likewise
         return hashlib.sha1(json.dumps(opts, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -193,6 +206,8 @@ def extract_features(waveform: torch.Tensor | np.ndarray, config: FeatureConfig 
         feats = torch.from_numpy(_librosa_fbank(wav.numpy() * 32768.0, config))
     if config.dynamic_range_db and feats.shape[0]:
         feats = floor_dynamic_range(feats, config.dynamic_range_db)
+    if config.compression == "pcen" and feats.shape[0]:
+        feats = pcen(feats, config)
     return _deltas(feats, config.delta_order) if config.delta_order else feats
 
 
@@ -207,6 +222,32 @@ def floor_dynamic_range(log_features: torch.Tensor, range_db: float, reference_q
     """
     reference = torch.quantile(log_features, reference_quantile, dim=0)
     return torch.maximum(log_features, reference - range_db * math.log(10.0) / 10.0)
+
+
+def pcen(log_features: torch.Tensor, config: FeatureConfig = FeatureConfig(), time_constant: float = 0.4) -> torch.Tensor:
+    """Per-channel energy normalisation of natural-log power features ``[T, D]`` (``librosa.pcen``).
+
+    The energies are ``exp(log_features)`` at Kaldi's int16 scale; each column is smoothed along
+    time by librosa's first-order IIR filter (``time_constant`` seconds at ``config.frame_shift_ms``,
+    started at the band's first frame) and PCEN's default gain, bias and power are applied. A stationary band of energy ``E`` maps to
+    ``sqrt(E^0.02 + 2) - sqrt(2)``, 0.32-0.45 for ``ln E`` from 0 to 20 (a level change of 87 dB),
+    so added white or pink noise moves the features far less than it moves log power.
+
+    Example:
+        >>> [round(float(pcen(torch.full((200, 1), level))[-1, 0]), 2) for level in (0.0, 20.0)]
+        [0.32, 0.45]
+    """
+    import librosa
+    import scipy.signal
+
+    energies = np.exp(log_features.double().numpy().T)  # [D, T]
+    frames = time_constant * config.sample_rate / config.shift_samples
+    b = (math.sqrt(1 + 4 * frames**2) - 1) / (2 * frames**2)  # librosa's own default for this time constant
+    # the smoother starts at each band's first frame (librosa's default starts it at 1, a level that
+    # depends on the arbitrary scale of the energies, and gives every utterance a 0.4 s transient)
+    zi = scipy.signal.lfilter_zi([b], [1, b - 1])[None, :] * energies[:, :1]
+    out = librosa.pcen(energies, sr=config.sample_rate, hop_length=config.shift_samples, time_constant=time_constant, b=b, zi=zi, axis=-1)
+    return torch.from_numpy(np.ascontiguousarray(out.T)).to(log_features.dtype)
 
 
 def stack_frames(features: torch.Tensor, stack: int) -> torch.Tensor:

@@ -58,6 +58,8 @@ class SpeechTaskConfig(HardAlignmentConfig):
             normalisation, or ``none`` (:mod:`hardalign.data.features`).
         dynamic_range_db: 0 (off) or the per-band floor of the features in dB below each band's
             95th percentile in the utterance (``FeatureConfig.dynamic_range_db``).
+        compression: ``log`` (log-mel power) or ``pcen`` (per-channel energy normalisation,
+            ``FeatureConfig.compression``).
         frame_stack: frames stacked per model step (3: 30 ms steps).
         ctc_layers: LSTM layers of the CTC baseline (0: ``encoder_layers``, the same encoder as p).
         decoder: ``greedy`` (emit where p's emit probability passes 0.5), ``median`` (greedy, emitting
@@ -100,6 +102,7 @@ class SpeechTaskConfig(HardAlignmentConfig):
     phone_set: int = 61
     cmvn: str = "utterance"
     dynamic_range_db: float = 0.0
+    compression: str = "log"
     frame_stack: int = 3
     ctc_layers: int = 0
     decoder: str = "greedy"
@@ -244,7 +247,8 @@ class SpeechTask:
         self.world_size = world_size
         if config.num_threads > 0:
             torch.set_num_threads(config.num_threads)
-        self.features = FeatureConfig(stack=config.frame_stack, cmvn=config.cmvn, dynamic_range_db=float(config.dynamic_range_db))
+        self.features = FeatureConfig(stack=config.frame_stack, cmvn=config.cmvn, dynamic_range_db=float(config.dynamic_range_db),
+                                      compression=config.compression)
         self.vocab = Vocabulary.phones(config.phone_set)
         self._train = None
         self._train_items: list[dict] | None = None

@@ -228,3 +228,17 @@ def test_dynamic_range_floor_brings_clean_and_noisy_features_closer(corpus):
         assert [r["id"] for r in clean.records] == [r["id"] for r in noisy.records]
         distance[range_db] = float(np.mean([(clean[i]["features"] - noisy[i]["features"]).pow(2).mean().item() for i in range(len(clean))]))
     assert distance[20.0] < 0.85 * distance[0.0], distance
+
+
+def test_pcen_brings_clean_and_noisy_features_closer(corpus):
+    """What ``compression: pcen`` is for: each band divided by its own recent average, white noise
+    at 10 dB moves the normalised features less than under log compression (on the offline
+    corpus's test split: 0.84 against 1.20, mean squared difference of the normalised, stacked
+    features)."""
+    distance = {}
+    for compression in ("log", "pcen"):
+        task = _task(corpus, eval_noise="white:10", compression=compression)
+        assert task.features.compression == compression
+        clean, noisy = task.dataset("test"), task.dataset("test", task._noise_config("white", snr=10.0))
+        distance[compression] = float(np.mean([(clean[i]["features"] - noisy[i]["features"]).pow(2).mean().item() for i in range(len(clean))]))
+    assert distance["pcen"] < 0.85 * distance["log"], distance
