@@ -16,8 +16,8 @@ Conditions (corpora are prepared once under ``--work-dir`` and reused when their
   its feature cache and frozen noise conditions are then filled in place).
 * ``small``: ``prepare synth --speakers 5 --utterances 80`` (400 training utterances), dev and
   test of the default size.
-* ``noisy``: the ``default`` corpus with multi-condition training as in the recipe's
-  ``conf/noisy.yaml``: white noise added to the training audio at an SNR drawn from U[0, 15] dB
+* ``noisy``: the ``default`` corpus with multi-condition training (white noise only; the recipe's
+  ``conf/noisy.yaml`` draws white, pink or babble): white noise added to the training audio at an SNR drawn from U[0, 15] dB
   per utterance and epoch, 20% of the utterances left clean (``noise``/``snr``/``clean_fraction``);
   test scored clean and with frozen white noise at 10 dB (``eval_noise``); the hard / CTC target
   must hold on both.

@@ -26,7 +26,7 @@ Models do not call estimators themselves: a model's training ``forward`` returns
 in a :class:`hardalign.objective.LatentOutput` and :func:`hardalign.objective.training_terms`
 applies the estimator, the same way for every model family.
 
-Per-step log weights follow DESIGN.md section 2: ``l_t = log_p_t - log_q_t``. When the proposal
+Per-step log weights follow docs/estimators.md (Notation): ``l_t = log_p_t - log_q_t``. When the proposal
 *is* the model's own policy, ``log_p_t`` contains the same ``log q`` term and the two cancel,
 leaving the reward (for example ``z_t log d_t[y_next]``).
 """

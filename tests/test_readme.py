@@ -26,6 +26,13 @@ def test_readme_opens_with_two_set_up_commands_and_ci_runs_the_test_one():
 
 def test_readme_python_snippets_run():
     readme = read("README.md")
+    checked = 0
     for snippet in re.findall(r"```python\n(.*?)\n```", readme, flags=re.S):
         result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert result.returncode == 0, result.stderr
+        # a `print(...)  # output` line documents what it prints: the comments must be the output
+        documented = [line.split("  # ", 1)[1].strip() for line in snippet.splitlines() if line.startswith("print(") and "  # " in line]
+        if documented:
+            assert result.stdout.strip().splitlines()[-len(documented):] == documented
+        checked += len(documented)
+    assert checked >= 2  # the estimator example documents its two printed lines

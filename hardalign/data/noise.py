@@ -1,4 +1,4 @@
-"""Added noise at a target SNR and the two-speaker mix (DESIGN.md sections 4 and 5).
+"""Added noise at a target SNR and the two-speaker mix (docs/speech-data.md section 3).
 
 Noise is scaled against the clean utterance over its whole length:
 ``a = (rms_s / rms_n) * 10^(-SNR / 20)``, ``x = s + a * n``, computed in float64 so the measured

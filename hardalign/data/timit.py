@@ -1,6 +1,6 @@
 """TIMIT preparation: scan a corpus tree, report every problem, write split manifests.
 
-Conventions follow Kaldi ``egs/timit/s5`` (DESIGN.md section 5):
+Conventions follow Kaldi ``egs/timit/s5`` (docs/speech-data.md section 1):
 
 * layout ``{TRAIN,TEST}/DR1..DR8/<SPK>/<UTT>.{WAV,PHN,WRD,TXT}``, upper- or lower-case; the split,
   dialect and speaker are read from the path *components below the root*, so a root path that

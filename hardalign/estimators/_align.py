@@ -2,7 +2,7 @@
 
 Sequential VIMCO's stand-in for particle k at step t keeps k's own past and borrows the other
 particles' futures. Which step of particle j "matches" step t of particle k is the alignment
-(DESIGN.md section 2.4):
+(docs/estimators.md, item 4 of "The estimators"):
 
 * by time: j's future from the same step t, ``F^j(t) = sum_{i >= t} l_i^j``;
 * by progress: with a non-decreasing integer index ``p_t^k`` (labels emitted before step t),

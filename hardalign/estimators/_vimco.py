@@ -7,7 +7,7 @@ per-particle signals
 * VIMCO: ``A^k = L - L_{-k}``, ``L_{-k} = log((sum_{j != k} w^j + exp(g_{-k})) / K)`` where
   ``g_{-k}`` is the mean of the other particles' log weights (geometric mean of their weights;
   ``loo="arithmetic"`` uses the log of their arithmetic mean instead);
-* sequential VIMCO (*reconstructed* from Lawson et al. 2018, see DESIGN.md section 2.4): at step
+* sequential VIMCO (*reconstructed* from Lawson et al. 2018, see docs/estimators.md): at step
   t the stand-in for particle k keeps its own past and averages the others' futures,
   ``log wbar_k^(t) = sum_{i < t} l_i^k + (1/(K-1)) sum_{j != k} F^j(tau_j)`` with
   ``F^j(s) = sum_{i >= s} l_i^j``, and ``A_t^k = L - log((sum_{j != k} w^j + wbar_k^(t)) / K)``.

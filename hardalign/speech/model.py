@@ -1,6 +1,6 @@
 """The online hard-alignment phoneme recogniser: model p, posterior q and NVIL baseline in one module.
 
-Model p (DESIGN.md section 4) reads one step of stacked frames at a time with a unidirectional
+Model p (docs/speech.md) reads one step of stacked frames at a time with a unidirectional
 stacked LSTM. At step t it outputs an emit probability ``b_t`` (a Bernoulli decision ``z_t``) and
 a softmax ``d_t`` over phones + end-of-sequence; when ``z_t = 1`` the next target label is scored
 with ``log d_t[y_next]`` and fed back. Decisions are deterministic (*forced*) when the remaining

@@ -1,6 +1,6 @@
 """The training-time posterior q(z | x, y) over emit decisions (non-causal).
 
-DESIGN.md section 4: q sees the whole utterance and the whole label sequence. Here it combines
+docs/speech.md: q sees the whole utterance and the whole label sequence. Here it combines
 
 * a bidirectional LSTM over the frames (once per utterance),
 * a bidirectional LSTM over the label sequence (EOS included), read at the *next* label to emit,

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from hardalign.objective import training_terms
-from hardalign.train.checkpoint import CHECKPOINT_FORMAT, find_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hardalign.train.checkpoint import CHECKPOINT_FORMAT, CheckpointError, find_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hardalign.train.config import ResolvedConfig, TrainConfig, save_config
 from hardalign.train.health import check_eval, check_train  # the health report (host floats, no extra sync)
 from hardalign.train.distributed import DistributedContext, cleanup_distributed, setup_distributed
@@ -412,6 +412,16 @@ def _train(config: ResolvedConfig, ctx: DistributedContext) -> TrainResult:
     resume_from, resume_state, warnings = find_resume_checkpoint(
         checkpoint_path, tc.resume, map_location=ctx.device, trust=tc.trust_checkpoint
     )
+    stored_estimator = resume_state.get("config", {}).get("estimator") if resume_from is not None else None
+    if stored_estimator is not None and stored_estimator != tc.estimator:
+        # an exact resume replays the same run; the estimators' states (NVIL's running statistics,
+        # vimco-seq's fit) do not carry over from one estimator to another. Checked before anything
+        # in out_dir (its config.yaml included) is written.
+        raise CheckpointError(
+            f"{resume_from}: this run was trained with estimator {stored_estimator!r}, the config asks for "
+            f"{tc.estimator!r}; resume it with --estimator {stored_estimator}, or train the other estimator "
+            f"in a new --out-dir"
+        )
     if ctx.is_main:
         for warning in warnings:
             print(warning, file=sys.stderr)

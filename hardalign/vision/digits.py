@@ -1,4 +1,4 @@
-"""Translated and cluttered digit canvases, generated with numpy from a seed (DESIGN.md section 6).
+"""Translated and cluttered digit canvases, generated with numpy from a seed (docs/vision.md).
 
 * ``translated``: each 28x28 digit pasted at a uniformly random position of a blank
   ``size x size`` canvas (RAM's 60x60 translated MNIST).

@@ -4,7 +4,7 @@ A glimpse model implements :class:`hardalign.attention.HardAttention`; its propo
 location policy pi, so the per-step log p term of step t is ``log pi(l_t | past)`` (it cancels
 the rollout's ``log q``) plus the step's reward. Write ``a_t = log p(y | x, l_{1..t})`` for the
 log-likelihood of the label after glimpse t. ``step_rewards`` chooses the per-step log weights
-``l_t`` (DESIGN.md section 6):
+``l_t`` (docs/vision.md):
 
 * ``final`` (RAM): ``l_t = 0`` for ``t < T`` and ``l_T = a_T``: one reward at the end.
 * ``increments``: ``l_1 = a_1``, ``l_t = a_t - a_{t-1}``. They sum to ``a_T``, so the objective

@@ -27,7 +27,7 @@ from hardalign.data import (
 from hardalign.data.audio import sniff_format
 from hardalign.data.scoring import align_counts
 
-# DESIGN.md section 5, written out independently of the shipped map file
+# the Kaldi egs/timit/s5 conventions (docs/speech-data.md section 1), written out independently of the shipped map file
 _FOLD_39 = {"bcl": "sil", "dcl": "sil", "gcl": "sil", "pcl": "sil", "tcl": "sil", "kcl": "sil", "h#": "sil",
             "pau": "sil", "epi": "sil", "ao": "aa", "ax": "ah", "ax-h": "ah", "axr": "er", "ix": "ih", "ux": "uw",
             "el": "l", "em": "m", "en": "n", "nx": "n", "eng": "ng", "hv": "hh", "zh": "sh", "q": None}

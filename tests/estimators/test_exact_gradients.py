@@ -1,4 +1,4 @@
-"""Estimators against exact gradients of enumerable models (DESIGN.md section 2).
+"""Estimators against exact gradients of enumerable models (docs/estimators.md).
 
 N independent replicas of one problem go through one batched call; each replica's gradient is
 one estimate. The mean of the N estimates must match the gradient of the enumerated objective

@@ -25,7 +25,7 @@ def loop_vimco_signals(log_w, geometric=True):
 
 def loop_vimco_seq_signals(steps, progress=None, align="progress", mix=0.0, progress_weight=0.5):
     """steps [K][T] per-step log weights of one example (entries may be -inf), progress [K][T] ints
-    -> A[k][t] by the definition (DESIGN.md 2.4). Particle j's future starts at
+    -> A[k][t] by the definition (docs/estimators.md, item 4 of "The estimators"). Particle j's future starts at
     tau_j = #{i : p_i^j < p_t^k} ("progress"), plus #{i : p_i^j = p_t^k, i < t} ("progress-time");
     "fitted" mixes the time- and progress-aligned stand-ins with weight progress_weight."""
     K, T = len(steps), len(steps[0])

@@ -37,6 +37,21 @@ def test_exact_resume_after_crash(tmp_path, toy_task):
     assert load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["estimator"]["running_var"] > 0
 
 
+def test_resume_with_another_estimator_is_a_clear_error(tmp_path, toy_task):
+    """A run trained with one estimator cannot be resumed exactly with another (their states differ):
+    the error names the checkpoint and both estimators, and the checkpoint is left as it was."""
+    from hardalign.train.checkpoint import CheckpointError
+
+    train(toy_config(tmp_path, "run", estimator="vimco", max_steps=4))
+    before = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    saved_config = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(CheckpointError, match=r"trained with estimator 'vimco', the config asks for 'nvil'.*--estimator vimco"):
+        train(toy_config(tmp_path, "run", estimator="nvil", max_steps=8, resume="auto"))
+    after = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert after["step"] == before["step"] == 4 and after["config"]["estimator"] == "vimco"
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved_config
+
+
 def test_exact_resume_sbn(tmp_path):
     """The real sbn task: 6 steps == 3 steps, stop, resume for 3 more (crossing an epoch boundary)."""
     base = {"task": "sbn", "estimator": "reinforce", "estimator_options": {"baseline": "ema"}, "num_samples": 2,

@@ -1,4 +1,4 @@
-"""The offline corpus: TIMIT-layout speech synthesised with libespeak-ng (DESIGN.md section 7).
+"""The offline corpus: TIMIT-layout speech synthesised with libespeak-ng (docs/speech-data.md, "The offline corpus").
 
 One module per concept:
 

@@ -1,4 +1,4 @@
-"""The corpus writer: TIMIT-layout files from espeak-ng, then the manifests (DESIGN.md section 7).
+"""The corpus writer: TIMIT-layout files from espeak-ng, then the manifests (docs/speech-data.md, "The offline corpus").
 
 :func:`build_synth_corpus` turns sentences from the project's grammar
 (:mod:`hardalign.data.synth.text`) into a corpus that ``prepare timit`` reads unchanged:
