@@ -66,7 +66,8 @@ def main(argv=None) -> int:
         for name, config in [("kaldi fbank 40+energy", FeatureConfig(delta_order=0)),
                              ("kaldi fbank + deltas (123 dims)", FeatureConfig()),
                              ("librosa fbank 40+energy", FeatureConfig(frontend="librosa", delta_order=0)),
-                             ("librosa fbank + deltas (123 dims)", FeatureConfig(frontend="librosa"))]:
+                             ("librosa fbank + deltas (123 dims)", FeatureConfig(frontend="librosa")),
+                             ("kaldi fbank, PCEN in place of the log, + deltas", FeatureConfig(compression="pcen"))]:
             t = best_of(front(config), args.repeats)
             rows.append((name, audio_s, t))
 
