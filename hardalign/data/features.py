@@ -5,7 +5,8 @@ The default front end is ``torchaudio.compliance.kaldi.fbank`` (40 mel bins + lo
 frames at 16 kHz, dither 0) followed by deltas and delta-deltas
 (``torchaudio.functional.compute_deltas``, Kaldi's 5-frame window): 41 x 3 = 123 dims.
 ``FeatureConfig(frontend="librosa")`` computes the same layout with librosa's mel filterbank
-(HTK-style log power, same frame count) for comparison.
+(HTK-style log power, same frame count) for comparison. ``FeatureConfig(compression="pcen")``
+replaces the log by per-channel energy normalisation (:func:`pcen`), a per-band gain control.
 
 Mean/variance normalisation (:class:`CMVN`) uses statistics gathered on the training split
 (``global``) or on each speaker's own utterances (``speaker``); they are saved beside the
@@ -58,9 +59,9 @@ class FeatureConfig:
             covers first, so a floor of about 20 dB makes clean and noisy versions of an
             utterance look more alike (docs/speech-data.md section 3).
         compression: ``"log"`` (log power, the default) or ``"pcen"``: per-channel energy
-            normalisation (Wang et al. 2017, ``librosa.pcen`` with its defaults: smoother time
-            constant 0.4 s, gain 0.98, bias 2, power 0.5) of the mel (and frame) energies in place
-            of the log, before deltas. Each band is divided by its own recent average, an
+            normalisation (Wang et al. 2017; :func:`pcen`: ``librosa.pcen``, smoother time
+            constant 0.4 s started at each band's first frame, gain 0.98, bias 2, power 0.5) of
+            the mel (and frame) energies in place of the log, before deltas. Each band is divided by its own recent average, an
             automatic gain control that flattens stationary noise (white, pink) toward a constant.
         stack: consecutive frames concatenated per model step (3).
         cmvn: ``"global"`` (training-set statistics), ``"speaker"`` (per speaker), ``"utterance"``
@@ -228,10 +229,11 @@ def pcen(log_features: torch.Tensor, config: FeatureConfig = FeatureConfig(), ti
     """Per-channel energy normalisation of natural-log power features ``[T, D]`` (``librosa.pcen``).
 
     The energies are ``exp(log_features)`` at Kaldi's int16 scale; each column is smoothed along
-    time by librosa's first-order IIR filter (``time_constant`` seconds at ``config.frame_shift_ms``,
-    started at the band's first frame) and PCEN's default gain, bias and power are applied. A stationary band of energy ``E`` maps to
-    ``sqrt(E^0.02 + 2) - sqrt(2)``, 0.32-0.45 for ``ln E`` from 0 to 20 (a level change of 87 dB),
-    so added white or pink noise moves the features far less than it moves log power.
+    time by librosa's first-order IIR filter (``time_constant`` seconds at
+    ``config.frame_shift_ms``, started at the band's first frame) and PCEN's default gain, bias
+    and power are applied. A stationary band of energy ``E`` maps to ``sqrt(E^0.02 + 2) -
+    sqrt(2)``, 0.32-0.45 for ``ln E`` from 0 to 20 (a level change of 87 dB), so added white or
+    pink noise moves the features far less than it moves log power.
 
     Example:
         >>> [round(float(pcen(torch.full((200, 1), level))[-1, 0]), 2) for level in (0.0, 20.0)]
@@ -246,7 +248,8 @@ def pcen(log_features: torch.Tensor, config: FeatureConfig = FeatureConfig(), ti
     # the smoother starts at each band's first frame (librosa's default starts it at 1, a level that
     # depends on the arbitrary scale of the energies, and gives every utterance a 0.4 s transient)
     zi = scipy.signal.lfilter_zi([b], [1, b - 1])[None, :] * energies[:, :1]
-    out = librosa.pcen(energies, sr=config.sample_rate, hop_length=config.shift_samples, time_constant=time_constant, b=b, zi=zi, axis=-1)
+    out = librosa.pcen(energies, sr=config.sample_rate, hop_length=config.shift_samples,
+                       time_constant=time_constant, b=b, zi=zi, axis=-1)
     return torch.from_numpy(np.ascontiguousarray(out.T)).to(log_features.dtype)
 
 
