@@ -10,7 +10,8 @@ and its ratio to the ``vimco`` row and to the REINFORCE row of the same setting,
 * ``reinforce (prior)``: Luo et al., the prior as proposal, learned per-step baseline, K = 1;
 * ``nvil``: posterior proposal, learned per-step baseline, running centre and scale, K = 1;
 * ``vimco`` and ``vimco-seq`` with each ``align`` (``time``, ``progress``, ``progress-time``,
-  ``fitted``, the default) at each K of ``--samples``.
+  ``fitted``, the default) at each K of ``--samples``; with ``--future-control``, each lookahead
+  ``vimco-seq`` row also with the future control variate.
 
 Estimators with running state (NVIL's statistics, vimco-seq's fitted coefficients) are first run
 for ``--warmup`` draws in training mode on the same batch, then frozen (eval mode) while measured.
@@ -107,6 +108,15 @@ def main(argv=None) -> None:
         "--lookahead", default="on", choices=("on", "off", "both"),
         help="vimco-seq rows with the lookahead stand-in (the default), without it, or both",
     )
+    parser.add_argument(
+        "--future-control", action="store_true",
+        help="also each vimco-seq row with future_control (the later steps' innovations subtracted; needs the lookahead)",
+    )
+    parser.add_argument(
+        "--only-weight-control", action="store_true",
+        help="vimco-seq rows with weight control only (and no 'vimco (weight control)' row); the vimco reference row stays plain",
+    )
+    parser.add_argument("--nvil", action=argparse.BooleanOptionalAction, default=True, help="the nvil row")
     parser.add_argument("--draws", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=16)
     parser.add_argument("--resamples", type=int, default=300)
@@ -145,18 +155,23 @@ def main(argv=None) -> None:
         batch = collate_speech([dataset[i] for i in range(min(args.utterances, len(dataset)))])
         return model, batch
 
-    rows = [("reinforce (prior, learned baseline)", "prior", "reinforce", {"baseline": "learned"}, 1), ("nvil", "posterior", "nvil", {}, 1)]
+    rows = [("reinforce (prior, learned baseline)", "prior", "reinforce", {"baseline": "learned"}, 1)]
+    if args.nvil:
+        rows.append(("nvil", "posterior", "nvil", {}, 1))
     for k in (int(v) for v in args.samples.split(",")):
         rows.append(("vimco", "posterior", "vimco", {}, k))
-        if args.weight_control:
+        if args.weight_control and not args.only_weight_control:
             rows.append(("vimco (weight control)", "posterior", "vimco", {"weight_control": True}, k))
         lookaheads = {"on": (True,), "off": (False,), "both": (True, False)}[args.lookahead]
         for align in args.aligns.split(","):
             for lookahead in lookaheads:
                 label = f"align={align}" + ("" if lookahead else ", no lookahead")
-                rows.append((f"vimco-seq ({label})", "posterior", "vimco-seq", {"align": align, "lookahead": lookahead}, k))
-                if args.weight_control:
-                    rows.append((f"vimco-seq ({label}, weight control)", "posterior", "vimco-seq", {"align": align, "lookahead": lookahead, "weight_control": True}, k))
+                controls = [("", {})] * (not args.only_weight_control) + [(", weight control", {"weight_control": True})] * (args.weight_control or args.only_weight_control)
+                for suffix, options in controls:
+                    options = {"align": align, "lookahead": lookahead, **options}
+                    rows.append((f"vimco-seq ({label}{suffix})", "posterior", "vimco-seq", options, k))
+                    if args.future_control and lookahead:
+                        rows.append((f"vimco-seq ({label}{suffix}, future control)", "posterior", "vimco-seq", {**options, "future_control": True}, k))
     generator = torch.Generator().manual_seed(args.seed + 1)
     results = []
     models = {}

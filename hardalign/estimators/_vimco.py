@@ -24,6 +24,14 @@ per-particle signals
   they match k after step t (progress ``p_t + d``, or step t + 1 by time); with ``b_t(d) = L_{-k}``
   under ``s_t(d)``, ``A_t^k = L - (q_t(0) b_t(1) + q_t(1) b_t(0))``: the score term of step t is
   then its exact expectation over the step's decision plus the noise of the later steps.
+* the future control variate (``future_weight = lambda``, with the lookahead): the later steps'
+  noise is what a baseline of step t cannot remove; each later decision's share of it is
+  estimated by the lookahead's values ``v_s(d) = b_s(d)`` as the innovation
+  ``D_s = v_s(z_s) - (q_s(1) v_s(1) + q_s(0) v_s(0))``, and step t's signal loses
+  ``lambda sum_{s > t} D_s``. ``D_s`` has mean 0 given everything before step s (``z_t``
+  included), so the estimate stays unbiased for any ``lambda`` that does not depend on the current
+  sample; where the values explain the return, ``lambda = 1`` leaves step t only the noise the
+  values miss. The module fits ``lambda`` on earlier batches.
 
 Weight control (``weight_control=True``, both estimators): differentiating ``L`` through
 ``log w^k = log p - log q(z^k)`` also gives the proposal ``- sum_k wtilde^k grad log q(z^k)``
@@ -199,6 +207,7 @@ def sequential_vimco_loss(
     progress_weight: torch.Tensor | float = 0.5,
     weight_control: bool = False,
     alternative: Alternative | None = None,
+    future_weight: torch.Tensor | float = 0.0,
     check_finite: bool = False,
 ) -> EstimatorOutput:
     """Sequential VIMCO: per-step signals ``A_t^k = L - L_{-k}^(t)`` (see the module docstring).
@@ -224,6 +233,10 @@ def sequential_vimco_loss(
             other one (:class:`Alternative`): the baseline then looks one decision ahead (the
             lookahead stand-in, module docstring). With ``progress``, the positive decision
             advances it by one.
+        future_weight: ``lambda`` in [0, 1], with an ``alternative`` only: step t's signal also
+            loses ``lambda`` times the later steps' innovations (the future control variate,
+            module docstring); 0: off. Unbiased for any lambda that does not depend on the
+            current sample (the module fits it on earlier batches).
         check_finite: value checks (a host sync): NaN or ``+inf`` log weights, non-finite
             ``log_probs`` on masked-in steps or a decreasing ``progress`` raise a ValueError.
 
@@ -246,12 +259,13 @@ def sequential_vimco_loss(
     inputs = canonical_inputs("vimco-seq", log_weights, log_probs, mask, min_samples=2)
     progress = _progress_for(align, progress, inputs)
     _check("vimco-seq", inputs, check_finite, progress)
-    for name, value in (("mix", mix), ("progress_weight", progress_weight)):
+    for name, value in (("mix", mix), ("progress_weight", progress_weight), ("future_weight", future_weight)):
         if not isinstance(value, torch.Tensor) and not 0.0 <= value <= 1.0:
             raise ValueError(f"vimco-seq: {name} must be in [0, 1], got {value}")
     if alternative is not None:
         alternative = check_alternative("vimco-seq", alternative, inputs)
-    return _sequential_vimco(inputs, progress, align, mix, progress_weight, weight_control=weight_control, alternative=alternative)[0]
+    future = future_weight if isinstance(future_weight, torch.Tensor) or future_weight != 0.0 else None
+    return _sequential_vimco(inputs, progress, align, mix, progress_weight, weight_control=weight_control, alternative=alternative, future=future)[0]
 
 
 def _progress_for(align: str, progress, inputs: Inputs):
@@ -264,13 +278,14 @@ def _progress_for(align: str, progress, inputs: Inputs):
 
 
 def _sequential_vimco(
-    inputs: Inputs, progress, align: str, mix, progress_weight=0.5, *, fit: bool = False, weight_control: bool = False, alternative: Alternative | None = None
+    inputs: Inputs, progress, align: str, mix, progress_weight=0.5, *, fit: bool = False, weight_control: bool = False,
+    alternative: Alternative | None = None, future=None,
 ):
     """The estimate and, with ``fit``, the batch sums for the running least-squares fit of the
     coefficients (:func:`_fit_sums`; None without ``fit`` or with per-sample totals). With an
     ``alternative``, the lookahead stand-ins (:func:`_cross_weighted`)."""
     if not inputs.per_step:
-        return _vimco(inputs, "geometric", weight_control), None
+        return _vimco(inputs, "geometric", weight_control), None, None
     bound = _bound(inputs)
     log_weights = bound.log_weights.detach()  # [K, B]
     steps = torch.where(bound.impossible[None, :, None], torch.zeros_like(inputs.step_log_weights), inputs.step_log_weights)
@@ -322,7 +337,32 @@ def _sequential_vimco(
             signals = signals + _stand_in_weight(others, stand_in)
         else:  # the same cross weights keep the control variate independent of the step's decision
             signals = signals + _cross_weighted(_stand_in_weight(others, positive), _stand_in_weight(others, negative), q_positive)
-    return _multi_sample(inputs, signals, bound, stats), sums
+    future_sums = None
+    if alternative is not None and future is not None:
+        # each branch's value: the baseline it would give (minus the weight-control term it adds)
+        value_positive, value_negative = _bound_without(others, positive, num), _bound_without(others, negative, num)
+        if weight_control:
+            value_positive = value_positive - _stand_in_weight(others, positive)
+            value_negative = value_negative - _stand_in_weight(others, negative)
+        later = _later_innovations(value_positive, value_negative, taken, q_positive, valid)
+        future_sums = masked_sums([torch.where(valid, signals, torch.zeros_like(signals)) * later, later * later], valid) if fit else None
+        signals = signals - torch.as_tensor(future, **like).clamp(0, 1) * later
+        stats["future_coefficient"] = torch.as_tensor(future, **like)
+    return _multi_sample(inputs, signals, bound, stats), sums, future_sums
+
+
+def _later_innovations(value_positive, value_negative, taken, q_positive, valid) -> torch.Tensor:
+    """``sum_{s > t} D_s`` with ``D_s = v_s(z_s) - (q_s(1) v_s(1) + q_s(0) v_s(0))``, ``[K, B, T]``:
+    how much better each later decision of particle k turned out than its expectation under q, in
+    the lookahead's values ``v_s(d)``. Each ``D_s`` has mean 0 given everything before step s, which
+    includes ``z_t`` for every ``t < s``, so subtracting the sum (times any coefficient fitted on
+    earlier batches) from step t's signal leaves the estimate unbiased; where the values explain the
+    return, it removes the later steps' noise, which no baseline of step t can."""
+    realised = torch.where(taken, value_positive, value_negative)
+    expected = q_positive * value_positive + (1 - q_positive) * value_negative
+    innovation = realised - expected
+    innovation = torch.where(valid & torch.isfinite(innovation), innovation, torch.zeros_like(innovation))
+    return innovation.flip(-1).cumsum(-1).flip(-1) - innovation
 
 
 def _future_after_step(steps, progress, align: str):
@@ -425,6 +465,9 @@ class SequentialVIMCO(nn.Module):
         lookahead: use an ``alternative`` when the caller passes one: the stand-in weighs both
             branches of each step's decision (module docstring). Measured on the speech model at
             initialisation, K = 4: 0.70x VIMCO's variance against 0.75x without (``docs/estimators.md``).
+        future_control: with the lookahead, also subtract the later steps' innovations from each
+            step's signal (the future control variate, module docstring), scaled by a coefficient
+            ``lambda`` fitted on earlier batches.
         check_finite: value checks on every call (a host sync), see :func:`sequential_vimco_loss`.
 
     The fitted coefficients are the least-squares fit of ``log w^k`` (the value of the stand-in
@@ -432,8 +475,11 @@ class SequentialVIMCO(nn.Module):
     means of the normal equations' sums (buffer ``fit_moments``: ``r d1, r d2, d1^2, d2^2, d1 d2``,
     decay ``decay``, updated after use in training mode, summed across ranks), clamped to
     [0, 1]: ``beta = c2``, ``a = c1 / (1 - beta)``. Before the first update ``a = 0.5``, ``beta = 0``.
-    ``stats`` reports them as ``progress_weight`` and ``mix_coefficient``. Coefficients from
-    earlier batches do not depend on the current sample, so the estimate stays unbiased.
+    ``stats`` reports them as ``progress_weight`` and ``mix_coefficient``. With ``future_control``,
+    ``lambda`` is the least-squares fit of the signal by the later innovations, ``E[A F] / E[F^2]``
+    (buffer ``future_moments``, the same running means), clamped to [0, 1], 0.5 before the first
+    update; ``stats["future_coefficient"]``. Coefficients from earlier batches do not depend on the
+    current sample, so the estimate stays unbiased.
 
     Example:
         >>> est = SequentialVIMCO(mix="running")
@@ -444,7 +490,8 @@ class SequentialVIMCO(nn.Module):
     """
 
     def __init__(
-        self, *, align: str = "fitted", mix: str = "none", decay: float = 0.9, weight_control: bool = False, lookahead: bool = True, check_finite: bool = False
+        self, *, align: str = "fitted", mix: str = "none", decay: float = 0.9, weight_control: bool = False, lookahead: bool = True,
+        future_control: bool = False, check_finite: bool = False,
     ):
         super().__init__()
         if align not in ALIGNMENTS:
@@ -456,7 +503,9 @@ class SequentialVIMCO(nn.Module):
         self.align, self.mix, self.decay, self.check_finite = align, mix, decay, check_finite
         self.weight_control = bool(weight_control)
         self.lookahead = bool(lookahead)
+        self.future_control = bool(future_control)
         self.register_buffer("fit_moments", torch.zeros(5, dtype=torch.float64))
+        self.register_buffer("future_moments", torch.zeros(2, dtype=torch.float64))  # E[A F], E[F^2]
 
     @property
     def takes_baseline(self) -> bool:
@@ -468,6 +517,7 @@ class SequentialVIMCO(nn.Module):
         return (
             f"align={self.align!r}, mix={self.mix!r}" + (f", decay={self.decay}" if fitted else "")
             + (", weight_control=True" if self.weight_control else "") + ("" if self.lookahead else ", lookahead=False")
+            + (", future_control=True" if self.future_control else "")
         )
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -488,9 +538,17 @@ class SequentialVIMCO(nn.Module):
             a = torch.where(solvable & (beta < 1), c1 / (1 - beta).clamp_min(1e-12), a)
         return a.clamp(0, 1), beta.clamp(0, 1)
 
+    def future_coefficient(self) -> torch.Tensor:
+        """``lambda`` for the next call (``future_control``): ``E[A F] / E[F^2]`` from the running
+        means, clamped to [0, 1]; 0.5 while there is no data."""
+        signal_times_future, future_squared = self.future_moments.unbind()
+        fitted = signal_times_future / future_squared.clamp_min(1e-300)
+        return torch.where(future_squared > 0, fitted, torch.full_like(fitted, 0.5)).clamp(0, 1)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the fitted coefficients existed hold no fit_moments: start afresh
         state_dict.setdefault(prefix + "fit_moments", torch.zeros_like(self.fit_moments))
+        state_dict.setdefault(prefix + "future_moments", torch.zeros_like(self.future_moments))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, log_weights, log_probs, mask=None, *, baseline=None, progress=None, alternative=None) -> EstimatorOutput:
@@ -501,15 +559,24 @@ class SequentialVIMCO(nn.Module):
         _check("vimco-seq", inputs, self.check_finite, progress)
         like = dict(dtype=inputs.step_log_weights.dtype, device=inputs.step_log_weights.device)
         weight, beta = (c.to(**like) for c in self.coefficients())
-        learn = self.training and (self.mix == "running" or (self.align == "fitted" and progress is not None))
         alternative = check_alternative("vimco-seq", alternative, inputs) if self.lookahead and alternative is not None else None
-        out, sums = _sequential_vimco(
-            inputs, progress, self.align, beta if self.mix == "running" else 0.0, weight, fit=learn, weight_control=self.weight_control, alternative=alternative
+        future = self.future_coefficient().to(**like) if self.future_control and alternative is not None else None
+        fit_stand_ins = self.training and (self.mix == "running" or (self.align == "fitted" and progress is not None))
+        learn = fit_stand_ins or (self.training and future is not None)
+        out, sums, future_sums = _sequential_vimco(
+            inputs, progress, self.align, beta if self.mix == "running" else 0.0, weight, fit=learn, weight_control=self.weight_control,
+            alternative=alternative, future=future,
         )
-        if sums is not None:
-            sums = sums.to(self.fit_moments)
-            seen = sums[0] > 0  # a batch with no usable step leaves the statistics alone (no host sync)
-            means = sums[1:] / sums[0].clamp_min(1)
-            # running means, updated after use so the coefficients never see the current sample
-            self.fit_moments.copy_(torch.where(seen, self.decay * self.fit_moments + (1.0 - self.decay) * means, self.fit_moments))
+        # running means, updated after use so the coefficients never see the current sample
+        if sums is not None and fit_stand_ins:
+            self._update(self.fit_moments, sums)
+        if future_sums is not None:
+            self._update(self.future_moments, future_sums)
         return out
+
+    def _update(self, moments: torch.Tensor, sums: torch.Tensor) -> None:
+        """Running means of batch sums ``[count, ...]``; a batch with no usable step leaves them
+        alone (no host sync)."""
+        sums = sums.to(moments)
+        means = sums[1:] / sums[0].clamp_min(1)
+        moments.copy_(torch.where(sums[0] > 0, self.decay * moments + (1.0 - self.decay) * means, moments))

@@ -41,6 +41,8 @@ CASES = [
     ("vimco", {"weight_control": True}, 3, 3),
     ("vimco-seq", {"weight_control": True}, 3, 3),
     ("vimco-seq", {"align": "progress", "weight_control": True}, 2, 2),
+    ("vimco-seq", {"future_control": True}, 3, 3),  # with the lookahead only (binary problems)
+    ("vimco-seq", {"future_control": True, "weight_control": True}, 2, 2),
     ("reinforce", {"baseline": "learned"}, 2, 1),
 ]
 #: the VIMCO variants also run on problems with impossible (log weight -inf) states
@@ -85,8 +87,9 @@ def assert_unbiased(estimates, expected, label):
 
 def warm_up(estimator):
     """Give the stateful baselines non-trivial pre-update values (the estimate must stay unbiased)."""
-    if hasattr(estimator, "fit_moments"):  # coefficients a = 0.3 (progress weight), beta = 0.4 (mix)
+    if hasattr(estimator, "fit_moments"):  # coefficients a = 0.3 (progress weight), beta = 0.4 (mix), lambda = 0.7
         estimator.fit_moments.copy_(torch.tensor([0.3, 0.4, 1.0, 1.0, 0.0]))
+        estimator.future_moments.copy_(torch.tensor([0.7, 1.0]))
         return
     baseline = torch.zeros(2, 4, 3, dtype=torch.float64) if estimator.takes_baseline else None
     estimator(torch.full((2, 4, 3), 1.5, dtype=torch.float64), torch.zeros(2, 4, 3, dtype=torch.float64), baseline=baseline)

@@ -267,4 +267,49 @@ def test_fitted_alignment_starts_halfway():
 def test_checkpoints_without_fit_moments_still_load():
     estimator = build_estimator("vimco-seq")
     estimator.load_state_dict({})  # written before the fitted coefficients existed
-    assert bool((estimator.fit_moments == 0).all())
+    assert bool((estimator.fit_moments == 0).all()) and bool((estimator.future_moments == 0).all())
+
+
+def lookahead_draw(seed=12, k=4, b=6, t=10):
+    """Per-step log weights with the other branch of each binary decision, and q's probabilities."""
+    g = torch.Generator().manual_seed(seed)
+    taken = torch.rand(k, b, t, generator=g) < 0.4
+    steps = torch.randn(k, b, t, generator=g, dtype=torch.float64) + 0.8 * taken
+    alt = torch.randn(k, b, t, generator=g, dtype=torch.float64) + 0.8 * ~taken
+    log_probs = torch.log(torch.rand(k, b, t, generator=g, dtype=torch.float64).clamp(0.05, 0.95))
+    progress = taken.long().cumsum(-1) - taken.long()
+    return steps, log_probs, progress, Alternative(taken, alt)
+
+
+def test_future_coefficient_is_the_least_squares_fit_and_is_used_next():
+    """``lambda`` starts at 0.5; with decay 0 it becomes this batch's ``sum A F / sum F^2`` (A the
+    signal without the control, F the later innovations), and the next call is the pure function
+    with that lambda; eval mode leaves it alone; without an ``alternative`` the option does nothing."""
+    steps, log_probs, progress, alternative = lookahead_draw()
+    estimator = build_estimator("vimco-seq", align="progress", future_control=True, decay=0.0)
+    first = estimator(steps, log_probs, progress=progress, alternative=alternative)
+    assert float(first.stats["future_coefficient"]) == 0.5
+    torch.testing.assert_close(
+        first.signals, sequential_vimco_loss(steps, log_probs, progress=progress, alternative=alternative, future_weight=0.5).signals
+    )
+    plain = sequential_vimco_loss(steps, log_probs, progress=progress, alternative=alternative).signals
+    later = (plain - sequential_vimco_loss(steps, log_probs, progress=progress, alternative=alternative, future_weight=1.0).signals)
+    expected = float((plain * later).sum() / (later * later).sum())
+    assert 0.0 < expected < 1.0, expected  # the test data keep the fit inside [0, 1]
+    assert float(estimator.future_coefficient()) == pytest.approx(expected, rel=1e-9)
+    second = estimator(steps, log_probs, progress=progress, alternative=alternative)
+    torch.testing.assert_close(
+        second.signals, sequential_vimco_loss(steps, log_probs, progress=progress, alternative=alternative, future_weight=expected).signals
+    )
+    state = {key: value.clone() for key, value in estimator.state_dict().items()}
+    estimator.eval()(steps, log_probs, progress=progress, alternative=alternative)
+    assert all(torch.equal(state[key], value) for key, value in estimator.state_dict().items())
+    without = estimator(steps, log_probs, progress=progress)
+    assert "future_coefficient" not in without.stats
+    torch.testing.assert_close(without.signals, sequential_vimco_loss(steps, log_probs, progress=progress).signals)
+
+
+def test_future_weight_is_checked():
+    steps, log_probs, progress, alternative = lookahead_draw()
+    with pytest.raises(ValueError, match=r"future_weight must be in \[0, 1\]"):
+        sequential_vimco_loss(steps, log_probs, progress=progress, alternative=alternative, future_weight=1.5)
