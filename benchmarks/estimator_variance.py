@@ -14,7 +14,8 @@ estimates over R independent replicas, on
   proposal keeping pace with the labels (pace 0.8) or not (pace 0, particles drift apart in
   labels emitted at the same frame).
 
-Speed: the fastest of 20 forward + backward calls, in milliseconds, at a speech-like size (K=16, B=32, T=300).
+Speed: the fastest of 20 forward + backward calls, in milliseconds, at a speech-like size (K=16, B=32, T=300),
+with the other branch of every decision passed (so the lookahead rows pay for their lookahead).
 
     python benchmarks/estimator_variance.py [--replicas 4000] [--out benchmarks/results/estimator_variance.md]
 """
@@ -29,7 +30,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hardalign.estimators import build_estimator  # noqa: E402
+from hardalign.estimators import Alternative, build_estimator  # noqa: E402
 from tests.estimators.problems import LabelCounter, MarkovBernoulli  # noqa: E402
 
 ROWS = [
@@ -50,6 +51,7 @@ ROWS = [
     ("vimco-seq", {"align": "fitted", "mix": "running", "lookahead": False}, 8, "fitted blend of time-, progress-matched and VIMCO's stand-ins"),
     ("vimco-seq", {"align": "progress"}, 8, "progress-matched, lookahead over both branches of each decision"),
     ("vimco-seq", {"align": "fitted"}, 8, "fitted blend with the lookahead (the default)"),
+    ("vimco-seq", {"align": "fitted", "future_control": True}, 8, "the default + the future control variate (future_control)"),
 ]
 
 
@@ -59,7 +61,7 @@ def gradient_variance(problem, name, options, num_samples, replicas, seed=0):
     # (paired comparison: differences between rows are not sampling noise)
     warm_up = torch.Generator().manual_seed(10_000 + seed)
     generator = torch.Generator().manual_seed(seed)
-    stateful = options.get("baseline") == "ema" or options.get("mix") == "running" or options.get("align") == "fitted"
+    stateful = options.get("baseline") == "ema" or options.get("mix") == "running" or options.get("align") == "fitted" or options.get("future_control")
     if name == "nvil" or stateful:  # warm the running statistics up
         for _ in range(20):
             phi, theta = problem.leaves(256)
@@ -81,16 +83,18 @@ def call_time(name, options, device, repeats=20):
     mask = torch.rand(K, B, T, device=device, generator=g) < 0.9
     emit = torch.rand(K, B, T, device=device, generator=g) < 0.2
     progress = torch.cat([torch.zeros_like(emit[..., :1], dtype=torch.long), emit.long().cumsum(-1)[..., :-1]], dim=-1)
+    # the other branch of every decision: read by vimco-seq's lookahead (and future control), ignored by the others
+    alternative = Alternative(emit, torch.randn(K, B, T, device=device, generator=g))
     estimator = build_estimator(name, **options).to(device)
     baseline = torch.zeros(K, B, T, device=device, requires_grad=True) if estimator.takes_baseline else None
     for _ in range(3):
-        estimator(log_weights, log_probs, mask, baseline=baseline, progress=progress).loss.backward()
+        estimator(log_weights, log_probs, mask, baseline=baseline, progress=progress, alternative=alternative).loss.backward()
     times = []
     for _ in range(repeats):  # the fastest call: other processes on a shared machine only add time
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        estimator(log_weights, log_probs, mask, baseline=baseline, progress=progress).loss.backward()
+        estimator(log_weights, log_probs, mask, baseline=baseline, progress=progress, alternative=alternative).loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)

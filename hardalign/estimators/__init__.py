@@ -23,7 +23,8 @@ Every estimator follows one call convention::
 * ``alternative``: for binary decisions, an :class:`Alternative` ``(taken [K, B, T] bool,
   log_weights [K, B, T])``: the sampled decision and the step log weight had the other been
   taken at that step (same past). ``vimco-seq`` (``lookahead=True``, the default) then weighs
-  both branches of each step in its stand-in; the others ignore it.
+  both branches of each step in its stand-in (and, with ``future_control=True``, subtracts the
+  later decisions' innovations from each step's signal); the others ignore it.
 
 Value checks cost a host synchronisation and are opt-in: ``check_finite=True`` (an option of every
 module and pure function) raises a ValueError naming the argument for NaN (or ``+inf``) log
