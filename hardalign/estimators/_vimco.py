@@ -279,11 +279,12 @@ def _progress_for(align: str, progress, inputs: Inputs):
 
 def _sequential_vimco(
     inputs: Inputs, progress, align: str, mix, progress_weight=0.5, *, fit: bool = False, weight_control: bool = False,
-    alternative: Alternative | None = None, future=None,
+    alternative: Alternative | None = None, future=None, fit_future: bool = False,
 ):
     """The estimate and, with ``fit``, the batch sums for the running least-squares fit of the
     coefficients (:func:`_fit_sums`; None without ``fit`` or with per-sample totals). With an
-    ``alternative``, the lookahead stand-ins (:func:`_cross_weighted`)."""
+    ``alternative``, the lookahead stand-ins (:func:`_cross_weighted`); with ``future`` (lambda),
+    the future control variate, and with ``fit_future`` the batch sums for lambda's fit."""
     if not inputs.per_step:
         return _vimco(inputs, "geometric", weight_control), None, None
     bound = _bound(inputs)
@@ -345,7 +346,7 @@ def _sequential_vimco(
             value_positive = value_positive - _stand_in_weight(others, positive)
             value_negative = value_negative - _stand_in_weight(others, negative)
         later = _later_innovations(value_positive, value_negative, taken, q_positive, valid)
-        future_sums = masked_sums([torch.where(valid, signals, torch.zeros_like(signals)) * later, later * later], valid) if fit else None
+        future_sums = masked_sums([torch.where(valid, signals, torch.zeros_like(signals)) * later, later * later], valid) if fit_future else None
         signals = signals - torch.as_tensor(future, **like).clamp(0, 1) * later
         stats["future_coefficient"] = torch.as_tensor(future, **like)
     return _multi_sample(inputs, signals, bound, stats), sums, future_sums
@@ -561,14 +562,13 @@ class SequentialVIMCO(nn.Module):
         weight, beta = (c.to(**like) for c in self.coefficients())
         alternative = check_alternative("vimco-seq", alternative, inputs) if self.lookahead and alternative is not None else None
         future = self.future_coefficient().to(**like) if self.future_control and alternative is not None else None
-        fit_stand_ins = self.training and (self.mix == "running" or (self.align == "fitted" and progress is not None))
-        learn = fit_stand_ins or (self.training and future is not None)
+        learn = self.training and (self.mix == "running" or (self.align == "fitted" and progress is not None))
         out, sums, future_sums = _sequential_vimco(
             inputs, progress, self.align, beta if self.mix == "running" else 0.0, weight, fit=learn, weight_control=self.weight_control,
-            alternative=alternative, future=future,
+            alternative=alternative, future=future, fit_future=self.training and future is not None,
         )
         # running means, updated after use so the coefficients never see the current sample
-        if sums is not None and fit_stand_ins:
+        if sums is not None:
             self._update(self.fit_moments, sums)
         if future_sums is not None:
             self._update(self.future_moments, future_sums)
