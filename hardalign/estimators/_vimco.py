@@ -319,7 +319,7 @@ def _sequential_vimco(
     valid = inputs.mask & ~bound.impossible[None, :, None]
     if alternative is None:
         base, other, stand_in = stand_ins(exclusive_cumsum(steps), lambda key: others_future_mean(steps, key))  # log wbar_k^(t)
-        bound_without = _bound_without(others, stand_in, num)
+        baseline = _branch_value(others, stand_in, num, weight_control)
     else:  # both branches at once, [2, K, B, T]: index 0 the positive decision, 1 the negative one
         taken = alternative.taken
         other_step = alternative.log_weights.detach()
@@ -329,27 +329,25 @@ def _sequential_vimco(
         base, other = (None if x is None else torch.where(taken, x[0], x[1]) for x in (base, other))
         q_positive = torch.exp(inputs.log_probs.detach())
         q_positive = torch.where(taken, q_positive, 1 - q_positive)  # q_t(1), detached
-        positive, negative = branch_stand_ins.unbind(0)
-        bound_without = _cross_weighted(_bound_without(others, positive, num), _bound_without(others, negative, num), q_positive)
+        value_positive, value_negative = (_branch_value(others, branch, num, weight_control) for branch in branch_stand_ins.unbind(0))
+        # the same cross weights keep the weight-control term independent of the step's decision
+        baseline = _cross_weighted(value_positive, value_negative, q_positive)
     sums = _fit_sums(log_weights, base, other, plain, valid) if fit else None
-    signals = bound.bound.detach()[None, :, None] - bound_without  # [K, B, T]
-    if weight_control:
-        if alternative is None:
-            signals = signals + _stand_in_weight(others, stand_in)
-        else:  # the same cross weights keep the control variate independent of the step's decision
-            signals = signals + _cross_weighted(_stand_in_weight(others, positive), _stand_in_weight(others, negative), q_positive)
+    signals = bound.bound.detach()[None, :, None] - baseline  # [K, B, T]
     future_sums = None
     if alternative is not None and future is not None:
-        # each branch's value: the baseline it would give (minus the weight-control term it adds)
-        value_positive, value_negative = _bound_without(others, positive, num), _bound_without(others, negative, num)
-        if weight_control:
-            value_positive = value_positive - _stand_in_weight(others, positive)
-            value_negative = value_negative - _stand_in_weight(others, negative)
         later = _later_innovations(value_positive, value_negative, taken, q_positive, valid)
         future_sums = masked_sums([torch.where(valid, signals, torch.zeros_like(signals)) * later, later * later], valid) if fit_future else None
         signals = signals - torch.as_tensor(future, **like).clamp(0, 1) * later
         stats["future_coefficient"] = torch.as_tensor(future, **like)
     return _multi_sample(inputs, signals, bound, stats), sums, future_sums
+
+
+def _branch_value(others: torch.Tensor, stand_in: torch.Tensor, num: int, weight_control: bool) -> torch.Tensor:
+    """The baseline a stand-in gives: ``L_{-k}``, less the stand-in's normalised weight ``c^k`` with
+    weight control (the signal is then ``L - L_{-k} + c^k``)."""
+    value = _bound_without(others, stand_in, num)
+    return value - _stand_in_weight(others, stand_in) if weight_control else value
 
 
 def _later_innovations(value_positive, value_negative, taken, q_positive, valid) -> torch.Tensor:
