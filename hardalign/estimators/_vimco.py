@@ -499,6 +499,8 @@ class SequentialVIMCO(nn.Module):
             raise ValueError(f"vimco-seq: mix must be one of {list(MIXES)}, got {mix!r}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"vimco-seq: decay must be in [0, 1), got {decay}")
+        if future_control and not lookahead:
+            raise ValueError("vimco-seq: future_control=True needs lookahead=True (its innovations are the lookahead's branch values)")
         self.align, self.mix, self.decay, self.check_finite = align, mix, decay, check_finite
         self.weight_control = bool(weight_control)
         self.lookahead = bool(lookahead)

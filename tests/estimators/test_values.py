@@ -313,3 +313,5 @@ def test_future_weight_is_checked():
     steps, log_probs, progress, alternative = lookahead_draw()
     with pytest.raises(ValueError, match=r"future_weight must be in \[0, 1\]"):
         sequential_vimco_loss(steps, log_probs, progress=progress, alternative=alternative, future_weight=1.5)
+    with pytest.raises(ValueError, match=r"future_control=True needs lookahead=True"):
+        build_estimator("vimco-seq", future_control=True, lookahead=False)
