@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -116,10 +116,17 @@ class Alternative(NamedTuple):
         log_weights: ``[K, B, T]``, the step log weight ``l_t^k`` had the other decision been
             taken at step t (with the same past); read detached. Only steps in ``mask`` are used,
             where both decisions must be possible to the proposal.
+        values: optional ``[2, K, B, T]`` (or a zero-argument callable returning it, evaluated
+            only by an estimator that reads it): the expected log weight of the steps *after* t
+            under the proposal, given ``z^k_{<t}`` and the decision at t (index 0: the positive
+            decision, 1: the negative one), from a model that can compute it (the speech model's
+            lattice posterior). ``vimco-seq`` with ``values="model"`` builds its lookahead
+            stand-ins from them instead of from the other particles' futures. Read detached.
     """
 
     taken: torch.Tensor
     log_weights: torch.Tensor
+    values: Any = None
 
 
 def check_alternative(name: str, alternative, inputs: Inputs) -> Alternative:
@@ -134,6 +141,28 @@ def check_alternative(name: str, alternative, inputs: Inputs) -> Alternative:
     _checks.check_same_shape("alternative.log_weights", alternative.log_weights, "log_probs", inputs.log_probs, "[K, B, T]")
     _checks.check_same_device_dtype("alternative.log_weights", alternative.log_weights, "log_weights", inputs.step_log_weights)
     return alternative
+
+
+def alternative_values(name: str, alternative: Alternative, inputs: Inputs) -> torch.Tensor:
+    """The checked ``alternative.values`` ``[2, K, B, T]`` (a callable is evaluated here), detached.
+
+    Raises:
+        ValueError: the alternative carries no values (the model does not supply them), or they
+            have the wrong shape; TypeError: wrong dtype or device.
+    """
+    values = alternative.values
+    if values is None:
+        raise ValueError(
+            f"alternative.values: {name} with values='model' needs the model's expected future log weights "
+            "(Alternative.values [2, K, B, T]); this model does not supply them (use values='others')"
+        )
+    values = values() if callable(values) else values
+    _checks.check_floating("alternative.values", values)
+    expected = (2, *inputs.log_probs.shape)
+    if tuple(values.shape) != expected:
+        raise ValueError(f"alternative.values: expected shape [2, K, B, T] = {list(expected)}, got {list(values.shape)}")
+    _checks.check_same_device_dtype("alternative.values", values, "log_weights", inputs.step_log_weights)
+    return values.detach()
 
 
 def check_values(name: str, inputs: Inputs, *, baseline=None, progress=None, impossible_ok: bool) -> None:

@@ -70,12 +70,16 @@ from torch import nn
 
 from hardalign.estimators._align import ALIGNMENTS, alignment_key, exclusive_cumsum, others_future_mean
 from hardalign.estimators._baselines import leave_one_out_mean, masked_sums
-from hardalign.estimators._inputs import Alternative, EstimatorOutput, Inputs, check_alternative, canonical_inputs, check_progress, check_values, effective_sample_size, finish
+from hardalign.estimators._inputs import (
+    Alternative, EstimatorOutput, Inputs, alternative_values, check_alternative, canonical_inputs, check_progress, check_values, effective_sample_size,
+    finish,
+)
 from hardalign.estimators._logspace import leave_one_out_logsumexp, log_mean_exp
 from hardalign.estimators._surrogate import score_function_surrogate
 
 LEAVE_ONE_OUT = ("geometric", "arithmetic")
 MIXES = ("none", "running")
+VALUES = ("others", "model")
 NEG_INF = float("-inf")
 
 
@@ -208,6 +212,7 @@ def sequential_vimco_loss(
     weight_control: bool = False,
     alternative: Alternative | None = None,
     future_weight: torch.Tensor | float = 0.0,
+    values: str = "others",
     check_finite: bool = False,
 ) -> EstimatorOutput:
     """Sequential VIMCO: per-step signals ``A_t^k = L - L_{-k}^(t)`` (see the module docstring).
@@ -237,6 +242,11 @@ def sequential_vimco_loss(
             loses ``lambda`` times the later steps' innovations (the future control variate,
             module docstring); 0: off. Unbiased for any lambda that does not depend on the
             current sample (the module fits it on earlier batches).
+        values: with an ``alternative``, where the lookahead's stand-ins take particle k's
+            future from: ``"others"`` (the other particles' average future from the matched
+            progress) or ``"model"`` (``alternative.values``, the model's expected log weight of
+            the later steps given k's past and decision; ``align`` and ``progress_weight`` then
+            do not apply).
         check_finite: value checks (a host sync): NaN or ``+inf`` log weights, non-finite
             ``log_probs`` on masked-in steps or a decreasing ``progress`` raise a ValueError.
 
@@ -262,10 +272,16 @@ def sequential_vimco_loss(
     for name, value in (("mix", mix), ("progress_weight", progress_weight), ("future_weight", future_weight)):
         if not isinstance(value, torch.Tensor) and not 0.0 <= value <= 1.0:
             raise ValueError(f"vimco-seq: {name} must be in [0, 1], got {value}")
+    if values not in VALUES:
+        raise ValueError(f"vimco-seq: values must be one of {list(VALUES)}, got {values!r}")
+    model_values = None
     if alternative is not None:
         alternative = check_alternative("vimco-seq", alternative, inputs)
+        model_values = alternative_values("vimco-seq", alternative, inputs) if values == "model" else None
     future = future_weight if isinstance(future_weight, torch.Tensor) or future_weight != 0.0 else None
-    return _sequential_vimco(inputs, progress, align, mix, progress_weight, weight_control=weight_control, alternative=alternative, future=future)[0]
+    return _sequential_vimco(
+        inputs, progress, align, mix, progress_weight, weight_control=weight_control, alternative=alternative, future=future, model_values=model_values,
+    )[0]
 
 
 def _progress_for(align: str, progress, inputs: Inputs):
@@ -279,12 +295,13 @@ def _progress_for(align: str, progress, inputs: Inputs):
 
 def _sequential_vimco(
     inputs: Inputs, progress, align: str, mix, progress_weight=0.5, *, fit: bool = False, weight_control: bool = False,
-    alternative: Alternative | None = None, future=None, fit_future: bool = False,
+    alternative: Alternative | None = None, future=None, fit_future: bool = False, model_values: torch.Tensor | None = None,
 ):
     """The estimate and, with ``fit``, the batch sums for the running least-squares fit of the
     coefficients (:func:`_fit_sums`; None without ``fit`` or with per-sample totals). With an
     ``alternative``, the lookahead stand-ins (:func:`_cross_weighted`); with ``future`` (lambda),
-    the future control variate, and with ``fit_future`` the batch sums for lambda's fit."""
+    the future control variate, and with ``fit_future`` the batch sums for lambda's fit. With
+    ``model_values`` ``[2, K, B, T]``, the lookahead's stand-ins take k's future from them."""
     if not inputs.per_step:
         return _vimco(inputs, "geometric", weight_control), None, None
     bound = _bound(inputs)
@@ -295,7 +312,7 @@ def _sequential_vimco(
     like = dict(dtype=steps.dtype, device=steps.device)
     stats = {}
     weight = torch.as_tensor(progress_weight, **like).clamp(0, 1)
-    if align == "fitted":
+    if align == "fitted" and model_values is None:
         stats["progress_weight"] = weight
     plain = leave_one_out_mean(log_weights, dim=0).unsqueeze(-1)  # g_{-k}, [K, B, 1]
     configured_mix = isinstance(mix, torch.Tensor) or mix != 0.0
@@ -324,7 +341,13 @@ def _sequential_vimco(
         taken = alternative.taken
         other_step = alternative.log_weights.detach()
         own_past = exclusive_cumsum(steps) + torch.stack([torch.where(taken, steps, other_step), torch.where(taken, other_step, steps)])
-        base, other, branch_stand_ins = stand_ins(own_past, _future_after_step(steps, progress, align))
+        if model_values is None:
+            base, other, branch_stand_ins = stand_ins(own_past, _future_after_step(steps, progress, align))
+        else:  # the model's expected future: no alignment of the others' futures, nothing to fit for it
+            base = branch_stand_ins = own_past + model_values
+            other = None
+            if configured_mix:
+                branch_stand_ins = _convex(branch_stand_ins, plain, mix)
         # the sampled branch's stand-ins feed the running fit
         base, other = (None if x is None else torch.where(taken, x[0], x[1]) for x in (base, other))
         q_positive = torch.exp(inputs.log_probs.detach())
@@ -467,6 +490,11 @@ class SequentialVIMCO(nn.Module):
         future_control: with the lookahead, also subtract the later steps' innovations from each
             step's signal (the future control variate, module docstring), scaled by a coefficient
             ``lambda`` fitted on earlier batches.
+        values: where the lookahead's stand-ins take particle k's future from: ``"others"`` (the
+            default: the other particles' average future from the matched progress) or
+            ``"model"``: the model's expected log weight of the later steps under the proposal,
+            given k's past and decision (``Alternative.values``; the speech model computes it
+            exactly on its lattice posterior, see docs/estimators.md). Needs the lookahead.
         check_finite: value checks on every call (a host sync), see :func:`sequential_vimco_loss`.
 
     The fitted coefficients are the least-squares fit of ``log w^k`` (the value of the stand-in
@@ -490,7 +518,7 @@ class SequentialVIMCO(nn.Module):
 
     def __init__(
         self, *, align: str = "fitted", mix: str = "none", decay: float = 0.9, weight_control: bool = False, lookahead: bool = True,
-        future_control: bool = False, check_finite: bool = False,
+        future_control: bool = False, values: str = "others", check_finite: bool = False,
     ):
         super().__init__()
         if align not in ALIGNMENTS:
@@ -501,6 +529,11 @@ class SequentialVIMCO(nn.Module):
             raise ValueError(f"vimco-seq: decay must be in [0, 1), got {decay}")
         if future_control and not lookahead:
             raise ValueError("vimco-seq: future_control=True needs lookahead=True (its innovations are the lookahead's branch values)")
+        if values not in VALUES:
+            raise ValueError(f"vimco-seq: values must be one of {list(VALUES)}, got {values!r}")
+        if values == "model" and not lookahead:
+            raise ValueError("vimco-seq: values='model' needs lookahead=True (the values are the lookahead's branch futures)")
+        self.values = values
         self.align, self.mix, self.decay, self.check_finite = align, mix, decay, check_finite
         self.weight_control = bool(weight_control)
         self.lookahead = bool(lookahead)
@@ -518,7 +551,7 @@ class SequentialVIMCO(nn.Module):
         return (
             f"align={self.align!r}, mix={self.mix!r}" + (f", decay={self.decay}" if fitted else "")
             + (", weight_control=True" if self.weight_control else "") + ("" if self.lookahead else ", lookahead=False")
-            + (", future_control=True" if self.future_control else "")
+            + (", future_control=True" if self.future_control else "") + (f", values={self.values!r}" if self.values != "others" else "")
         )
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -562,10 +595,12 @@ class SequentialVIMCO(nn.Module):
         weight, beta = (c.to(**like) for c in self.coefficients())
         alternative = check_alternative("vimco-seq", alternative, inputs) if self.lookahead and alternative is not None else None
         future = self.future_coefficient().to(**like) if self.future_control and alternative is not None else None
-        learn = self.training and (self.mix == "running" or (self.align == "fitted" and progress is not None))
+        model_values = alternative_values("vimco-seq", alternative, inputs) if alternative is not None and self.values == "model" else None
+        fits_align = self.align == "fitted" and progress is not None and model_values is None
+        learn = self.training and (self.mix == "running" or fits_align)
         out, sums, future_sums = _sequential_vimco(
             inputs, progress, self.align, beta if self.mix == "running" else 0.0, weight, fit=learn, weight_control=self.weight_control,
-            alternative=alternative, future=future, fit_future=self.training and future is not None,
+            alternative=alternative, future=future, fit_future=self.training and future is not None, model_values=model_values,
         )
         # running means, updated after use so the coefficients never see the current sample
         if sums is not None:

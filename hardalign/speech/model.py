@@ -762,6 +762,125 @@ class HardAlignmentRecognizer(nn.Module):
             decisions.append(z)
         return torch.stack(decisions, dim=-1).to(table.dtype).reshape(num_samples, B, T)  # [K * B, T] -> [K, B, T]
 
+    @torch.no_grad()
+    def lattice_step_log_weights(self, memory: dict[str, Any], *, flat: bool = False, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every step's log weight at every state of the lattice, and the proposal's emit probability there.
+
+        With the decision cell without memory and the lattice posterior, a step's log weight
+        ``l_t = log p(z_t, emission | past) - log q(z_t | past)`` depends on the past only through
+        the state ``(n, z_{t-1})`` (labels emitted before t, previous decision), and q's decision
+        only through n, so the alignments form a lattice over ``(t, n, z_{t-1})``. This evaluates
+        p's decision cell and heads at all of its states, step by step in chunks of ``chunk``
+        steps (forward only, detached, without dropout), exactly as :meth:`score_alignments` scores
+        a path through them (tested).
+
+        Args:
+            memory: from :meth:`encode` with targets and the lattice posterior.
+            flat: score p's decisions under the uniform alignment prior (``flat_start``).
+
+        Returns:
+            ``(log_weights [B, T, L + 1, 2, 2], emit_prob [B, T, L + 1])``: ``log_weights[b, t, n,
+            z_prev, d]`` is the step log weight of decision d at step t after n labels and previous
+            decision ``z_prev`` (0 at padding steps; finite everywhere, including states no path
+            reaches); ``emit_prob`` is q's emit probability with the forced decisions folded in
+            (1: must emit, 0: must skip), as the sampler draws it. ``L`` is the padded number of
+            labels (EOS included).
+
+        Raises:
+            ValueError: the model's decision cell has memory (``decision_recurrence``) or q is not
+                the lattice kind: the states are then not a lattice.
+        """
+        if self.config.decision_recurrence or not self.time_parallel:
+            raise ValueError(
+                "lattice_step_log_weights: needs decision_recurrence: false and posterior_kind: lattice "
+                "(otherwise a step's log weight depends on the whole past, not on a lattice state)"
+            )
+        gates, label_prior, emit_cue = self._split_step_inputs(memory["gate_inputs"].value.detach())
+        labels, num_labels, num_steps = memory["labels"], memory["num_labels"], memory["num_steps"]
+        B, T, _ = gates.shape
+        L = labels.shape[1]
+        device = gates.device
+        emitted = torch.arange(L + 1, device=device)  # n, labels emitted before the step
+        # the fed-back (last label, previous decision) of every state, [B, L + 1, 2, 4H]
+        label_prev = F.pad(labels, (1, 0))  # label n - 1, or 0 before the first emission
+        label_gates = self.gate_label(self.label_embedding.weight)
+        feedback_gates = (label_gates.unsqueeze(1) + self.gate_decision.weight.unsqueeze(0)).flatten(0, 1)  # row 2 * label + z
+        feedback = F.embedding(2 * label_prev.unsqueeze(-1) + torch.arange(2, device=device), feedback_gates)
+        next_class = (labels.gather(1, emitted.clamp(max=L - 1).expand(B, L + 1)) - 1).clamp_min(0)  # [B, L + 1]
+        steps = torch.arange(T, device=device)
+        valid = (steps.view(1, T) < num_steps.view(B, 1)).view(B, T, 1, 1)
+        is_forced, must_emit = forced_decisions(steps.view(1, T, 1), num_steps.view(B, 1, 1), emitted.view(1, 1, L + 1), num_labels.view(B, 1, 1))
+        emit_logits, next_logps = [], []
+        for start in range(0, T, chunk):
+            stop = min(T, start + chunk)
+            out, _ = self._cell(gates[:, start:stop, None, None, :] + feedback.unsqueeze(1), None)  # [B, c, L + 1, 2, H]
+            cue = None if emit_cue is None else emit_cue[:, start:stop, None, None]
+            emit_logits.append(self._emit_logit(out, cue))
+            label_logits = self.label_head(out)
+            if label_prior is not None:
+                label_logits = label_logits + label_prior[:, start:stop, None, None, :]
+            index = next_class.view(B, 1, L + 1, 1, 1).expand(B, stop - start, L + 1, 2, 1)
+            next_logps.append(torch.log_softmax(label_logits, dim=-1).gather(-1, index).squeeze(-1))
+        emit_logit, next_logp = torch.cat(emit_logits, 1), torch.cat(next_logps, 1)  # [B, T, L + 1, 2]
+        if flat:  # the uniform alignment prior, as score_alignments has it
+            left = (num_labels.view(B, 1, 1) - emitted.view(1, 1, L + 1)).to(gates.dtype)
+            hazard = (left / (num_steps.view(B, 1, 1) - steps.view(1, T, 1)).clamp_min(1).to(gates.dtype)).clamp(1e-6, 1 - 1e-6)
+            decision = [torch.log1p(-hazard).unsqueeze(-1).expand_as(emit_logit), hazard.log().unsqueeze(-1).expand_as(emit_logit)]
+        else:
+            decision = [F.logsigmoid(-emit_logit), F.logsigmoid(emit_logit)]
+        q_logit = F.pad(memory["posterior"]["table"].value.detach(), (0, 1))  # [B, T, L + 1]; n = L is always forced
+        q_logit = q_logit[..., torch.arange(L + 1, device=device).clamp(max=L - 1)]
+        sampled = valid & ~is_forced.unsqueeze(-1)  # [B, T, L + 1, 1]: where q decides
+        zero = torch.zeros_like(emit_logit)
+        columns = []
+        for d in (0, 1):
+            p_forced = is_forced & ~torch.tensor(bool(d), device=device) if self.config.score_forced_emissions else is_forced
+            log_p = torch.where(p_forced.unsqueeze(-1), zero, decision[d]) + (next_logp if d else zero)
+            log_q = torch.where(sampled, F.logsigmoid(q_logit if d else -q_logit).unsqueeze(-1), zero)
+            columns.append(torch.where(valid, log_p - log_q, zero))
+        emit_prob = torch.where(is_forced, must_emit.to(gates.dtype), torch.sigmoid(q_logit))
+        return torch.stack(columns, dim=-1), emit_prob
+
+    @torch.no_grad()
+    def expected_future_log_weights(self, memory: dict[str, Any], *, flat: bool = False) -> torch.Tensor:
+        """``V [B, T + 1, L + 1, 2]``: the expected sum of the log weights of steps t, t + 1, ...
+        under the lattice posterior, from the state ``(n, z_{t-1})`` at step t (``V[:, T] = 0``).
+
+        One backward recursion over the steps on :meth:`lattice_step_log_weights`,
+        ``V_t(n, z') = sum_d q_t(d | n) (l_t(n, z', d) + V_{t+1}(n + d, d))``: exact (no sampling),
+        O(T L) per utterance after the lattice's network evaluation, detached. These are the
+        values ``vimco-seq`` reads with ``values="model"`` (:class:`Alternative` ``values``).
+        """
+        step_log_weights, emit_prob = self.lattice_step_log_weights(memory, flat=flat)
+        B, T, states, _, _ = step_log_weights.shape
+        future = step_log_weights.new_zeros(B, states, 2)
+        values = [future]
+        for t in range(T - 1, -1, -1):
+            after_skip = future[:, :, 0]  # [B, L + 1]: the same n, previous decision 0
+            after_emit = F.pad(future[:, 1:, 1], (0, 1))  # n + 1, previous decision 1 (n = L never emits)
+            prob = emit_prob[:, t].unsqueeze(-1)  # [B, L + 1, 1]
+            skip = step_log_weights[:, t, :, :, 0] + after_skip.unsqueeze(-1)
+            emit = step_log_weights[:, t, :, :, 1] + after_emit.unsqueeze(-1)
+            # the branch a forced decision excludes contributes exactly nothing
+            future = torch.where(prob >= 1, emit, torch.where(prob <= 0, skip, prob * emit + (1 - prob) * skip))
+            values.append(future)
+        return torch.stack(values[::-1], dim=1)
+
+    def _branch_values(self, memory: dict[str, Any], emitted: torch.Tensor, flat: bool) -> torch.Tensor:
+        """``[2, K, B, T]``: for each particle and step t, the expected log weight of the steps
+        after t had it emitted (index 0) or skipped (index 1) at t, from :meth:`expected_future_log_weights`."""
+        values = self.expected_future_log_weights(memory, flat=flat)  # [B, T + 1, L + 1, 2]
+        B, T1, states, _ = values.shape
+        K = emitted.shape[0]
+        flat_values = values[:, 1:].reshape(B, -1)  # after step t: row t of values[:, 1:]
+        steps = torch.arange(T1 - 1, device=emitted.device).view(1, 1, -1)
+        branches = []
+        for d in (1, 0):
+            state = (emitted + d).clamp(max=states - 1)
+            index = (steps * states + state) * 2 + d  # [K, B, T]
+            branches.append(flat_values.unsqueeze(0).expand(K, -1, -1).gather(2, index))
+        return torch.stack(branches)
+
     def score_alignments(self, memory: dict[str, Any], z: torch.Tensor, *, flat: bool = False) -> Trajectory:
         """The trajectory of given alignments, every step at once (the time-parallel path).
 
@@ -841,7 +960,11 @@ class HardAlignmentRecognizer(nn.Module):
             other = 1 - z
             other_log_p = decision_logp(other) + torch.where(emit, zero, label_next_logp)
             other_log_q = -F.binary_cross_entropy_with_logits(q_logit, other, reduction="none")
-            alternative = Alternative(taken=emit, log_weights=torch.where(mask, other_log_p - other_log_q, zero))
+            alternative = Alternative(
+                taken=emit, log_weights=torch.where(mask, other_log_p - other_log_q, zero),
+                # evaluated only by an estimator that reads them (vimco-seq, values="model")
+                values=(lambda: self._branch_values(memory, emitted, flat)) if not self.config.decision_recurrence else None,
+            )
 
         def proposal_state() -> torch.Tensor:  # what the lattice posterior "knew" before each decision
             frames = memory["posterior"]["frame_table"].value  # [B, T, Hq]

@@ -43,6 +43,8 @@ CASES = [
     ("vimco-seq", {"align": "progress", "weight_control": True}, 2, 2),
     ("vimco-seq", {"future_control": True}, 3, 3),  # with the lookahead only (binary problems)
     ("vimco-seq", {"future_control": True, "weight_control": True}, 2, 2),
+    ("vimco-seq", {"values": "model"}, 3, 3),  # the lookahead's stand-ins from the model's values
+    ("vimco-seq", {"values": "model", "future_control": True, "weight_control": True}, 2, 2),
     ("reinforce", {"baseline": "learned"}, 2, 1),
 ]
 #: the VIMCO variants also run on problems with impossible (log weight -inf) states

@@ -74,13 +74,14 @@ def loop_stand_ins(steps, progress, align):
     return out
 
 
-def loop_lookahead_signals(steps, alt, taken, q_taken, align="progress", mix=0.0, progress_weight=0.5, future_weight=0.0):
+def loop_lookahead_signals(steps, alt, taken, q_taken, align="progress", mix=0.0, progress_weight=0.5, future_weight=0.0, model_values=None):
     """The lookahead form for one example by the definition: for each branch d of step t, particle
     k's stand-in is its past, step t's log weight under d, and the others' mean future from where
     they match k after step t (progress p_t + d, or step t + 1 by time); the baseline is
     q_t(0) b_t(1) + q_t(1) b_t(0). With future_weight (lambda), step t's signal also loses lambda
     sum_{s > t} (b_s(z_s) - q_s(1) b_s(1) - q_s(0) b_s(0)). steps, alt [K][T]; taken [K][T] bools;
-    q_taken [K][T] probabilities."""
+    q_taken [K][T] probabilities. With model_values [2][K][T] (index 0: emit), k's future under
+    branch d is model_values[1 - d][k][t] instead of the others' (values="model")."""
     K, T = len(steps), len(steps[0])
     progress = [[sum(taken[k][:t]) for t in range(T)] for k in range(K)]
     log_w = [sum(row) for row in steps]
@@ -116,6 +117,8 @@ def loop_lookahead_signals(steps, alt, taken, q_taken, align="progress", mix=0.0
                 aligned = mixed(by_time, by_progress, progress_weight)
             else:
                 aligned = by_progress
+            if model_values is not None:
+                aligned = model_values[1 - d][k][t]
             stand_in = mixed(own + aligned, plain, mix)
             values[d] = math.log((rest + math.exp(stand_in)) / K) if rest > 0 else 0.0
         q_positive = q_taken[k][t] if taken[k][t] else 1 - q_taken[k][t]
@@ -198,6 +201,38 @@ def test_lookahead_matches_loop_reference(align, mix, future_weight, impossible)
         )
         torch.testing.assert_close(out.signals[:, b], torch.tensor(expected, dtype=torch.float64))
     assert bool(torch.isfinite(out.signals).all()) and bool(torch.isfinite(out.loss))
+
+
+@pytest.mark.parametrize("mix,future_weight", [(0.0, 0.0), (0.3, 0.6)])
+@pytest.mark.parametrize("impossible", [False, True], ids=["finite", "with-inf"])
+def test_model_values_match_loop_reference(mix, future_weight, impossible):
+    """values="model": each branch's stand-in is k's past, step t's log weight under the branch and
+    the model's expected future, whatever the alignment option says."""
+    g = torch.Generator().manual_seed(19)
+    K, B, T = 3, 4, 6
+    steps = torch.randn(K, B, T, generator=g, dtype=torch.float64)
+    alt = torch.randn(K, B, T, generator=g, dtype=torch.float64)
+    taken = torch.rand(K, B, T, generator=g) < 0.4
+    log_probs = torch.log(torch.rand(K, B, T, generator=g, dtype=torch.float64).clamp(0.05, 0.95))
+    values = torch.randn(2, K, B, T, generator=g, dtype=torch.float64)
+    if impossible:
+        steps[0, 0, 3] = float("-inf")
+        alt[1, 0, 2] = float("-inf")
+        steps[:, 1, 4] = float("-inf")
+    progress = taken.long().cumsum(-1) - taken.long()
+    for align in ("fitted", "time"):
+        out = sequential_vimco_loss(
+            steps, log_probs, progress=progress, align=align, mix=mix, alternative=Alternative(taken, alt, values),
+            future_weight=future_weight, values="model",
+        )
+        for b in range(B):
+            expected = loop_lookahead_signals(
+                steps[:, b].tolist(), alt[:, b].tolist(), taken[:, b].tolist(), log_probs[:, b].exp().tolist(), align, mix, 0.7, future_weight,
+                model_values=values[:, :, b].tolist(),
+            )
+            torch.testing.assert_close(out.signals[:, b], torch.tensor(expected, dtype=torch.float64))
+    lazy = sequential_vimco_loss(steps, log_probs, alternative=Alternative(taken, alt, lambda: values), values="model")
+    torch.testing.assert_close(lazy.signals, sequential_vimco_loss(steps, log_probs, alternative=Alternative(taken, alt, values), values="model").signals)
 
 
 def test_lookahead_with_the_branch_taken_equal_to_the_other_is_a_decision_free_baseline():

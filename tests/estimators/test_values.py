@@ -315,3 +315,34 @@ def test_future_weight_is_checked():
         sequential_vimco_loss(steps, log_probs, progress=progress, alternative=alternative, future_weight=1.5)
     with pytest.raises(ValueError, match=r"future_control=True needs lookahead=True"):
         build_estimator("vimco-seq", future_control=True, lookahead=False)
+
+
+BAD_VALUES = {
+    "none supplied": (lambda a: Alternative(a.taken, a.log_weights), ValueError, r"alternative.values: vimco-seq with values='model' needs the model's expected"),
+    "wrong shape": (lambda a: Alternative(a.taken, a.log_weights, torch.zeros(a.log_weights.shape, dtype=a.log_weights.dtype)), ValueError, r"alternative.values: expected shape \[2, K, B, T\]"),
+    "wrong dtype": (lambda a: Alternative(a.taken, a.log_weights, torch.zeros(2, *a.log_weights.shape)), TypeError, r"alternative.values: has dtype torch.float32"),
+    "callable, wrong shape": (lambda a: Alternative(a.taken, a.log_weights, lambda: torch.zeros(3, *a.log_weights.shape, dtype=a.log_weights.dtype)), ValueError, r"alternative.values: expected shape"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_bad_model_values_name_the_argument(case):
+    make, error, pattern = BAD_VALUES[case]
+    steps, log_probs, progress, alternative = lookahead_draw()
+    with pytest.raises(error, match=pattern):
+        sequential_vimco_loss(steps, log_probs, progress=progress, alternative=make(alternative), values="model")
+    with pytest.raises(error, match=pattern):
+        build_estimator("vimco-seq", values="model")(steps, log_probs, progress=progress, alternative=make(alternative))
+    # values="others" (the default) never reads them
+    sequential_vimco_loss(steps, log_probs, progress=progress, alternative=make(alternative))
+
+
+def test_values_option_is_checked():
+    steps, log_probs, progress, alternative = lookahead_draw()
+    with pytest.raises(ValueError, match=r"values must be one of \['others', 'model'\]"):
+        sequential_vimco_loss(steps, log_probs, alternative=alternative, values="lattice")
+    with pytest.raises(ValueError, match=r"values must be one of"):
+        build_estimator("vimco-seq", values="lattice")
+    with pytest.raises(ValueError, match=r"values='model' needs lookahead=True"):
+        build_estimator("vimco-seq", values="model", lookahead=False)
+    assert "values='model'" in repr(build_estimator("vimco-seq", values="model"))

@@ -193,3 +193,97 @@ def test_flat_start_options_are_checked():
         lattice_model(flat_start=1.0)
     with pytest.raises(ValueError, match="flat_start=0.3 .*posterior_kind='lattice'"):
         HardAlignmentRecognizer(DIM, PHONES, posterior_kind="recurrent", flat_start=0.3)
+
+
+def _all_alignments(memory, model) -> torch.Tensor:
+    """Every decision sequence of every utterance that respects the forcing: ``z [A, B, T]`` padded
+    with copies of a valid one (with a per-utterance validity mask ``[A, B]``)."""
+    from itertools import product
+
+    from hardalign.speech.model import forced_decisions
+
+    num_steps, num_labels = memory["num_steps"], memory["num_labels"]
+    T = int(num_steps.max())
+    candidates = torch.tensor(list(product([0.0, 1.0], repeat=T)), dtype=torch.float64)  # [2^T, T]
+    emitted = candidates.cumsum(-1) - candidates
+    keep = []
+    for b in range(num_steps.shape[0]):
+        is_forced, value = forced_decisions(torch.arange(T), num_steps[b], emitted.long(), num_labels[b])
+        keep.append(((~is_forced) | (candidates == value.double())).all(-1))
+    return candidates, torch.stack(keep, dim=1)  # [A, T], [A, B]
+
+
+@pytest.mark.parametrize("flat", [False, True])
+@pytest.mark.parametrize("aligner", [True, False])
+def test_lattice_step_log_weights_match_scored_paths(aligner, flat):
+    """The lattice evaluation gives, at the states a path visits, exactly the step log weights
+    that score_alignments gives that path (both decisions: the taken one and the alternative)."""
+    model = lattice_model(posterior_aligner=aligner, ctc_emit_prior=aligner, decision_recurrence=False).double().eval()
+    batch = _double_batch()
+    memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
+    z = model._draw_from_lattice(memory, 6, generator=torch.Generator().manual_seed(3))
+    trajectory = model.score_alignments(memory, z, flat=flat)
+    lattice, emit_prob = model.lattice_step_log_weights(memory, flat=flat, chunk=3)
+    K, B, T = z.shape
+    emitted = trajectory.progress
+    z_prev = torch.nn.functional.pad(z, (1, 0))[..., :-1].long()
+    at = lattice.unsqueeze(0).expand(K, -1, -1, -1, -1, -1)
+    index = emitted.view(K, B, T, 1, 1, 1).expand(K, B, T, 1, 2, 2)
+    rows = at.gather(3, index).squeeze(3)  # [K, B, T, 2 (z_prev), 2 (d)]
+    rows = rows.gather(3, z_prev.view(K, B, T, 1, 1).expand(K, B, T, 1, 2)).squeeze(3)  # [K, B, T, 2 (d)]
+    taken = rows.gather(-1, z.long().unsqueeze(-1)).squeeze(-1)
+    other = rows.gather(-1, (1 - z).long().unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(taken, trajectory.log_weights, rtol=1e-9, atol=1e-9)
+    mask = trajectory.mask
+    torch.testing.assert_close(other[mask], trajectory.alternative.log_weights[mask], rtol=1e-9, atol=1e-9)
+    assert bool(torch.isfinite(lattice).all())
+    # q's emit probability: 0 or 1 at forced steps, the path's own elsewhere
+    prob = emit_prob.unsqueeze(0).expand(K, -1, -1, -1).gather(3, emitted.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(torch.log(torch.where(z > 0.5, prob, 1 - prob))[trajectory.valid], trajectory.log_q[trajectory.valid], rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_expected_future_log_weights_equal_enumeration(flat):
+    """V from the backward recursion is the exact expectation under q of the remaining log weight:
+    checked from the start state and, for a branch, after the first decision, by summing over
+    every alignment the forcing allows."""
+    model = lattice_model(posterior_aligner=True, ctc_emit_prior=True, decision_recurrence=False).double().eval()
+    batch = {k: v[:3] if torch.is_tensor(v) else v[:3] for k, v in _double_batch().items()}
+    batch["feature_lengths"] = torch.minimum(batch["feature_lengths"], batch["target_lengths"] + 5)
+    T = int(batch["feature_lengths"].max())
+    batch["features"] = batch["features"][:, :T]
+    memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
+    values = model.expected_future_log_weights(memory, flat=flat)  # [B, T + 1, L + 1, 2]
+    candidates, keep = _all_alignments(memory, model)
+    A, B = keep.shape
+    scored = model.score_alignments(memory, candidates.unsqueeze(1).expand(A, B, T).contiguous(), flat=flat)
+    q = torch.where(keep, scored.log_q.sum(-1), torch.full_like(keep, float("-inf"), dtype=torch.float64)).exp()  # [A, B]
+    torch.testing.assert_close(q.sum(0), torch.ones(B, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    total = scored.log_weights.sum(-1)
+    torch.testing.assert_close(values[:, 0, 0, 0], (q * total).sum(0), rtol=1e-9, atol=1e-9)
+    # after the first step, for each decision d: E[sum_{t >= 1} l_t | z_0 = d]
+    for d in (0, 1):
+        branch = q * (candidates[:, :1] == d)
+        mass = branch.sum(0)
+        later = scored.log_weights[..., 1:].sum(-1)
+        possible = mass > 0
+        expected = (branch * later).sum(0)[possible] / mass[possible]
+        torch.testing.assert_close(values[:, 1, d, d][possible], expected, rtol=1e-9, atol=1e-9)
+    # what the trajectory hands vimco-seq: the value after each step under each branch
+    z = model._draw_from_lattice(memory, 4, generator=torch.Generator().manual_seed(5))
+    trajectory = model.score_alignments(memory, z, flat=flat)
+    branch_values = trajectory.alternative.values()
+    assert branch_values.shape == (2, *z.shape)
+    t = 0
+    torch.testing.assert_close(branch_values[0, :, :, t], values[:, 1, 1, 1].expand(4, -1))
+    torch.testing.assert_close(branch_values[1, :, :, t], values[:, 1, 0, 0].expand(4, -1))
+
+
+def test_lattice_values_need_a_lattice():
+    model = lattice_model(decision_recurrence=True).double()
+    batch = _double_batch()
+    memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
+    with pytest.raises(ValueError, match="decision_recurrence: false and posterior_kind: lattice"):
+        model.lattice_step_log_weights(memory)
+    z = model._draw_from_lattice(memory, 2)
+    assert model.score_alignments(memory, z).alternative.values is None
