@@ -12,7 +12,8 @@ and its ratio to the ``vimco`` row and to the REINFORCE row of the same setting,
 * ``vimco`` and ``vimco-seq`` with each ``align`` (``time``, ``progress``, ``progress-time``,
   ``fitted``, the default) at each K of ``--samples``; with ``--future-control``, each lookahead
   ``vimco-seq`` row also with the future control variate; with ``--model-values``, the lookahead
-  rows with ``values="model"`` (the lattice's exact expected future log weights as stand-ins).
+  rows with ``values="model"`` (the lattice's exact expected future log weights as stand-ins);
+  ``--rows`` names the multi-sample rows directly instead (estimator specs).
 
 Estimators with running state (NVIL's statistics, vimco-seq's fitted coefficients) are first run
 for ``--warmup`` draws in training mode on the same batch, then frozen (eval mode) while measured.
@@ -78,6 +79,16 @@ def gradient_draws(model, estimator, batch, num_samples: int, draws: int, warmup
     return torch.stack(rows), torch.stack(score_rows)
 
 
+def spec_row(spec: str, num_samples: int) -> tuple:
+    """``"vimco-seq:values=model,weight_control=true"`` -> a row ``(label, proposal, name, options, K)``."""
+    from hardalign.train.config import _parse_options
+
+    name, _, text = spec.strip().partition(":")
+    options = _parse_options(text)
+    label = name + (" (" + ", ".join(f"{key}={value}" for key, value in options.items()) + ")" if options else "")
+    return label, "posterior", name, options, num_samples
+
+
 def trace(draws: torch.Tensor) -> float:
     return float(draws.var(dim=0).sum())
 
@@ -122,6 +133,12 @@ def main(argv=None) -> None:
         help="also the lookahead vimco-seq rows with values='model' (stand-ins from the lattice's exact expected future log weights; "
         "once per K and control, since the alignment of the others' futures does not apply), with --future-control also with it",
     )
+    parser.add_argument(
+        "--rows", default=None,
+        help="the multi-sample rows, instead of the flags above: estimator specs separated by ';', each NAME or "
+        "NAME:key=value,key=value (the --estimator-options syntax), measured at each K of --samples, e.g. "
+        "'vimco;vimco-seq:weight_control=true;vimco-seq:values=model,weight_control=true,future_control=true'",
+    )
     parser.add_argument("--nvil", action=argparse.BooleanOptionalAction, default=True, help="the nvil row")
     parser.add_argument("--draws", type=int, default=128)
     parser.add_argument("--warmup", type=int, default=16)
@@ -165,6 +182,9 @@ def main(argv=None) -> None:
     if args.nvil:
         rows.append(("nvil", "posterior", "nvil", {}, 1))
     for k in (int(v) for v in args.samples.split(",")):
+        if args.rows is not None:
+            rows.extend(spec_row(spec, k) for spec in args.rows.split(";") if spec.strip())
+            continue
         rows.append(("vimco", "posterior", "vimco", {}, k))
         if args.weight_control and not args.only_weight_control:
             rows.append(("vimco (weight control)", "posterior", "vimco", {"weight_control": True}, k))

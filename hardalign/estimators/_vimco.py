@@ -32,6 +32,14 @@ per-particle signals
   included), so the estimate stays unbiased for any ``lambda`` that does not depend on the current
   sample; where the values explain the return, ``lambda = 1`` leaves step t only the noise the
   values miss. The module fits ``lambda`` on earlier batches.
+* the model's values (``values="model"``, or ``"auto"`` where the :class:`Alternative` carries
+  ``values``): the lookahead's stand-ins take k's future after step t from the model, ``s_t(d) =``
+  k's past + step t's log weight under d + ``V_{t+1}(d)``, the expected log weight of the later
+  steps under q given k's past and d, instead of from the other particles. A model whose steps
+  form a lattice computes ``V`` exactly by one backward recursion (the speech model:
+  :meth:`hardalign.speech.model.HardAlignmentRecognizer.expected_future_log_weights`); any
+  function of ``z^k_{<=t}`` keeps the estimate unbiased, and exact values let the future control
+  variate's innovations explain the later steps' noise.
 
 Weight control (``weight_control=True``, both estimators): differentiating ``L`` through
 ``log w^k = log p - log q(z^k)`` also gives the proposal ``- sum_k wtilde^k grad log q(z^k)``
@@ -79,7 +87,7 @@ from hardalign.estimators._surrogate import score_function_surrogate
 
 LEAVE_ONE_OUT = ("geometric", "arithmetic")
 MIXES = ("none", "running")
-VALUES = ("others", "model")
+VALUES = ("auto", "others", "model")
 NEG_INF = float("-inf")
 
 
@@ -212,7 +220,7 @@ def sequential_vimco_loss(
     weight_control: bool = False,
     alternative: Alternative | None = None,
     future_weight: torch.Tensor | float = 0.0,
-    values: str = "others",
+    values: str = "auto",
     check_finite: bool = False,
 ) -> EstimatorOutput:
     """Sequential VIMCO: per-step signals ``A_t^k = L - L_{-k}^(t)`` (see the module docstring).
@@ -244,9 +252,10 @@ def sequential_vimco_loss(
             current sample (the module fits it on earlier batches).
         values: with an ``alternative``, where the lookahead's stand-ins take particle k's
             future from: ``"others"`` (the other particles' average future from the matched
-            progress) or ``"model"`` (``alternative.values``, the model's expected log weight of
+            progress), ``"model"`` (``alternative.values``, the model's expected log weight of
             the later steps given k's past and decision; ``align`` and ``progress_weight`` then
-            do not apply).
+            do not apply) or ``"auto"`` (the default): ``"model"`` where the alternative carries
+            values, ``"others"`` where it does not.
         check_finite: value checks (a host sync): NaN or ``+inf`` log weights, non-finite
             ``log_probs`` on masked-in steps or a decreasing ``progress`` raise a ValueError.
 
@@ -277,11 +286,16 @@ def sequential_vimco_loss(
     model_values = None
     if alternative is not None:
         alternative = check_alternative("vimco-seq", alternative, inputs)
-        model_values = alternative_values("vimco-seq", alternative, inputs) if values == "model" else None
+        model_values = alternative_values("vimco-seq", alternative, inputs) if _reads_values(values, alternative) else None
     future = future_weight if isinstance(future_weight, torch.Tensor) or future_weight != 0.0 else None
     return _sequential_vimco(
         inputs, progress, align, mix, progress_weight, weight_control=weight_control, alternative=alternative, future=future, model_values=model_values,
     )[0]
+
+
+def _reads_values(values: str, alternative: Alternative) -> bool:
+    """Whether the lookahead's stand-ins take the model's values: ``"model"``, or ``"auto"`` with values supplied."""
+    return values == "model" or (values == "auto" and alternative.values is not None)
 
 
 def _progress_for(align: str, progress, inputs: Inputs):
@@ -491,10 +505,11 @@ class SequentialVIMCO(nn.Module):
             step's signal (the future control variate, module docstring), scaled by a coefficient
             ``lambda`` fitted on earlier batches.
         values: where the lookahead's stand-ins take particle k's future from: ``"others"`` (the
-            default: the other particles' average future from the matched progress) or
-            ``"model"``: the model's expected log weight of the later steps under the proposal,
-            given k's past and decision (``Alternative.values``; the speech model computes it
-            exactly on its lattice posterior, see docs/estimators.md). Needs the lookahead.
+            other particles' average future from the matched progress), ``"model"`` (the model's
+            expected log weight of the later steps under the proposal, given k's past and
+            decision: ``Alternative.values``; the speech model computes it exactly on its lattice
+            posterior, see docs/estimators.md) or ``"auto"`` (the default): ``"model"`` where the
+            alternative carries values, ``"others"`` where it does not.
         check_finite: value checks on every call (a host sync), see :func:`sequential_vimco_loss`.
 
     The fitted coefficients are the least-squares fit of ``log w^k`` (the value of the stand-in
@@ -518,7 +533,7 @@ class SequentialVIMCO(nn.Module):
 
     def __init__(
         self, *, align: str = "fitted", mix: str = "none", decay: float = 0.9, weight_control: bool = False, lookahead: bool = True,
-        future_control: bool = False, values: str = "others", check_finite: bool = False,
+        future_control: bool = False, values: str = "auto", check_finite: bool = False,
     ):
         super().__init__()
         if align not in ALIGNMENTS:
@@ -551,7 +566,7 @@ class SequentialVIMCO(nn.Module):
         return (
             f"align={self.align!r}, mix={self.mix!r}" + (f", decay={self.decay}" if fitted else "")
             + (", weight_control=True" if self.weight_control else "") + ("" if self.lookahead else ", lookahead=False")
-            + (", future_control=True" if self.future_control else "") + (f", values={self.values!r}" if self.values != "others" else "")
+            + (", future_control=True" if self.future_control else "") + (f", values={self.values!r}" if self.values != "auto" else "")
         )
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -595,7 +610,7 @@ class SequentialVIMCO(nn.Module):
         weight, beta = (c.to(**like) for c in self.coefficients())
         alternative = check_alternative("vimco-seq", alternative, inputs) if self.lookahead and alternative is not None else None
         future = self.future_coefficient().to(**like) if self.future_control and alternative is not None else None
-        model_values = alternative_values("vimco-seq", alternative, inputs) if alternative is not None and self.values == "model" else None
+        model_values = alternative_values("vimco-seq", alternative, inputs) if alternative is not None and _reads_values(self.values, alternative) else None
         fits_align = self.align == "fitted" and progress is not None and model_values is None
         learn = self.training and (self.mix == "running" or fits_align)
         out, sums, future_sums = _sequential_vimco(

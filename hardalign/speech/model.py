@@ -771,8 +771,10 @@ class HardAlignmentRecognizer(nn.Module):
         the state ``(n, z_{t-1})`` (labels emitted before t, previous decision), and q's decision
         only through n, so the alignments form a lattice over ``(t, n, z_{t-1})``. This evaluates
         p's decision cell and heads at all of its states, step by step in chunks of ``chunk``
-        steps (forward only, detached, without dropout), exactly as :meth:`score_alignments` scores
-        a path through them (tested).
+        steps (forward only, detached, without dropout: in training, the heads' dropout masks
+        differ from particle to particle, so the values are those of the expected, undropped
+        network), exactly as :meth:`score_alignments` scores a path through them in evaluation
+        mode (tested).
 
         Args:
             memory: from :meth:`encode` with targets and the lattice posterior.

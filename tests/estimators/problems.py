@@ -237,13 +237,18 @@ def binary_draw(problem, z, phi, theta, *, progress: bool) -> Draw:
         flipped[..., t] = 1 - flipped[..., t]
         other_p, other_q = problem.step_terms(flipped, phi, theta)
         columns.append((other_p - other_q)[..., t].detach())
-    # "model values" for the lookahead (values="model"): any function of z_{<=t} keeps the estimate
-    # unbiased; here one of the emissions so far (with step t's branch) and of the steps left
+    alternative = Alternative(taken=z > 0.5, log_weights=torch.stack(columns, -1))
+    return Draw(log_p - log_q, log_q, exclusive_count(z).long() if progress else None, alternative)
+
+
+def with_prefix_values(alternative: Alternative) -> Alternative:
+    """The alternative with "model values" for the lookahead (``values="model"``): any function of
+    ``z_{<=t}`` keeps the estimate unbiased; here one of the decisions so far (with step t's branch)
+    and of the steps left."""
+    z = alternative.taken.to(alternative.log_weights.dtype)
     count = exclusive_count(z)
     left = torch.arange(z.shape[-1] - 1, -1, -1, dtype=z.dtype)  # steps after t
-    values = torch.stack([0.4 * (count + d) - 0.2 * left for d in (1, 0)])
-    alternative = Alternative(taken=z > 0.5, log_weights=torch.stack(columns, -1), values=values)
-    return Draw(log_p - log_q, log_q, exclusive_count(z).long() if progress else None, alternative)
+    return alternative._replace(values=torch.stack([0.4 * (count + d) - 0.2 * left for d in (1, 0)]))
 
 
 def exclusive_count(z: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hardalign.estimators import build_estimator, reinforce_loss
-from tests.estimators.problems import IMPOSSIBLE_PROBLEMS, PROBLEMS, MarkovBernoulli
+from tests.estimators.problems import IMPOSSIBLE_PROBLEMS, PROBLEMS, MarkovBernoulli, with_prefix_values
 
 Z = 4.5
 REPLICAS = 20000
@@ -59,6 +59,8 @@ def estimate(problem, name, options, num_samples, *, seed, prepare=None):
         prepare(estimator)
     phi, theta = problem.leaves(REPLICAS)
     log_weights, log_probs, progress, alternative = problem.sample(phi, theta, num_samples, generator)
+    if alternative is not None and options.get("values") == "model":
+        alternative = with_prefix_values(alternative)
     baseline = None
     if estimator.takes_baseline:  # a stand-in for the baseline network, different per step; its
         # regression term must not bias the proposal's or the model's gradient

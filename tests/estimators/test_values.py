@@ -333,13 +333,28 @@ def test_bad_model_values_name_the_argument(case):
         sequential_vimco_loss(steps, log_probs, progress=progress, alternative=make(alternative), values="model")
     with pytest.raises(error, match=pattern):
         build_estimator("vimco-seq", values="model")(steps, log_probs, progress=progress, alternative=make(alternative))
-    # values="others" (the default) never reads them
-    sequential_vimco_loss(steps, log_probs, progress=progress, alternative=make(alternative))
+    # values="others" never reads them
+    sequential_vimco_loss(steps, log_probs, progress=progress, alternative=make(alternative), values="others")
+    build_estimator("vimco-seq", values="others")(steps, log_probs, progress=progress, alternative=make(alternative))
+
+
+def test_auto_values_use_the_model_values_where_supplied():
+    steps, log_probs, progress, alternative = lookahead_draw()
+    values = torch.randn(2, *steps.shape, dtype=steps.dtype, generator=torch.Generator().manual_seed(3))
+    with_values = Alternative(alternative.taken, alternative.log_weights, values)
+    module = lambda **options: lambda *a, **k: build_estimator("vimco-seq", **options).eval()(*a, **k)  # noqa: E731
+    pure = lambda **options: lambda *a, **k: sequential_vimco_loss(*a, **options, **k)  # noqa: E731
+    for make in (module, pure):
+        auto = make()(steps, log_probs, progress=progress, alternative=with_values).signals
+        torch.testing.assert_close(auto, make(values="model")(steps, log_probs, progress=progress, alternative=with_values).signals)
+        plain = make()(steps, log_probs, progress=progress, alternative=alternative).signals
+        torch.testing.assert_close(plain, make(values="others")(steps, log_probs, progress=progress, alternative=alternative).signals)
+        assert not torch.allclose(auto, plain)
 
 
 def test_values_option_is_checked():
     steps, log_probs, progress, alternative = lookahead_draw()
-    with pytest.raises(ValueError, match=r"values must be one of \['others', 'model'\]"):
+    with pytest.raises(ValueError, match=r"values must be one of \[.auto., .others., .model.\]"):
         sequential_vimco_loss(steps, log_probs, alternative=alternative, values="lattice")
     with pytest.raises(ValueError, match=r"values must be one of"):
         build_estimator("vimco-seq", values="lattice")

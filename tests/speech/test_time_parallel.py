@@ -287,3 +287,4 @@ def test_lattice_values_need_a_lattice():
         model.lattice_step_log_weights(memory)
     z = model._draw_from_lattice(memory, 2)
     assert model.score_alignments(memory, z).alternative.values is None
+
