@@ -24,7 +24,10 @@ Every estimator follows one call convention::
   log_weights [K, B, T])``: the sampled decision and the step log weight had the other been
   taken at that step (same past). ``vimco-seq`` (``lookahead=True``, the default) then weighs
   both branches of each step in its stand-in (and, with ``future_control=True``, subtracts the
-  later decisions' innovations from each step's signal); the others ignore it.
+  later decisions' innovations from each step's signal); the others ignore it. Its optional
+  ``values`` ``[2, K, B, T]`` (or a callable returning them) are the model's expected log weight
+  of the later steps under each branch; ``vimco-seq`` (``values="auto"``, the default) builds the
+  stand-ins from them instead of from the other particles.
 
 Value checks cost a host synchronisation and are opt-in: ``check_finite=True`` (an option of every
 module and pure function) raises a ValueError naming the argument for NaN (or ``+inf``) log

@@ -546,7 +546,11 @@ class HardAlignmentRecognizer(nn.Module):
         """The decision cell's update from its gate pre-activations ``[..., 4H]`` (i, f, g, o) and
         the previous cell state: ``(h, c)``. Without ``decision_recurrence`` the cell state is not
         carried (nor is the forget gate read)."""
-        i, f, g, o = gates.chunk(4, dim=-1)
+        return self._cell_update(*gates.chunk(4, dim=-1), c)
+
+    def _cell_update(self, i, f, g, o, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_cell` from the four gates' pre-activations, given apart (``f`` unread without
+        ``decision_recurrence``; contiguous gates make the elementwise work several times faster)."""
         c_new = torch.sigmoid(i) * torch.tanh(g)
         if self.config.decision_recurrence:
             c_new = torch.sigmoid(f) * c + c_new
@@ -808,6 +812,8 @@ class HardAlignmentRecognizer(nn.Module):
         label_gates = self.gate_label(self.label_embedding.weight)
         feedback_gates = (label_gates.unsqueeze(1) + self.gate_decision.weight.unsqueeze(0)).flatten(0, 1)  # row 2 * label + z
         feedback = F.embedding(2 * label_prev.unsqueeze(-1) + torch.arange(2, device=device), feedback_gates)
+        H = self.hidden_size
+        feedback_gates_by_kind = feedback.unflatten(-1, (4, H))  # [B, L + 1, 2, 4, H]: i, f, g, o
         next_class = (labels.gather(1, emitted.clamp(max=L - 1).expand(B, L + 1)) - 1).clamp_min(0)  # [B, L + 1]
         steps = torch.arange(T, device=device)
         valid = (steps.view(1, T) < num_steps.view(B, 1)).view(B, T, 1, 1)
@@ -815,7 +821,10 @@ class HardAlignmentRecognizer(nn.Module):
         emit_logits, next_logps = [], []
         for start in range(0, T, chunk):
             stop = min(T, start + chunk)
-            out, _ = self._cell(gates[:, start:stop, None, None, :] + feedback.unsqueeze(1), None)  # [B, c, L + 1, 2, H]
+            # each gate's pre-activation on its own: the broadcast sums come out contiguous
+            step_gates = gates[:, start:stop].unflatten(-1, (4, H))[:, :, None, None]  # [B, c, 1, 1, 4, H]
+            i, g, o = (step_gates[..., k, :] + feedback_gates_by_kind[:, None, :, :, k, :] for k in (0, 2, 3))
+            out, _ = self._cell_update(i, None, g, o, None)  # [B, c, L + 1, 2, H]
             cue = None if emit_cue is None else emit_cue[:, start:stop, None, None]
             emit_logits.append(self._emit_logit(out, cue))
             label_logits = self.label_head(out)
