@@ -231,6 +231,13 @@ class HardAlignmentConfig:
             ``ctc_warmup: 0.5`` (four seeds): dev / test PER 3.9 / 3.2% against 3.7 / 3.6%
             (docs/speech.md).
         eos_start_logit: EOS's initial label bias with ``ctc_greedy_start``.
+        value_window: the lattice states at which :meth:`HardAlignmentRecognizer.expected_future_log_weights`
+            evaluates p for ``vimco-seq``'s values (``values="model"``/``"auto"``): 0 (the default),
+            every state (exact values); W > 0, at each step the W values of "labels emitted"
+            around the posterior's expected progress there (q's forward recursion), the others read
+            as the nearest state in the window. The values stay a valid baseline either way (any
+            function of the particle's past keeps the estimate unbiased); the window only trades
+            their accuracy far from where q puts its mass for time (docs/estimators.md).
         flat_start: the first fraction of the training budget (counted from the start, as
             ``ctc_warmup`` counts it; with both set, the flat stage follows the warm-up) in which
             the bound scores every alignment under the uniform alignment prior instead of p's
@@ -285,6 +292,7 @@ class HardAlignmentConfig:
     eos_start_logit: float = -3.0
     ctc_emit_cue: str = "not_blank"
     flat_start: float = 0.0
+    value_window: int = 0
 
     def __post_init__(self) -> None:
         if self.posterior_encoder not in ("own", "shared"):
@@ -313,6 +321,8 @@ class HardAlignmentConfig:
             )
         if not 0.0 <= self.flat_start < 1.0:
             raise ValueError(f"flat_start={self.flat_start}: must be a fraction of the training budget in [0, 1)")
+        if self.value_window < 0:
+            raise ValueError(f"value_window={self.value_window}: must be >= 0 (0: every lattice state)")
         if self.flat_start and not (self.proposal == "posterior" and self.posterior_kind == "lattice"):
             raise ValueError(
                 f"flat_start={self.flat_start} changes the time-parallel scoring of alignments, "
@@ -767,7 +777,9 @@ class HardAlignmentRecognizer(nn.Module):
         return torch.stack(decisions, dim=-1).to(table.dtype).reshape(num_samples, B, T)  # [K * B, T] -> [K, B, T]
 
     @torch.no_grad()
-    def lattice_step_log_weights(self, memory: dict[str, Any], *, flat: bool = False, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    def lattice_step_log_weights(
+        self, memory: dict[str, Any], *, flat: bool = False, chunk: int = 16, window: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Every step's log weight at every state of the lattice, and the proposal's emit probability there.
 
         With the decision cell without memory and the lattice posterior, a step's log weight
@@ -783,14 +795,17 @@ class HardAlignmentRecognizer(nn.Module):
         Args:
             memory: from :meth:`encode` with targets and the lattice posterior.
             flat: score p's decisions under the uniform alignment prior (``flat_start``).
+            window: 0, every state; W > 0 (and < L + 1), at step t only the W states
+            ``n = first[b, t] + j``, ``j < W``, centred on q's expected progress at t.
 
         Returns:
-            ``(log_weights [B, T, L + 1, 2, 2], emit_prob [B, T, L + 1])``: ``log_weights[b, t, n,
-            z_prev, d]`` is the step log weight of decision d at step t after n labels and previous
-            decision ``z_prev`` (0 at padding steps; finite everywhere, including states no path
-            reaches); ``emit_prob`` is q's emit probability with the forced decisions folded in
-            (1: must emit, 0: must skip), as the sampler draws it. ``L`` is the padded number of
-            labels (EOS included).
+            ``(log_weights [B, T, S, 2, 2], emit_prob [B, T, S], first)`` with S = L + 1 states
+            (``first`` None) or the window's W (``first [B, T]``, the window's first n at each
+            step): ``log_weights[b, t, j, z_prev, d]`` is the step log weight of decision d at step
+            t after n labels (state j) and previous decision ``z_prev`` (0 at padding steps;
+            finite everywhere, including states no path reaches); ``emit_prob`` is q's emit
+            probability with the forced decisions folded in (1: must emit, 0: must skip), as the
+            sampler draws it. ``L`` is the padded number of labels (EOS included).
 
         Raises:
             ValueError: the model's decision cell has memory (``decision_recurrence``) or q is not
@@ -817,31 +832,43 @@ class HardAlignmentRecognizer(nn.Module):
         next_class = (labels.gather(1, emitted.clamp(max=L - 1).expand(B, L + 1)) - 1).clamp_min(0)  # [B, L + 1]
         steps = torch.arange(T, device=device)
         valid = (steps.view(1, T) < num_steps.view(B, 1)).view(B, T, 1, 1)
-        is_forced, must_emit = forced_decisions(steps.view(1, T, 1), num_steps.view(B, 1, 1), emitted.view(1, 1, L + 1), num_labels.view(B, 1, 1))
+        q_table = F.pad(memory["posterior"]["table"].value.detach(), (0, 1))  # [B, T, L + 1]; n = L is always forced
+        first = None
+        if 0 < window < L + 1:
+            first = self._value_window(memory, q_table, window)  # [B, T]
+            states = first.unsqueeze(-1) + torch.arange(window, device=device)  # [B, T, W]: n of each state
+        else:
+            states = emitted.view(1, 1, L + 1)
+        S = states.shape[-1]
+        state_class = next_class.gather(1, states.expand(B, T, S).flatten(1)).view(B, T, S)
+        is_forced, must_emit = forced_decisions(steps.view(1, T, 1), num_steps.view(B, 1, 1), states, num_labels.view(B, 1, 1))
         emit_logits, next_logps = [], []
         for start in range(0, T, chunk):
             stop = min(T, start + chunk)
+            if first is None:  # every state: broadcast over the steps
+                feedback_here = feedback_gates_by_kind[:, None]  # [B, 1, L + 1, 2, 4, H]
+            else:
+                feedback_here = feedback_gates_by_kind[torch.arange(B, device=device).view(B, 1, 1), states[:, start:stop]]  # [B, c, W, 2, 4, H]
             # each gate's pre-activation on its own: the broadcast sums come out contiguous
             step_gates = gates[:, start:stop].unflatten(-1, (4, H))[:, :, None, None]  # [B, c, 1, 1, 4, H]
-            i, g, o = (step_gates[..., k, :] + feedback_gates_by_kind[:, None, :, :, k, :] for k in (0, 2, 3))
+            i, g, o = (step_gates[..., k, :] + feedback_here[..., k, :] for k in (0, 2, 3))
             out, _ = self._cell_update(i, None, g, o, None)  # [B, c, L + 1, 2, H]
             cue = None if emit_cue is None else emit_cue[:, start:stop, None, None]
             emit_logits.append(self._emit_logit(out, cue))
             label_logits = self.label_head(out)
             if label_prior is not None:
                 label_logits = label_logits + label_prior[:, start:stop, None, None, :]
-            index = next_class.view(B, 1, L + 1, 1, 1).expand(B, stop - start, L + 1, 2, 1)
+            index = state_class[:, start:stop, :, None, None].expand(B, stop - start, S, 2, 1)
             next_logps.append(torch.log_softmax(label_logits, dim=-1).gather(-1, index).squeeze(-1))
-        emit_logit, next_logp = torch.cat(emit_logits, 1), torch.cat(next_logps, 1)  # [B, T, L + 1, 2]
+        emit_logit, next_logp = torch.cat(emit_logits, 1), torch.cat(next_logps, 1)  # [B, T, S, 2]
         if flat:  # the uniform alignment prior, as score_alignments has it
-            left = (num_labels.view(B, 1, 1) - emitted.view(1, 1, L + 1)).to(gates.dtype)
+            left = (num_labels.view(B, 1, 1) - states).to(gates.dtype)
             hazard = (left / (num_steps.view(B, 1, 1) - steps.view(1, T, 1)).clamp_min(1).to(gates.dtype)).clamp(1e-6, 1 - 1e-6)
             decision = [torch.log1p(-hazard).unsqueeze(-1).expand_as(emit_logit), hazard.log().unsqueeze(-1).expand_as(emit_logit)]
         else:
             decision = [F.logsigmoid(-emit_logit), F.logsigmoid(emit_logit)]
-        q_logit = F.pad(memory["posterior"]["table"].value.detach(), (0, 1))  # [B, T, L + 1]; n = L is always forced
-        q_logit = q_logit[..., torch.arange(L + 1, device=device).clamp(max=L - 1)]
-        sampled = valid & ~is_forced.unsqueeze(-1)  # [B, T, L + 1, 1]: where q decides
+        q_logit = q_table.gather(2, states.clamp(max=L - 1).expand(B, T, S))  # [B, T, S]
+        sampled = valid & ~is_forced.unsqueeze(-1)  # [B, T, S, 1]: where q decides
         zero = torch.zeros_like(emit_logit)
         columns = []
         for d in (0, 1):
@@ -850,44 +877,73 @@ class HardAlignmentRecognizer(nn.Module):
             log_q = torch.where(sampled, F.logsigmoid(q_logit if d else -q_logit).unsqueeze(-1), zero)
             columns.append(torch.where(valid, log_p - log_q, zero))
         emit_prob = torch.where(is_forced, must_emit.to(gates.dtype), torch.sigmoid(q_logit))
-        return torch.stack(columns, dim=-1), emit_prob
+        return torch.stack(columns, dim=-1), emit_prob, first
+
+    def _value_window(self, memory: dict[str, Any], q_table: torch.Tensor, window: int) -> torch.Tensor:
+        """``first [B, T]``: the window of ``window`` states at each step, centred on q's expected
+        labels emitted there (its forward recursion over the lattice, a loop of cheap steps)."""
+        B, T, states = q_table.shape
+        device = q_table.device
+        emitted = torch.arange(states, device=device)
+        is_forced, must_emit = forced_decisions(
+            torch.arange(T, device=device).view(1, T, 1), memory["num_steps"].view(B, 1, 1), emitted.view(1, 1, states), memory["num_labels"].view(B, 1, 1)
+        )
+        prob = torch.where(is_forced, must_emit.to(q_table.dtype), torch.sigmoid(q_table))  # [B, T, L + 1]
+        occupancy = F.one_hot(torch.zeros(B, dtype=torch.long, device=device), states).to(q_table.dtype)
+        expected = []
+        for t in range(T):
+            expected.append((occupancy * emitted).sum(-1))
+            moved = occupancy * prob[:, t]
+            occupancy = occupancy - moved + F.pad(moved, (1, 0))[:, :-1]
+        centre = torch.stack(expected, dim=1)  # [B, T]
+        return (torch.round(centre) - window // 2).clamp(0, states - window).long()
 
     @torch.no_grad()
-    def expected_future_log_weights(self, memory: dict[str, Any], *, flat: bool = False) -> torch.Tensor:
-        """``V [B, T + 1, L + 1, 2]``: the expected sum of the log weights of steps t, t + 1, ...
-        under the lattice posterior, from the state ``(n, z_{t-1})`` at step t (``V[:, T] = 0``).
+    def expected_future_log_weights(self, memory: dict[str, Any], *, flat: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(V [B, T + 1, S, 2], first)``: the expected sum of the log weights of steps t, t + 1, ...
+        under the lattice posterior, from the state ``(n, z_{t-1})`` at step t (``V[:, T] = 0``);
+        S = L + 1 states (``first`` None) or, with ``value_window`` W, the W states from
+        ``first [B, T + 1]`` on at each step (:meth:`lattice_step_log_weights`).
 
         One backward recursion over the steps on :meth:`lattice_step_log_weights`,
-        ``V_t(n, z') = sum_d q_t(d | n) (l_t(n, z', d) + V_{t+1}(n + d, d))``: exact (no sampling),
-        O(T L) per utterance after the lattice's network evaluation, detached. These are the
-        values ``vimco-seq`` reads with ``values="model"`` (:class:`Alternative` ``values``).
+        ``V_t(n, z') = sum_d q_t(d | n) (l_t(n, z', d) + V_{t+1}(n + d, d))``: exact (no sampling;
+        with a window, a successor outside it reads the nearest state inside), O(T L) per
+        utterance after the lattice's network evaluation, detached. These are the values
+        ``vimco-seq`` reads with ``values="model"`` (:class:`Alternative` ``values``).
         """
-        step_log_weights, emit_prob = self.lattice_step_log_weights(memory, flat=flat)
+        step_log_weights, emit_prob, first = self.lattice_step_log_weights(memory, flat=flat, window=self.config.value_window)
         B, T, states, _, _ = step_log_weights.shape
         future = step_log_weights.new_zeros(B, states, 2)
         values = [future]
+        slots = torch.arange(states, device=future.device)
         for t in range(T - 1, -1, -1):
-            after_skip = future[:, :, 0]  # [B, L + 1]: the same n, previous decision 0
-            after_emit = F.pad(future[:, 1:, 1], (0, 1))  # n + 1, previous decision 1 (n = L never emits)
-            prob = emit_prob[:, t].unsqueeze(-1)  # [B, L + 1, 1]
+            if first is None:
+                after_skip = future[:, :, 0]  # [B, L + 1]: the same n, previous decision 0
+                after_emit = F.pad(future[:, 1:, 1], (0, 1))  # n + 1, previous decision 1 (n = L never emits)
+            else:  # the window moves: state j at t is n = first_t + j, slot n - first_{t+1} at t + 1 (nearest in the window)
+                shift = (first[:, t] - first[:, min(t + 1, T - 1)]).unsqueeze(-1) + slots  # [B, W]
+                after_skip = future[:, :, 0].gather(1, shift.clamp(0, states - 1))
+                after_emit = future[:, :, 1].gather(1, (shift + 1).clamp(0, states - 1))
+            prob = emit_prob[:, t].unsqueeze(-1)  # [B, S, 1]
             skip = step_log_weights[:, t, :, :, 0] + after_skip.unsqueeze(-1)
             emit = step_log_weights[:, t, :, :, 1] + after_emit.unsqueeze(-1)
             # the branch a forced decision excludes contributes exactly nothing
             future = torch.where(prob >= 1, emit, torch.where(prob <= 0, skip, prob * emit + (1 - prob) * skip))
             values.append(future)
-        return torch.stack(values[::-1], dim=1)
+        return torch.stack(values[::-1], dim=1), (None if first is None else torch.cat([first, first[:, -1:]], dim=1))
 
     def _branch_values(self, memory: dict[str, Any], emitted: torch.Tensor, flat: bool) -> torch.Tensor:
         """``[2, K, B, T]``: for each particle and step t, the expected log weight of the steps
         after t had it emitted (index 0) or skipped (index 1) at t, from :meth:`expected_future_log_weights`."""
-        values = self.expected_future_log_weights(memory, flat=flat)  # [B, T + 1, L + 1, 2]
+        values, first = self.expected_future_log_weights(memory, flat=flat)  # [B, T + 1, S, 2], [B, T + 1] or None
         B, T1, states, _ = values.shape
         K = emitted.shape[0]
         flat_values = values[:, 1:].reshape(B, -1)  # after step t: row t of values[:, 1:]
         steps = torch.arange(T1 - 1, device=emitted.device).view(1, 1, -1)
+        offset = 0 if first is None else first[:, 1:].unsqueeze(0)  # the window's first n after step t
         branches = []
         for d in (1, 0):
-            state = (emitted + d).clamp(max=states - 1)
+            state = (emitted + d - offset).clamp(0, states - 1)
             index = (steps * states + state) * 2 + d  # [K, B, T]
             branches.append(flat_values.unsqueeze(0).expand(K, -1, -1).gather(2, index))
         return torch.stack(branches)

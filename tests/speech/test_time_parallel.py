@@ -223,7 +223,8 @@ def test_lattice_step_log_weights_match_scored_paths(aligner, flat):
     memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
     z = model._draw_from_lattice(memory, 6, generator=torch.Generator().manual_seed(3))
     trajectory = model.score_alignments(memory, z, flat=flat)
-    lattice, emit_prob = model.lattice_step_log_weights(memory, flat=flat, chunk=3)
+    lattice, emit_prob, first = model.lattice_step_log_weights(memory, flat=flat, chunk=3)
+    assert first is None
     K, B, T = z.shape
     emitted = trajectory.progress
     z_prev = torch.nn.functional.pad(z, (1, 0))[..., :-1].long()
@@ -253,7 +254,8 @@ def test_expected_future_log_weights_equal_enumeration(flat):
     T = int(batch["feature_lengths"].max())
     batch["features"] = batch["features"][:, :T]
     memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
-    values = model.expected_future_log_weights(memory, flat=flat)  # [B, T + 1, L + 1, 2]
+    values, first = model.expected_future_log_weights(memory, flat=flat)  # [B, T + 1, L + 1, 2]
+    assert first is None
     candidates, keep = _all_alignments(memory, model)
     A, B = keep.shape
     scored = model.score_alignments(memory, candidates.unsqueeze(1).expand(A, B, T).contiguous(), flat=flat)
@@ -288,3 +290,37 @@ def test_lattice_values_need_a_lattice():
     z = model._draw_from_lattice(memory, 2)
     assert model.score_alignments(memory, z).alternative.values is None
 
+
+
+def test_value_window_evaluates_the_states_around_q():
+    """With value_window W the lattice is evaluated at W states per step (n = first + j), each one
+    exactly as on the full lattice; the window follows q's expected progress; W >= L + 1 is the
+    full lattice; the branch values read from it are finite and feed a training step."""
+    model = lattice_model(posterior_aligner=True, ctc_emit_prior=True, decision_recurrence=False).double().eval()
+    batch = _double_batch()
+    memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
+    full, full_prob, none = model.lattice_step_log_weights(memory)
+    B, T, states = full_prob.shape
+    W = 3
+    windowed, prob, first = model.lattice_step_log_weights(memory, window=W, chunk=4)
+    assert none is None and windowed.shape == (B, T, W, 2, 2) and first.shape == (B, T)
+    assert bool((first >= 0).all()) and bool((first <= states - W).all())
+    assert bool((first[:, 1:] >= first[:, :-1]).all())  # q's expected progress does not go back
+    index = (first.unsqueeze(-1) + torch.arange(W)).view(B, T, W, 1, 1).expand(B, T, W, 2, 2)
+    torch.testing.assert_close(windowed, full.gather(2, index), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(prob, full_prob.gather(2, index[..., 0, 0]), rtol=1e-9, atol=1e-9)
+    everything, _, first_all = model.lattice_step_log_weights(memory, window=states)
+    assert first_all is None and torch.equal(everything, full)
+    windowed_model = lattice_model(posterior_aligner=True, ctc_emit_prior=True, decision_recurrence=False, value_window=W).double()
+    windowed_model.load_state_dict(model.state_dict())
+    values, first = windowed_model.expected_future_log_weights(memory)
+    assert values.shape == (B, T + 1, W, 2) and first.shape == (B, T + 1)
+    z = windowed_model._draw_from_lattice(memory, 3, generator=torch.Generator().manual_seed(6))
+    branch = windowed_model.score_alignments(memory, z).alternative.values()
+    assert branch.shape == (2, *z.shape) and bool(torch.isfinite(branch).all())
+    windowed_model.train()
+    out = windowed_model(batch, num_samples=3, step=0)
+    terms = training_terms(out, build_estimator("vimco-seq", weight_control=True, future_control=True).double())
+    assert bool(torch.isfinite(terms["loss"]))
+    with pytest.raises(ValueError, match="value_window=-1: must be >= 0"):
+        lattice_model(value_window=-1)
