@@ -11,9 +11,8 @@ and its ratio to the ``vimco`` row and to the REINFORCE row of the same setting,
 * ``nvil``: posterior proposal, learned per-step baseline, running centre and scale, K = 1;
 * ``vimco`` and ``vimco-seq`` with each ``align`` (``time``, ``progress``, ``progress-time``,
   ``fitted``, the default) at each K of ``--samples``; with ``--future-control``, each lookahead
-  ``vimco-seq`` row also with the future control variate; with ``--model-values``, the lookahead
-  rows with ``values="model"`` (the lattice's exact expected future log weights as stand-ins);
-  ``--rows`` names the multi-sample rows directly instead (estimator specs).
+  ``vimco-seq`` row also with the future control variate; ``--rows`` names the multi-sample rows
+  directly instead (estimator specs, e.g. ``vimco-seq:values=model,weight_control=true``).
 
 Estimators with running state (NVIL's statistics, vimco-seq's fitted coefficients) are first run
 for ``--warmup`` draws in training mode on the same batch, then frozen (eval mode) while measured.
@@ -129,11 +128,6 @@ def main(argv=None) -> None:
         help="vimco-seq rows with weight control only (and no 'vimco (weight control)' row); the vimco reference row stays plain",
     )
     parser.add_argument(
-        "--model-values", action="store_true",
-        help="also the lookahead vimco-seq rows with values='model' (stand-ins from the lattice's exact expected future log weights; "
-        "once per K and control, since the alignment of the others' futures does not apply), with --future-control also with it",
-    )
-    parser.add_argument(
         "--rows", default=None,
         help="the multi-sample rows, instead of the flags above: estimator specs separated by ';', each NAME or "
         "NAME:key=value,key=value (the --estimator-options syntax), measured at each K of --samples, e.g. "
@@ -198,13 +192,6 @@ def main(argv=None) -> None:
                     rows.append((f"vimco-seq ({label}{suffix})", "posterior", "vimco-seq", options, k))
                     if args.future_control and lookahead:
                         rows.append((f"vimco-seq ({label}{suffix}, future control)", "posterior", "vimco-seq", {**options, "future_control": True}, k))
-        if args.model_values and args.lookahead != "off":
-            controls = [("", {})] * (not args.only_weight_control) + [(", weight control", {"weight_control": True})] * (args.weight_control or args.only_weight_control)
-            for suffix, options in controls:
-                options = {"values": "model", **options}
-                rows.append((f"vimco-seq (values=model{suffix})", "posterior", "vimco-seq", options, k))
-                if args.future_control:
-                    rows.append((f"vimco-seq (values=model{suffix}, future control)", "posterior", "vimco-seq", {**options, "future_control": True}, k))
     generator = torch.Generator().manual_seed(args.seed + 1)
     results = []
     models = {}

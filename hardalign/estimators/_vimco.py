@@ -286,16 +286,19 @@ def sequential_vimco_loss(
     model_values = None
     if alternative is not None:
         alternative = check_alternative("vimco-seq", alternative, inputs)
-        model_values = alternative_values("vimco-seq", alternative, inputs) if _reads_values(values, alternative) else None
+        model_values = _model_values(values, alternative, inputs)
     future = future_weight if isinstance(future_weight, torch.Tensor) or future_weight != 0.0 else None
     return _sequential_vimco(
         inputs, progress, align, mix, progress_weight, weight_control=weight_control, alternative=alternative, future=future, model_values=model_values,
     )[0]
 
 
-def _reads_values(values: str, alternative: Alternative) -> bool:
-    """Whether the lookahead's stand-ins take the model's values: ``"model"``, or ``"auto"`` with values supplied."""
-    return values == "model" or (values == "auto" and alternative.values is not None)
+def _model_values(values: str, alternative: Alternative, inputs: Inputs) -> torch.Tensor | None:
+    """The checked model values the lookahead's stand-ins take (``values="model"``, or ``"auto"``
+    where the alternative carries them), or None where they take the others' futures."""
+    if values == "model" or (values == "auto" and alternative.values is not None):
+        return alternative_values("vimco-seq", alternative, inputs)
+    return None
 
 
 def _progress_for(align: str, progress, inputs: Inputs):
@@ -610,7 +613,7 @@ class SequentialVIMCO(nn.Module):
         weight, beta = (c.to(**like) for c in self.coefficients())
         alternative = check_alternative("vimco-seq", alternative, inputs) if self.lookahead and alternative is not None else None
         future = self.future_coefficient().to(**like) if self.future_control and alternative is not None else None
-        model_values = alternative_values("vimco-seq", alternative, inputs) if alternative is not None and _reads_values(self.values, alternative) else None
+        model_values = None if alternative is None else _model_values(self.values, alternative, inputs)
         fits_align = self.align == "fitted" and progress is not None and model_values is None
         learn = self.training and (self.mix == "running" or fits_align)
         out, sums, future_sums = _sequential_vimco(

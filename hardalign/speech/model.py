@@ -756,25 +756,31 @@ class HardAlignmentRecognizer(nn.Module):
 
         A loop over steps of gathers and comparisons only (no network, no autograd, no host sync).
         """
-        table = memory["posterior"]["table"].value.detach()  # [B, T, L]
-        B, T, L = table.shape
+        prob = self._lattice_emit_prob(memory)  # [B, T, L + 1]: each step of the loop is one gather, one comparison and one add
+        B, T, states = prob.shape
         N = num_samples * B
-        # the emit probability at every (step t, labels emitted n) with the forced decisions folded
-        # in (1: must emit, 0: must skip; n = L, everything emitted, is a forced skip): each step of
-        # the loop is then one gather, one comparison and one add
-        steps = torch.arange(T, device=table.device).view(1, T, 1)
-        emitted_so_far = torch.arange(L + 1, device=table.device).view(1, 1, L + 1)
-        is_forced, value = forced_decisions(steps, memory["num_steps"].view(B, 1, 1), emitted_so_far, memory["num_labels"].view(B, 1, 1))
-        prob = torch.where(is_forced, value.to(table.dtype), torch.sigmoid(F.pad(table, (0, 1))))  # [B, T, L + 1]
         flat = prob.reshape(-1)
-        row = (torch.arange(N, device=table.device) % B) * (T * (L + 1))  # row k * B + b reads utterance b
-        uniforms = torch.rand(T, N, generator=generator, device=table.device, dtype=table.dtype)
+        row = (torch.arange(N, device=prob.device) % B) * (T * states)  # row k * B + b reads utterance b
+        uniforms = torch.rand(T, N, generator=generator, device=prob.device, dtype=prob.dtype)
         decisions = []
         for t in range(T):
-            z = uniforms[t] < flat[row + t * (L + 1)]  # u < 1 always, u < 0 never: forced values are exact
+            z = uniforms[t] < flat[row + t * states]  # u < 1 always, u < 0 never: forced values are exact
             row = row + z  # the next step reads one label further
             decisions.append(z)
-        return torch.stack(decisions, dim=-1).to(table.dtype).reshape(num_samples, B, T)  # [K * B, T] -> [K, B, T]
+        return torch.stack(decisions, dim=-1).to(prob.dtype).reshape(num_samples, B, T)  # [K * B, T] -> [K, B, T]
+
+    @staticmethod
+    def _lattice_emit_prob(memory: dict[str, Any]) -> torch.Tensor:
+        """q's emit probability at every (step t, labels emitted n), ``[B, T, L + 1]``, detached, with
+        the forced decisions folded in (1: must emit, 0: must skip; n = L, everything emitted, is a
+        forced skip): what the sampler draws from."""
+        table = F.pad(memory["posterior"]["table"].value.detach(), (0, 1))  # [B, T, L + 1]
+        B, T, states = table.shape
+        is_forced, must_emit = forced_decisions(
+            torch.arange(T, device=table.device).view(1, T, 1), memory["num_steps"].view(B, 1, 1),
+            torch.arange(states, device=table.device).view(1, 1, states), memory["num_labels"].view(B, 1, 1),
+        )
+        return torch.where(is_forced, must_emit.to(table.dtype), torch.sigmoid(table))
 
     @torch.no_grad()
     def lattice_step_log_weights(
@@ -833,15 +839,16 @@ class HardAlignmentRecognizer(nn.Module):
         steps = torch.arange(T, device=device)
         valid = (steps.view(1, T) < num_steps.view(B, 1)).view(B, T, 1, 1)
         q_table = F.pad(memory["posterior"]["table"].value.detach(), (0, 1))  # [B, T, L + 1]; n = L is always forced
+        q_prob = self._lattice_emit_prob(memory)  # [B, T, L + 1]
         first = None
         if 0 < window < L + 1:
-            first = self._value_window(memory, q_table, window)  # [B, T]
+            first = self._value_window(q_prob, window)  # [B, T]
             states = first.unsqueeze(-1) + torch.arange(window, device=device)  # [B, T, W]: n of each state
         else:
             states = emitted.view(1, 1, L + 1)
         S = states.shape[-1]
         state_class = next_class.gather(1, states.expand(B, T, S).flatten(1)).view(B, T, S)
-        is_forced, must_emit = forced_decisions(steps.view(1, T, 1), num_steps.view(B, 1, 1), states, num_labels.view(B, 1, 1))
+        is_forced, _ = forced_decisions(steps.view(1, T, 1), num_steps.view(B, 1, 1), states, num_labels.view(B, 1, 1))
         emit_logits, next_logps = [], []
         for start in range(0, T, chunk):
             stop = min(T, start + chunk)
@@ -852,7 +859,7 @@ class HardAlignmentRecognizer(nn.Module):
             # each gate's pre-activation on its own: the broadcast sums come out contiguous
             step_gates = gates[:, start:stop].unflatten(-1, (4, H))[:, :, None, None]  # [B, c, 1, 1, 4, H]
             i, g, o = (step_gates[..., k, :] + feedback_here[..., k, :] for k in (0, 2, 3))
-            out, _ = self._cell_update(i, None, g, o, None)  # [B, c, L + 1, 2, H]
+            out, _ = self._cell_update(i, None, g, o, None)  # [B, c, S, 2, H]
             cue = None if emit_cue is None else emit_cue[:, start:stop, None, None]
             emit_logits.append(self._emit_logit(out, cue))
             label_logits = self.label_head(out)
@@ -876,20 +883,18 @@ class HardAlignmentRecognizer(nn.Module):
             log_p = torch.where(p_forced.unsqueeze(-1), zero, decision[d]) + (next_logp if d else zero)
             log_q = torch.where(sampled, F.logsigmoid(q_logit if d else -q_logit).unsqueeze(-1), zero)
             columns.append(torch.where(valid, log_p - log_q, zero))
-        emit_prob = torch.where(is_forced, must_emit.to(gates.dtype), torch.sigmoid(q_logit))
+        emit_prob = q_prob.gather(2, states.expand(B, T, S))
         return torch.stack(columns, dim=-1), emit_prob, first
 
-    def _value_window(self, memory: dict[str, Any], q_table: torch.Tensor, window: int) -> torch.Tensor:
+    @staticmethod
+    def _value_window(prob: torch.Tensor, window: int) -> torch.Tensor:
         """``first [B, T]``: the window of ``window`` states at each step, centred on q's expected
-        labels emitted there (its forward recursion over the lattice, a loop of cheap steps)."""
-        B, T, states = q_table.shape
-        device = q_table.device
+        labels emitted there (its forward recursion over the lattice of :meth:`_lattice_emit_prob`,
+        ``prob``, a loop of cheap steps)."""
+        B, T, states = prob.shape
+        device = prob.device
         emitted = torch.arange(states, device=device)
-        is_forced, must_emit = forced_decisions(
-            torch.arange(T, device=device).view(1, T, 1), memory["num_steps"].view(B, 1, 1), emitted.view(1, 1, states), memory["num_labels"].view(B, 1, 1)
-        )
-        prob = torch.where(is_forced, must_emit.to(q_table.dtype), torch.sigmoid(q_table))  # [B, T, L + 1]
-        occupancy = F.one_hot(torch.zeros(B, dtype=torch.long, device=device), states).to(q_table.dtype)
+        occupancy = F.one_hot(torch.zeros(B, dtype=torch.long, device=device), states).to(prob.dtype)
         expected = []
         for t in range(T):
             expected.append((occupancy * emitted).sum(-1))

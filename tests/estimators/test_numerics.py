@@ -176,21 +176,28 @@ def test_aligned_sequential_vimco_matches_loop_reference(align, mix, impossible)
     assert bool(torch.isfinite(out.signals).all()) and bool(torch.isfinite(out.loss))
 
 
-@pytest.mark.parametrize("align", ["progress", "progress-time", "time", "fitted"])
-@pytest.mark.parametrize("mix,future_weight", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.6), (0.3, 1.0)])
-@pytest.mark.parametrize("impossible", [False, True], ids=["finite", "with-inf"])
-def test_lookahead_matches_loop_reference(align, mix, future_weight, impossible):
-    g = torch.Generator().manual_seed(9)
-    K, B, T = 3, 4, 6
+def lookahead_case(seed, impossible, K=3, B=4, T=6):
+    """Random per-step log weights, the other branch of each decision, the taken decisions, q's log
+    probabilities and the progress they imply; with ``impossible``, an impossible step, an impossible
+    branch and an example whose particles are all impossible."""
+    g = torch.Generator().manual_seed(seed)
     steps = torch.randn(K, B, T, generator=g, dtype=torch.float64)
     alt = torch.randn(K, B, T, generator=g, dtype=torch.float64)
     taken = torch.rand(K, B, T, generator=g) < 0.4
     log_probs = torch.log(torch.rand(K, B, T, generator=g, dtype=torch.float64).clamp(0.05, 0.95))
-    if impossible:  # an impossible step, an impossible branch, an example whose particles are all impossible
+    if impossible:
         steps[0, 0, 3] = float("-inf")
         alt[1, 0, 2] = float("-inf")
         steps[:, 1, 4] = float("-inf")
-    progress = taken.long().cumsum(-1) - taken.long()
+    return steps, alt, taken, log_probs, taken.long().cumsum(-1) - taken.long()
+
+
+@pytest.mark.parametrize("align", ["progress", "progress-time", "time", "fitted"])
+@pytest.mark.parametrize("mix,future_weight", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.6), (0.3, 1.0)])
+@pytest.mark.parametrize("impossible", [False, True], ids=["finite", "with-inf"])
+def test_lookahead_matches_loop_reference(align, mix, future_weight, impossible):
+    steps, alt, taken, log_probs, progress = lookahead_case(9, impossible)
+    B = steps.shape[1]
     out = sequential_vimco_loss(
         steps, log_probs, progress=progress, align=align, mix=mix, progress_weight=0.7, alternative=Alternative(taken, alt),
         future_weight=future_weight,
@@ -208,18 +215,9 @@ def test_lookahead_matches_loop_reference(align, mix, future_weight, impossible)
 def test_model_values_match_loop_reference(mix, future_weight, impossible):
     """values="model": each branch's stand-in is k's past, step t's log weight under the branch and
     the model's expected future, whatever the alignment option says."""
-    g = torch.Generator().manual_seed(19)
-    K, B, T = 3, 4, 6
-    steps = torch.randn(K, B, T, generator=g, dtype=torch.float64)
-    alt = torch.randn(K, B, T, generator=g, dtype=torch.float64)
-    taken = torch.rand(K, B, T, generator=g) < 0.4
-    log_probs = torch.log(torch.rand(K, B, T, generator=g, dtype=torch.float64).clamp(0.05, 0.95))
-    values = torch.randn(2, K, B, T, generator=g, dtype=torch.float64)
-    if impossible:
-        steps[0, 0, 3] = float("-inf")
-        alt[1, 0, 2] = float("-inf")
-        steps[:, 1, 4] = float("-inf")
-    progress = taken.long().cumsum(-1) - taken.long()
+    steps, alt, taken, log_probs, progress = lookahead_case(19, impossible)
+    B = steps.shape[1]
+    values = torch.randn(2, *steps.shape, generator=torch.Generator().manual_seed(20), dtype=torch.float64)
     for align in ("fitted", "time"):
         out = sequential_vimco_loss(
             steps, log_probs, progress=progress, align=align, mix=mix, alternative=Alternative(taken, alt, values),
