@@ -188,7 +188,8 @@ def main(argv=None) -> None:
                 label = f"align={align}" + ("" if lookahead else ", no lookahead")
                 controls = [("", {})] * (not args.only_weight_control) + [(", weight control", {"weight_control": True})] * (args.weight_control or args.only_weight_control)
                 for suffix, options in controls:
-                    options = {"align": align, "lookahead": lookahead, **options}
+                    # the stand-ins these flags name: the others' futures, controls only where the label says
+                    options = {"align": align, "lookahead": lookahead, "values": "others", "weight_control": False, "future_control": False, **options}
                     rows.append((f"vimco-seq ({label}{suffix})", "posterior", "vimco-seq", options, k))
                     if args.future_control and lookahead:
                         rows.append((f"vimco-seq ({label}{suffix}, future control)", "posterior", "vimco-seq", {**options, "future_control": True}, k))

@@ -23,8 +23,10 @@ Every estimator follows one call convention::
 * ``alternative``: for binary decisions, an :class:`Alternative` ``(taken [K, B, T] bool,
   log_weights [K, B, T])``: the sampled decision and the step log weight had the other been
   taken at that step (same past). ``vimco-seq`` (``lookahead=True``, the default) then weighs
-  both branches of each step in its stand-in (and, with ``future_control=True``, subtracts the
-  later decisions' innovations from each step's signal); the others ignore it. Its optional
+  both branches of each step in its stand-in (and, with ``future_control``, subtracts the
+  later decisions' innovations from each step's signal); the others ignore it. Its
+  ``carries_log_q`` says whether the log weights carry ``-log q`` (``vimco-seq``'s
+  ``weight_control="auto"`` reads it). Its optional
   ``values`` ``[2, K, B, T]`` (or a callable returning them) are the model's expected log weight
   of the later steps under each branch; ``vimco-seq`` (``values="auto"``, the default) builds the
   stand-ins from them instead of from the other particles.

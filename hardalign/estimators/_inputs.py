@@ -122,11 +122,17 @@ class Alternative(NamedTuple):
             decision, 1: the negative one), from a model that can compute it (the speech model's
             lattice posterior). ``vimco-seq`` with ``values="model"`` builds its lookahead
             stand-ins from them instead of from the other particles' futures. Read detached.
+        carries_log_q: True where the log weights are ``log p - log q`` with ``log q`` the
+            differentiable ``log_probs`` of a separate proposal (the speech model's posterior), so
+            that differentiating the bound through them gives the proposal a score-function term
+            of its own; ``vimco-seq``'s ``weight_control="auto"`` (its default) controls that term
+            only then. False (the default) for a policy that is its own proposal.
     """
 
     taken: torch.Tensor
     log_weights: torch.Tensor
     values: Any = None
+    carries_log_q: bool = False
 
 
 def check_alternative(name: str, alternative, inputs: Inputs) -> Alternative:
@@ -140,6 +146,8 @@ def check_alternative(name: str, alternative, inputs: Inputs) -> Alternative:
     _checks.check_floating("alternative.log_weights", alternative.log_weights)
     _checks.check_same_shape("alternative.log_weights", alternative.log_weights, "log_probs", inputs.log_probs, "[K, B, T]")
     _checks.check_same_device_dtype("alternative.log_weights", alternative.log_weights, "log_weights", inputs.step_log_weights)
+    if not isinstance(alternative.carries_log_q, bool):
+        raise TypeError(f"alternative.carries_log_q: expected a bool (do the log weights carry -log q?), got {type(alternative.carries_log_q).__name__}")
     return alternative
 
 

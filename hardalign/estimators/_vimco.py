@@ -51,7 +51,11 @@ becomes ``L - L_{-k} + c^k``, and its total coefficient ``L - wtilde^k - (L_{-k}
 same function of the real and of the stand-in log weight. Where the particles agree (a trained
 proposal) both parts cancel. Use it only where the log weights carry ``-log q`` with its gradient
 (the speech model); where they do not depend on q (a policy that is its own proposal, e.g. the
-glimpse models) it only adds noise.
+glimpse models) it only adds noise. ``vimco-seq``'s default ``weight_control="auto"`` decides by
+what the model says: on where the ``alternative`` has ``carries_log_q=True``. Its default
+``future_control="auto"`` turns the future control variate on where the lookahead's stand-ins
+take the model's values. On the speech model the defaults are therefore the values, weight and
+future control together, the form measured best (docs/estimators.md).
 
 Impossible samples: a particle with log weight ``-inf`` (an alignment the model rules out, a
 legitimate zero-weight sample) is a normal particle: it adds nothing to ``L``, gets no pathwise
@@ -217,7 +221,7 @@ def sequential_vimco_loss(
     align: str = "progress",
     mix: torch.Tensor | float = 0.0,
     progress_weight: torch.Tensor | float = 0.5,
-    weight_control: bool = False,
+    weight_control: bool | str = "auto",
     alternative: Alternative | None = None,
     future_weight: torch.Tensor | float = 0.0,
     values: str = "auto",
@@ -241,7 +245,9 @@ def sequential_vimco_loss(
             per-step stand-in, 1: VIMCO's geometric one). Unbiased for any beta that does not
             depend on the current sample (the module estimates it from earlier batches).
         progress_weight: ``a`` in [0, 1] for ``align="fitted"`` (the module fits it on earlier batches).
-        weight_control: add the per-step stand-in's normalised weight to each signal (module docstring).
+        weight_control: add the per-step stand-in's normalised weight to each signal (module
+            docstring); ``"auto"`` (the default): where an ``alternative`` says the log weights
+            carry ``-log q`` (``Alternative.carries_log_q``).
         alternative: for binary decisions, the sampled decision and the step log weight of the
             other one (:class:`Alternative`): the baseline then looks one decision ahead (the
             lookahead stand-in, module docstring). With ``progress``, the positive decision
@@ -283,14 +289,29 @@ def sequential_vimco_loss(
             raise ValueError(f"vimco-seq: {name} must be in [0, 1], got {value}")
     if values not in VALUES:
         raise ValueError(f"vimco-seq: values must be one of {list(VALUES)}, got {values!r}")
+    _check_switch("weight_control", weight_control)
     model_values = None
     if alternative is not None:
         alternative = check_alternative("vimco-seq", alternative, inputs)
         model_values = _model_values(values, alternative, inputs)
     future = future_weight if isinstance(future_weight, torch.Tensor) or future_weight != 0.0 else None
     return _sequential_vimco(
-        inputs, progress, align, mix, progress_weight, weight_control=weight_control, alternative=alternative, future=future, model_values=model_values,
+        inputs, progress, align, mix, progress_weight, weight_control=_weight_control_for(weight_control, alternative), alternative=alternative,
+        future=future, model_values=model_values,
     )[0]
+
+
+def _check_switch(name: str, value) -> None:
+    if not (isinstance(value, bool) or value == "auto"):
+        raise ValueError(f"vimco-seq: {name} must be true, false or 'auto', got {value!r}")
+
+
+def _weight_control_for(weight_control, alternative: Alternative | None) -> bool:
+    """Whether weight control applies: as configured, or (``"auto"``) where an alternative says the
+    log weights carry ``-log q`` (the proposal's share of the pathwise gradient it controls)."""
+    if weight_control == "auto":
+        return alternative is not None and bool(alternative.carries_log_q)
+    return bool(weight_control)
 
 
 def _model_values(values: str, alternative: Alternative, inputs: Inputs) -> torch.Tensor | None:
@@ -500,13 +521,17 @@ class SequentialVIMCO(nn.Module):
         decay: the running means' decay for the fitted coefficients.
         weight_control: add the stand-in's normalised weight to each signal, a control variate for
             the proposal's share of the pathwise gradient (module docstring; only where the log
-            weights carry ``-log q``).
+            weights carry ``-log q``). ``"auto"`` (the default): on where the call's
+            ``alternative`` says they do (``Alternative.carries_log_q``; the speech model's
+            posterior proposal), off elsewhere (e.g. a policy that is its own proposal).
         lookahead: use an ``alternative`` when the caller passes one: the stand-in weighs both
             branches of each step's decision (module docstring). Measured on the speech model at
             initialisation, K = 4: 0.70x VIMCO's variance against 0.75x without (``docs/estimators.md``).
         future_control: with the lookahead, also subtract the later steps' innovations from each
             step's signal (the future control variate, module docstring), scaled by a coefficient
-            ``lambda`` fitted on earlier batches.
+            ``lambda`` fitted on earlier batches. ``"auto"`` (the default): on where the lookahead's
+            stand-ins take the model's values (it needs good values: with the others' futures
+            it raised the speech model's variance in one of the measured rows).
         values: where the lookahead's stand-ins take particle k's future from: ``"others"`` (the
             other particles' average future from the matched progress), ``"model"`` (the model's
             expected log weight of the later steps under the proposal, given k's past and
@@ -535,8 +560,8 @@ class SequentialVIMCO(nn.Module):
     """
 
     def __init__(
-        self, *, align: str = "fitted", mix: str = "none", decay: float = 0.9, weight_control: bool = False, lookahead: bool = True,
-        future_control: bool = False, values: str = "auto", check_finite: bool = False,
+        self, *, align: str = "fitted", mix: str = "none", decay: float = 0.9, weight_control: bool | str = "auto", lookahead: bool = True,
+        future_control: bool | str = "auto", values: str = "auto", check_finite: bool = False,
     ):
         super().__init__()
         if align not in ALIGNMENTS:
@@ -545,7 +570,9 @@ class SequentialVIMCO(nn.Module):
             raise ValueError(f"vimco-seq: mix must be one of {list(MIXES)}, got {mix!r}")
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"vimco-seq: decay must be in [0, 1), got {decay}")
-        if future_control and not lookahead:
+        _check_switch("weight_control", weight_control)
+        _check_switch("future_control", future_control)
+        if future_control is True and not lookahead:
             raise ValueError("vimco-seq: future_control=True needs lookahead=True (its innovations are the lookahead's branch values)")
         if values not in VALUES:
             raise ValueError(f"vimco-seq: values must be one of {list(VALUES)}, got {values!r}")
@@ -553,9 +580,8 @@ class SequentialVIMCO(nn.Module):
             raise ValueError("vimco-seq: values='model' needs lookahead=True (the values are the lookahead's branch futures)")
         self.values = values
         self.align, self.mix, self.decay, self.check_finite = align, mix, decay, check_finite
-        self.weight_control = bool(weight_control)
+        self.weight_control, self.future_control = weight_control, future_control
         self.lookahead = bool(lookahead)
-        self.future_control = bool(future_control)
         self.register_buffer("fit_moments", torch.zeros(5, dtype=torch.float64))
         self.register_buffer("future_moments", torch.zeros(2, dtype=torch.float64))  # E[A F], E[F^2]
 
@@ -568,8 +594,9 @@ class SequentialVIMCO(nn.Module):
         fitted = self.mix == "running" or self.align == "fitted"
         return (
             f"align={self.align!r}, mix={self.mix!r}" + (f", decay={self.decay}" if fitted else "")
-            + (", weight_control=True" if self.weight_control else "") + ("" if self.lookahead else ", lookahead=False")
-            + (", future_control=True" if self.future_control else "") + (f", values={self.values!r}" if self.values != "auto" else "")
+            + (f", weight_control={self.weight_control!r}" if self.weight_control != "auto" else "") + ("" if self.lookahead else ", lookahead=False")
+            + (f", future_control={self.future_control!r}" if self.future_control != "auto" else "")
+            + (f", values={self.values!r}" if self.values != "auto" else "")
         )
 
     def coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -611,14 +638,18 @@ class SequentialVIMCO(nn.Module):
         _check("vimco-seq", inputs, self.check_finite, progress)
         like = dict(dtype=inputs.step_log_weights.dtype, device=inputs.step_log_weights.device)
         weight, beta = (c.to(**like) for c in self.coefficients())
-        alternative = check_alternative("vimco-seq", alternative, inputs) if self.lookahead and alternative is not None else None
-        future = self.future_coefficient().to(**like) if self.future_control and alternative is not None else None
+        if alternative is not None:
+            alternative = check_alternative("vimco-seq", alternative, inputs)
+        weight_control = _weight_control_for(self.weight_control, alternative)  # the lookahead need not be on for it
+        alternative = alternative if self.lookahead else None
         model_values = None if alternative is None else _model_values(self.values, alternative, inputs)
+        future_control = model_values is not None if self.future_control == "auto" else self.future_control
+        future = self.future_coefficient().to(**like) if future_control and alternative is not None else None
         fits_align = self.align == "fitted" and progress is not None and model_values is None
         learn = self.training and (self.mix == "running" or fits_align)
         out, sums, future_sums = _sequential_vimco(
-            inputs, progress, self.align, beta if self.mix == "running" else 0.0, weight, fit=learn, weight_control=self.weight_control,
-            alternative=alternative, future=future, fit_future=self.training and future is not None, model_values=model_values,
+            inputs, progress, self.align, beta if self.mix == "running" else 0.0, weight, fit=learn,
+            weight_control=weight_control, alternative=alternative, future=future, fit_future=self.training and future is not None, model_values=model_values,
         )
         # running means, updated after use so the coefficients never see the current sample
         if sums is not None:

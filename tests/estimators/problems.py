@@ -237,7 +237,8 @@ def binary_draw(problem, z, phi, theta, *, progress: bool) -> Draw:
         flipped[..., t] = 1 - flipped[..., t]
         other_p, other_q = problem.step_terms(flipped, phi, theta)
         columns.append((other_p - other_q)[..., t].detach())
-    alternative = Alternative(taken=z > 0.5, log_weights=torch.stack(columns, -1))
+    # a policy problem's log weights do not depend on q (log p carries log q): no weight control there
+    alternative = Alternative(taken=z > 0.5, log_weights=torch.stack(columns, -1), carries_log_q=not getattr(problem, "policy", False))
     return Draw(log_p - log_q, log_q, exclusive_count(z).long() if progress else None, alternative)
 
 

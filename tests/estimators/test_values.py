@@ -145,6 +145,7 @@ BAD_ALTERNATIVE = {
     "taken wrong T": (lambda s, a: Alternative(a.taken[..., :-1], a.log_weights), ValueError, r"alternative.taken: expected shape \[K, B, T\]"),
     "log weights wrong dtype": (lambda s, a: Alternative(a.taken, a.log_weights.float()), TypeError, r"alternative.log_weights: has dtype torch.float32"),
     "log weights wrong T": (lambda s, a: Alternative(a.taken, a.log_weights[..., :-1]), ValueError, r"alternative.log_weights: expected shape"),
+    "carries_log_q not bool": (lambda s, a: a._replace(carries_log_q="yes"), TypeError, r"alternative.carries_log_q: expected a bool"),
 }
 
 
@@ -361,3 +362,50 @@ def test_values_option_is_checked():
     with pytest.raises(ValueError, match=r"values='model' needs lookahead=True"):
         build_estimator("vimco-seq", values="model", lookahead=False)
     assert "values='model'" in repr(build_estimator("vimco-seq", values="model"))
+
+
+def test_auto_controls_follow_what_the_alternative_carries():
+    """The default ``weight_control="auto"`` turns weight control on exactly where the alternative
+    says the log weights carry -log q (module and pure function, with or without the lookahead);
+    ``future_control="auto"`` (module) turns the future control variate on exactly where the
+    lookahead's stand-ins take the model's values."""
+    steps, log_probs, progress, alternative = lookahead_draw()
+    values = torch.randn(2, *steps.shape, dtype=steps.dtype, generator=torch.Generator().manual_seed(3))
+    call = dict(progress=progress)
+
+    def signals(alt, **options):
+        return build_estimator("vimco-seq", **options).eval()(steps, log_probs, **call, alternative=alt).signals
+
+    cases = [  # (alternative, the explicit options "auto" must equal)
+        (alternative, dict(weight_control=False, future_control=False)),
+        (alternative._replace(carries_log_q=True), dict(weight_control=True, future_control=False)),
+        (alternative._replace(values=values), dict(weight_control=False, future_control=True)),
+        (alternative._replace(values=values, carries_log_q=True), dict(weight_control=True, future_control=True)),
+    ]
+    for alt, explicit in cases:
+        auto = signals(alt)
+        torch.testing.assert_close(auto, signals(alt, **explicit))
+        other = {key: not value for key, value in explicit.items()}
+        assert not torch.allclose(auto, signals(alt, **other))  # each switch changes the estimate here
+        pure = sequential_vimco_loss(steps, log_probs, **call, alternative=alt, values="others").signals
+        torch.testing.assert_close(pure, sequential_vimco_loss(steps, log_probs, **call, alternative=alt, values="others", weight_control=explicit["weight_control"]).signals)
+    # without the lookahead the alternative still switches weight control (it needs no lookahead)
+    carrying = alternative._replace(carries_log_q=True)
+    no_lookahead = build_estimator("vimco-seq", lookahead=False).eval()(steps, log_probs, **call, alternative=carrying).signals
+    torch.testing.assert_close(no_lookahead, build_estimator("vimco-seq", lookahead=False, weight_control=True).eval()(steps, log_probs, **call).signals)
+    # without an alternative: neither control
+    torch.testing.assert_close(
+        build_estimator("vimco-seq").eval()(steps, log_probs, **call).signals,
+        build_estimator("vimco-seq", weight_control=False, future_control=False).eval()(steps, log_probs, **call).signals,
+    )
+
+
+def test_control_switches_are_checked():
+    for name in ("weight_control", "future_control"):
+        with pytest.raises(ValueError, match=rf"vimco-seq: {name} must be true, false or 'auto', got 'on'"):
+            build_estimator("vimco-seq", **{name: "on"})
+    steps, log_probs, progress, alternative = lookahead_draw()
+    with pytest.raises(ValueError, match=r"weight_control must be true, false or 'auto', got 1"):
+        sequential_vimco_loss(steps, log_probs, alternative=alternative, weight_control=1)
+    assert repr(build_estimator("vimco-seq")) == "SequentialVIMCO(align='fitted', mix='none', decay=0.9)"
+    assert "weight_control=False, future_control=True" in repr(build_estimator("vimco-seq", weight_control=False, future_control=True))

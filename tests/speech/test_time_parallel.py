@@ -320,7 +320,19 @@ def test_value_window_evaluates_the_states_around_q():
     assert branch.shape == (2, *z.shape) and bool(torch.isfinite(branch).all())
     windowed_model.train()
     out = windowed_model(batch, num_samples=3, step=0)
-    terms = training_terms(out, build_estimator("vimco-seq", weight_control=True, future_control=True).double())
+    assert out.trajectory.alternative.carries_log_q  # log w = log p - log q: weight control applies
+    terms = training_terms(out, build_estimator("vimco-seq").double())
     assert bool(torch.isfinite(terms["loss"]))
+    # vimco-seq's defaults are the recipes' form on this model: the lattice's values, weight and future control
+    q_params = [p for p in windowed_model.posterior.parameters() if p.requires_grad]
+
+    def q_gradient(estimator):  # the loss's value does not show the signals; q's gradient does
+        loss = training_terms(out, estimator.double())["loss"]
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, q_params, retain_graph=True, allow_unused=True) if g is not None])
+
+    default = q_gradient(build_estimator("vimco-seq"))
+    torch.testing.assert_close(default, q_gradient(build_estimator("vimco-seq", values="model", weight_control=True, future_control=True)))
+    assert not torch.allclose(default, q_gradient(build_estimator("vimco-seq", values="model", weight_control=False, future_control=False)))
+    assert "future_coefficient" in terms
     with pytest.raises(ValueError, match="value_window=-1: must be >= 0"):
         lattice_model(value_window=-1)
