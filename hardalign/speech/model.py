@@ -938,22 +938,25 @@ class HardAlignmentRecognizer(nn.Module):
         """
         step_log_weights, emit_prob, first = self.lattice_step_log_weights(memory, flat=flat, window=self.config.value_window)
         B, T, states, _, _ = step_log_weights.shape
+        slots = torch.arange(states, device=emit_prob.device)
+        # V_t(n, z') = E_d[l_t(n, z', d)] + E_d[V_{t+1}(n + d, d)]: the second term does not depend on z'.
+        # Everything but the recursion's gather runs over all steps at once. A forced decision's
+        # excluded branch gets weight exactly 0 (the log weights are finite everywhere).
+        weight = torch.stack([1 - emit_prob, emit_prob], dim=-1)  # [B, T, S, 2]: q's skip / emit probability
+        expected_step = (step_log_weights * weight.unsqueeze(-2)).sum(-1)  # [B, T, S, 2 (z')]
+        if first is None:  # the same n after a skip, n + 1 after an emission (n = L never emits: weight 0)
+            shift = slots.expand(B, T, states)
+        else:  # the window moves: n = first_t + j is slot n - first_{t+1} at t + 1 (nearest in the window)
+            next_first = torch.cat([first[:, 1:], first[:, -1:]], dim=1)
+            shift = (first - next_first).unsqueeze(-1) + slots  # [B, T, W]
+        # where each branch reads V_{t+1} in its [B, S * 2] layout (slot, previous decision): skip -> (n, 0), emit -> (n + 1, 1)
+        read = torch.stack([2 * shift.clamp(0, states - 1), 2 * (shift + 1).clamp(0, states - 1) + 1], dim=-1).flatten(2)  # [B, T, 2S]
+        weight = weight.flatten(2)
         future = step_log_weights.new_zeros(B, states, 2)
         values = [future]
-        slots = torch.arange(states, device=future.device)
         for t in range(T - 1, -1, -1):
-            if first is None:
-                after_skip = future[:, :, 0]  # [B, L + 1]: the same n, previous decision 0
-                after_emit = F.pad(future[:, 1:, 1], (0, 1))  # n + 1, previous decision 1 (n = L never emits)
-            else:  # the window moves: state j at t is n = first_t + j, slot n - first_{t+1} at t + 1 (nearest in the window)
-                shift = (first[:, t] - first[:, min(t + 1, T - 1)]).unsqueeze(-1) + slots  # [B, W]
-                after_skip = future[:, :, 0].gather(1, shift.clamp(0, states - 1))
-                after_emit = future[:, :, 1].gather(1, (shift + 1).clamp(0, states - 1))
-            prob = emit_prob[:, t].unsqueeze(-1)  # [B, S, 1]
-            skip = step_log_weights[:, t, :, :, 0] + after_skip.unsqueeze(-1)
-            emit = step_log_weights[:, t, :, :, 1] + after_emit.unsqueeze(-1)
-            # the branch a forced decision excludes contributes exactly nothing
-            future = torch.where(prob >= 1, emit, torch.where(prob <= 0, skip, prob * emit + (1 - prob) * skip))
+            ahead = future.reshape(B, 2 * states).gather(1, read[:, t]).mul_(weight[:, t]).view(B, states, 2).sum(-1)  # [B, S]
+            future = expected_step[:, t] + ahead.unsqueeze(-1)
             values.append(future)
         return torch.stack(values[::-1], dim=1), (None if first is None else torch.cat([first, first[:, -1:]], dim=1))
 

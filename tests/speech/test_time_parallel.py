@@ -301,6 +301,40 @@ def test_lattice_in_float32_matches_float64(window):
     torch.testing.assert_close(single_prob.double(), double_prob, rtol=1e-5, atol=1e-6)
 
 
+def _values_by_loop(step_log_weights, emit_prob, first):
+    """The backward recursion written out state by state (the reference for the vectorised one):
+    V_t(n, z') = sum_d q_t(d | n) (l_t(n, z', d) + V_{t+1}(n', d)), n' the slot of n + d at t + 1
+    (the nearest inside the window), V_T = 0; the branch a forced decision excludes adds nothing."""
+    B, T, S, _, _ = step_log_weights.shape
+    values = torch.zeros(B, T + 1, S, 2, dtype=step_log_weights.dtype)
+    for b in range(B):
+        for t in range(T - 1, -1, -1):
+            for j in range(S):
+                for z_prev in (0, 1):
+                    total = 0.0
+                    for d in (0, 1):
+                        prob = float(emit_prob[b, t, j]) if d else 1 - float(emit_prob[b, t, j])
+                        if prob == 0:
+                            continue
+                        n = j if first is None else int(first[b, t]) + j
+                        slot = n + d if first is None else n + d - int(first[b, min(t + 1, T - 1)])
+                        slot = min(max(slot, 0), S - 1)
+                        total += prob * (float(step_log_weights[b, t, j, z_prev, d]) + float(values[b, t + 1, slot, d]))
+                    values[b, t, j, z_prev] = total
+    return values
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_values_equal_the_recursion_written_out(window):
+    model = lattice_model(posterior_aligner=True, ctc_emit_prior=True, decision_recurrence=False, value_window=window).double()
+    batch = _double_batch()
+    memory = model.encode(batch["features"], batch["feature_lengths"], batch["targets"], batch["target_lengths"])
+    values, first = model.expected_future_log_weights(memory)
+    step_log_weights, emit_prob, window_first = model.lattice_step_log_weights(memory, window=window)
+    torch.testing.assert_close(values, _values_by_loop(step_log_weights, emit_prob, window_first), rtol=1e-12, atol=1e-12)
+    assert (first is None) == (window == 0)
+
+
 def test_lattice_values_need_a_lattice():
     model = lattice_model(decision_recurrence=True).double()
     batch = _double_batch()
