@@ -566,7 +566,7 @@ class HardAlignmentRecognizer(nn.Module):
         carried (nor is the forget gate read)."""
         return self._cell_update(*gates.chunk(4, dim=-1), c)
 
-    def _cell_update(self, i, f, g, o, c: torch.Tensor | None, *, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _cell_update(self, i, f, g, o, c: torch.Tensor | None, *, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`_cell` from the four gates' pre-activations, given apart (``f`` unread without
         ``decision_recurrence``; contiguous gates make the elementwise work several times faster).
         ``inplace`` (no autograd, no memory): overwrite the pre-activations instead of allocating;
