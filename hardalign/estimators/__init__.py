@@ -26,10 +26,10 @@ Every estimator follows one call convention::
   both branches of each step in its stand-in (and, with ``future_control``, subtracts the
   later decisions' innovations from each step's signal); the others ignore it. Its
   ``carries_log_q`` says whether the log weights carry ``-log q`` (``vimco-seq``'s
-  ``weight_control="auto"`` reads it). Its optional
-  ``values`` ``[2, K, B, T]`` (or a callable returning them) are the model's expected log weight
-  of the later steps under each branch; ``vimco-seq`` (``values="auto"``, the default) builds the
-  stand-ins from them instead of from the other particles.
+  ``weight_control="auto"`` reads it). Its optional ``values`` ``[2, K, B, T]`` (or a callable
+  returning them) are the model's expected log weight of the later steps under each branch;
+  ``vimco-seq`` (``values="auto"``, the default) builds the stand-ins from them instead of from
+  the other particles.
 
 Value checks cost a host synchronisation and are opt-in: ``check_finite=True`` (an option of every
 module and pure function) raises a ValueError naming the argument for NaN (or ``+inf``) log

@@ -235,10 +235,11 @@ class HardAlignmentConfig:
             evaluates p for ``vimco-seq``'s values (``values="model"``/``"auto"``): 0, every state
             (exact values); W > 0, at each step the W values of "labels emitted" around the
             posterior's expected progress there (q's forward recursion), the others read as the
-            nearest state in the window. Default 12: on the speech-step batch 84 against 228 ms,
-            the same gradient variance, and more steps in a time budget (docs/estimators.md). The values stay a valid baseline either way (any
+            nearest state in the window. The values stay a valid baseline either way (any
             function of the particle's past keeps the estimate unbiased); the window only trades
-            their accuracy far from where q puts its mass for time (docs/estimators.md).
+            their accuracy far from where q puts its mass for time. Default 12: on the speech-step
+            batch 84 against 228 ms when measured (fourteenth session), the same gradient variance,
+            more steps in a time budget; narrower windows raised the variance (docs/estimators.md).
         flat_start: the first fraction of the training budget (counted from the start, as
             ``ctc_warmup`` counts it; with both set, the flat stage follows the warm-up) in which
             the bound scores every alignment under the uniform alignment prior instead of p's
@@ -850,7 +851,7 @@ class HardAlignmentRecognizer(nn.Module):
         next_class = (labels.gather(1, emitted.clamp(max=L - 1).expand(B, L + 1)) - 1).clamp_min(0)  # [B, L + 1]
         steps = torch.arange(T, device=device)
         valid = (steps.view(1, T) < num_steps.view(B, 1)).view(B, T, 1, 1)
-        q_table = F.pad(memory["posterior"]["table"].value.detach(), (0, 1))  # [B, T, L + 1]; n = L is always forced
+        q_table = memory["posterior"]["table"].value.detach()  # [B, T, L]; n = L is always forced (read as L - 1, unused)
         q_prob = self._lattice_emit_prob(memory)  # [B, T, L + 1]
         first = None
         if 0 < window < L + 1:
