@@ -1011,17 +1011,22 @@ class HardAlignmentRecognizer(nn.Module):
         # one add over the [K, B, T, 4H] inputs instead of two of each
         label_gates = self.gate_label(self.label_embedding.weight)  # [n + 2, 4H]: one row per label id
         feedback_gates = (label_gates.unsqueeze(1) + self.gate_decision.weight.unsqueeze(0)).flatten(0, 1)  # [2 (n + 2), 4H]
-        inputs = gates.unsqueeze(0) + F.embedding(2 * label_prev + z_prev.long(), feedback_gates)  # [K, B, T, 4H]
-        inputs = inputs.flatten(0, 1)  # [K * B, T, 4H]
+        feedback = 2 * label_prev + z_prev.long()  # [K, B, T]: row of the table
         if self.config.decision_recurrence:
+            inputs = (gates.unsqueeze(0) + F.embedding(feedback, feedback_gates)).flatten(0, 1)  # [K * B, T, 4H]
             h = c = gates.new_zeros(K * B, self.hidden_size)
             hidden = []
             for x in inputs.unbind(1):
                 h, c = self._cell(x + self.gate_hidden(h), c)
                 hidden.append(h)
             out = torch.stack(hidden, dim=1)  # [K * B, T, H]
-        else:  # no memory in the cell: every step at once
-            out, _ = self._cell(inputs, None)
+        else:  # no memory in the cell: every step at once, each gate read (i, g, o) summed on its own:
+            # contiguous gates make the activations several times faster than views of one [.., 4H]
+            # tensor, and the unread forget gate gets no zero gradient to concatenate in the backward
+            H = self.hidden_size
+            step_gates, table = gates.unflatten(-1, (4, H)), feedback_gates.unflatten(-1, (4, H))
+            i, g, o = ((step_gates[..., k, :].unsqueeze(0) + F.embedding(feedback, table[:, k])).flatten(0, 1) for k in (0, 2, 3))
+            out, _ = self._cell_update(i, None, g, o, None)  # [K * B, T, H]
         if self.training and self._dropout_now > 0:
             out = F.dropout(out, self._dropout_now, training=True)
         emit_logit = unfold(self._emit_logit(out, None if emit_cue is None else emit_cue.repeat(K, 1)), K)  # [K, B, T]

@@ -61,3 +61,19 @@ def test_float32_matches_float64_on_a_long_batch_and_empty_targets_work():
     torch.testing.assert_close(sums[:3], (torch.arange(12) < target_lengths[:3, None]).double() * torch.ones(3, 12, dtype=torch.float64))
     assert (exact[~valid.expand_as(exact)] == 0).all() and (exact[3] == 0).all()
     assert label_start_posteriors(log_probs, lengths, targets[:, :0], torch.zeros(4, dtype=torch.long)).shape == (4, 60, 0)
+
+
+def test_each_utterance_as_alone_whatever_the_padding():
+    """The backward pass runs as the forward one on each utterance reversed within its own length
+    and labels: padding (steps and labels) must not move anything."""
+    torch.manual_seed(2)
+    log_probs = torch.log_softmax(2 * torch.randn(3, 30, 6, dtype=torch.float64), -1)
+    targets = torch.randint(1, 6, (3, 9))
+    targets[1, 2:4] = 3  # a repeat
+    lengths, target_lengths = torch.tensor([30, 17, 22]), torch.tensor([9, 5, 1])
+    batched = label_start_posteriors(log_probs, lengths, targets, target_lengths)
+    for b in range(3):
+        T, U = int(lengths[b]), int(target_lengths[b])
+        alone = label_start_posteriors(log_probs[b : b + 1, :T], lengths[b : b + 1], targets[b : b + 1, :U], target_lengths[b : b + 1])
+        torch.testing.assert_close(batched[b, :T, :U], alone[0], rtol=1e-12, atol=1e-12)
+        assert (batched[b, T:] == 0).all() and (batched[b, :, U:] == 0).all()
