@@ -68,6 +68,7 @@ def label_start_posteriors(log_probs: torch.Tensor, lengths: torch.Tensor, targe
     # The backward recursion is the forward one on the reversed problem (each utterance's valid
     # steps and labels in reverse order), so both run as one forward recursion over 2B rows: one
     # loop over the steps instead of two, each step a handful of whole-row operations.
+    log_probs = log_probs.clamp_min(neg)  # log 0 = -inf would give inf - inf below
     steps = torch.arange(T, device=device)
     labels = torch.arange(U, device=device)
     reverse_steps = (lengths.view(B, 1) - 1 - steps).clamp(0, T - 1)  # [B, T]
