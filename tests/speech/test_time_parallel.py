@@ -390,3 +390,20 @@ def test_value_window_evaluates_the_states_around_q():
     assert "future_coefficient" in terms
     with pytest.raises(ValueError, match="value_window=-1: must be >= 0"):
         lattice_model(value_window=-1)
+
+
+def test_memoryless_cell_equals_the_lstm_formula_and_its_autograd_gradient():
+    """The decision cell without memory, forward and hand-written backward, against
+    ``sigmoid(o) tanh(sigmoid(i) tanh(g))`` through autograd (float64, strided inputs included)."""
+    from hardalign.speech.model import _MemorylessCell
+
+    torch.manual_seed(0)
+    gates = (3 * torch.randn(4, 7, 3 * 5, dtype=torch.float64)).requires_grad_()
+    i, g, o = gates.chunk(3, dim=-1)  # views, as the step-by-step rollout passes them
+    assert torch.autograd.gradcheck(_MemorylessCell.apply, (i, g, o))
+    upstream = torch.randn(4, 7, 5, dtype=torch.float64)
+    reference = torch.sigmoid(o) * torch.tanh(torch.sigmoid(i) * torch.tanh(g))
+    (expected,) = torch.autograd.grad(reference, gates, upstream)
+    cell = _MemorylessCell.apply(i, g, o)
+    torch.testing.assert_close(cell, reference, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(torch.autograd.grad(cell, gates, upstream)[0], expected, rtol=1e-12, atol=1e-12)
