@@ -594,8 +594,8 @@ class HardAlignmentRecognizer(nn.Module):
     def _cell_update(self, i, f, g, o, c: torch.Tensor | None, *, inplace: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """:meth:`_cell` from the four gates' pre-activations, given apart (``f`` unread without
         ``decision_recurrence``; contiguous gates make the elementwise work several times faster).
-        ``inplace`` (no autograd, no memory): overwrite the pre-activations instead of allocating;
-        the cell state is then not returned (None)."""
+        Without ``decision_recurrence`` the cell state is not returned (None): nothing reads it.
+        ``inplace`` (no autograd, no memory): overwrite the pre-activations instead of allocating."""
         if not self.config.decision_recurrence:
             if inplace:
                 return o.sigmoid_().mul_(_tanh_(i.sigmoid_().mul_(_tanh_(g)))), None
@@ -613,7 +613,8 @@ class HardAlignmentRecognizer(nn.Module):
         gates = gates_in + self.gate_decision(z_prev.long()) + self.gate_label(self.label_embedding(label_prev))
         if self.config.decision_recurrence:
             gates = gates + self.gate_hidden(h)
-        h, c = self._cell(gates, c)
+        h, c_new = self._cell(gates, c)
+        c = c if c_new is None else c_new  # without memory the (unread) state is carried as it came
         out = h
         if self.training and self._dropout_now > 0:
             out = F.dropout(h, self._dropout_now, training=True)
