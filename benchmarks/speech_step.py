@@ -2,7 +2,9 @@
 
 A random TIMIT-sized batch (B utterances of T steps of stacked filterbanks, U phones each), the
 default model sizes of ``recipes/timit/conf``, one forward + backward + optimiser step per
-measurement, the median of ``--repeats`` after ``--warmup``. Rows: the hard-alignment recogniser
+measurement, the median of ``--repeats`` after ``--warmup``, the rows timed round-robin (each
+round one step of every row, so that drift on a shared machine falls on all rows alike; the ratio
+to CTC is taken within each round). Rows: the hard-alignment recogniser
 with each estimator at K = 1, 4, 16 (VIMCO variants need K >= 2), with the time-parallel lattice
 posterior (the default) and the step-by-step recurrent one, and the unidirectional CTC baseline
 with the same encoder. Prints a markdown table and writes it to
@@ -34,24 +36,38 @@ def random_batch(batch: int, steps: int, phones: int, labels: int, dim: int, dev
     }
 
 
-def time_step(model, estimator, batch: dict, num_samples: int, repeats: int, warmup: int, device: torch.device, clock=time.perf_counter) -> float:
-    from hardalign.objective import training_terms
+class Row:
+    """One model / estimator / K of the table, with its own optimiser and step times."""
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    times = []
-    for i in range(warmup + repeats):
+    def __init__(self, label: tuple, model, estimator, num_samples: int):
+        self.label, self.model, self.estimator, self.num_samples = label, model, estimator, num_samples
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        self.times: list[float] = []
+
+    def step(self, batch: dict, i: int, device: torch.device, clock) -> float:
+        """One forward + backward + Adam step; its duration in seconds."""
+        from hardalign.objective import training_terms
+
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = clock()
-        terms = training_terms(model(batch, num_samples=num_samples, step=i), estimator)
-        optimizer.zero_grad(set_to_none=True)
+        terms = training_terms(self.model(batch, num_samples=self.num_samples, step=i), self.estimator)
+        self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        optimizer.step()
+        self.optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(clock() - started)
-    return 1000 * statistics.median(times)
+        return clock() - started
+
+
+def time_rows(rows: list[Row], batch: dict, repeats: int, warmup: int, device: torch.device, clock) -> None:
+    """Round-robin: each round times one step of every row, so that a slower or faster spell of a
+    shared machine lands on every row alike instead of on whichever rows ran then."""
+    for i in range(warmup + repeats):
+        for row in rows:
+            elapsed = row.step(batch, i, device, clock)
+            if i >= warmup:
+                row.times.append(elapsed)
 
 
 def main(argv=None) -> None:
@@ -86,18 +102,13 @@ def main(argv=None) -> None:
     dim = 369
     batch = random_batch(args.batch, args.steps, args.phones, args.labels, dim, device)
     clock = time.process_time if args.clock == "process" else time.perf_counter
-    rows = []
     torch.manual_seed(0)
-    ctc = CTCRecognizer(dim, args.phones).to(device)
-    ctc_ms = time_step(ctc, build_estimator("reinforce"), batch, 1, args.repeats, args.warmup, device, clock)
-    rows.append(("ctc", "-", "-", 1, ctc_ms))
+    rows = [Row(("ctc", "-", "-", 1), CTCRecognizer(dim, args.phones).to(device), build_estimator("reinforce"), 1)]
     variants = [("lattice" if kind == "lattice" else kind, {"posterior_kind": kind}) for kind in args.posteriors.split(",") if kind]
     for spec in args.model:
         options = dict(item.split("=", 1) for item in spec.split(","))
         options = {key: (int(value) if value.isdigit() else value) for key, value in options.items()}
         variants.append((spec, {"posterior_kind": "lattice", **options}))
-    # one-time costs (allocator growth, lazy initialisation) would otherwise land on the first row
-    time_step(HardAlignmentRecognizer(dim, args.phones).to(device), build_estimator("vimco"), batch, 4, 1, args.warmup, device, clock)
     for kind, model_options in variants:
         for spec in args.estimators.split(","):
             name, _, option_text = spec.partition(":")
@@ -109,20 +120,28 @@ def main(argv=None) -> None:
                     continue
                 torch.manual_seed(0)
                 model = HardAlignmentRecognizer(dim, args.phones, **model_options).to(device)
-                estimator = build_estimator(name, **options).to(device)
-                ms = time_step(model, estimator, batch, k, args.repeats, args.warmup, device, clock)
-                rows.append(("hard-alignment", kind, spec, k, ms))
-                print(f"{kind:20s} {spec:10s} K={k:2d} {ms:8.1f} ms  ({ms / ctc_ms:.2f}x CTC)", flush=True)
+                rows.append(Row(("hard-alignment", kind, spec, k), model, build_estimator(name, **options).to(device), k))
+    # the warm-up rounds also take the one-time costs (allocator growth, lazy initialisation)
+    time_rows(rows, batch, args.repeats, args.warmup, device, clock)
+    ctc_times = rows[0].times
+    table_rows = []
+    for row in rows:
+        ms = 1000 * statistics.median(row.times)
+        ratio = statistics.median(t / c for t, c in zip(row.times, ctc_times))  # within each round
+        table_rows.append((*row.label, ms, ratio))
+        if row is not rows[0]:
+            print(f"{row.label[1]:20s} {row.label[2]:10s} K={row.num_samples:2d} {ms:8.1f} ms  ({ratio:.2f}x CTC)", flush=True)
     where = f"{args.device}" + (f", {args.threads} thread(s)" if device.type == "cpu" else f" ({torch.cuda.get_device_name(device)})")
     lines = [
         f"Training step (forward + backward + Adam), B={args.batch}, T={args.steps} steps, U={args.labels} phones, "
-        f"{args.phones} phones + EOS, default sizes; {where}; torch {torch.__version__}; median of {args.repeats} ({args.clock} clock).",
+        f"{args.phones} phones + EOS, default sizes; {where}; torch {torch.__version__}; median of {args.repeats} ({args.clock} clock), "
+        "the rows timed round-robin (one step of each per round); x CTC: the median over rounds of the row's step / CTC's step in that round.",
         "",
         "| model | posterior (options) | estimator | K | ms / step | x CTC |",
         "|---|---|---|---|---|---|",
     ]
-    for model_name, kind, name, k, ms in rows:
-        lines.append(f"| {model_name} | {kind} | {name} | {k} | {ms:.1f} | {ms / ctc_ms:.2f} |")
+    for model_name, kind, name, k, ms, ratio in table_rows:
+        lines.append(f"| {model_name} | {kind} | {name} | {k} | {ms:.1f} | {ratio:.2f} |")
     table = "\n".join(lines) + "\n"
     print(table)
     out = Path(args.out) if args.out else RESULTS / ("speech_step.md" if device.type == "cpu" else f"speech_step_{device.type}.md")
