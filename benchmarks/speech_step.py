@@ -186,13 +186,13 @@ def main(argv=None) -> None:
         f"{args.rounds} round(s) round-robin of {args.repeats} timed steps after {args.warmup}: ms / step is the median over "
         "rounds of each round's median, x CTC the median over rounds of the ratio within the round.",
         "",
-        "| model | posterior (options) | estimator | K | ms / step | x CTC |",
-        "|---|---|---|---|---|---|",
+        "| model | posterior (options) | estimator | K | ms / step | x CTC | x CTC, rounds' range |",
+        "|---|---|---|---|---|---|---|",
     ]
     for spec, times in zip(specs, per_round):
         ms = 1000 * statistics.median(times)
-        ratio = statistics.median(t / c for t, c in zip(times, per_round[0]))
-        lines.append(f"| {spec['model']} | {spec['kind']} | {spec['estimator']} | {spec['k']} | {ms:.1f} | {ratio:.2f} |")
+        ratios = [t / c for t, c in zip(times, per_round[0])]
+        lines.append(f"| {spec['model']} | {spec['kind']} | {spec['estimator']} | {spec['k']} | {ms:.1f} | {statistics.median(ratios):.2f} | {min(ratios):.2f}-{max(ratios):.2f} |")
     table = "\n".join(lines) + "\n"
     print(table)
     out = Path(args.out) if args.out else RESULTS / ("speech_step.md" if device.type == "cpu" else f"speech_step_{device.type}.md")
