@@ -600,9 +600,7 @@ class HardAlignmentRecognizer(nn.Module):
             if inplace:
                 return o.sigmoid_().mul_(_tanh_(i.sigmoid_().mul_(_tanh_(g)))), None
             return _MemorylessCell.apply(i, g, o), None
-        c_new = torch.sigmoid(i) * torch.tanh(g)
-        if self.config.decision_recurrence:
-            c_new = torch.sigmoid(f) * c + c_new
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c_new), c_new
 
     def _p_step(self, gates_in: torch.Tensor, h: torch.Tensor, c: torch.Tensor, z_prev: torch.Tensor, label_prev: torch.Tensor):
