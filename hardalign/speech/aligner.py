@@ -21,6 +21,9 @@ import torch
 
 __all__ = ["label_start_posteriors", "emission_hazard"]
 
+# log 0 in the recursions: finite, so that sums and differences of log-zeros stay finite (no inf - inf)
+_LOG_ZERO = -1e30
+
 
 def _log_sum_exp(*terms: torch.Tensor) -> torch.Tensor:
     """``log(sum_i exp(terms[i]))`` elementwise, for finite terms (log-zero is a large negative
@@ -63,7 +66,7 @@ def label_start_posteriors(log_probs: torch.Tensor, lengths: torch.Tensor, targe
     B, T, C = log_probs.shape
     U = targets.shape[1]
     S = 2 * U + 1
-    neg = -1e30
+    neg = _LOG_ZERO
     device = log_probs.device
     # The backward recursion is the forward one on the reversed problem (each utterance's valid
     # steps and labels in reverse order), so both run as one forward recursion over 2B rows: one
@@ -107,7 +110,7 @@ def _ctc_forward(log_probs: torch.Tensor, targets: torch.Tensor, target_lengths:
     N, T, _ = log_probs.shape
     U = targets.shape[1]
     S = 2 * U + 1
-    neg = -1e30
+    neg = _LOG_ZERO
     dtype, device = log_probs.dtype, log_probs.device
     ext = torch.zeros(N, S, dtype=torch.long, device=device)
     if U:

@@ -332,6 +332,9 @@ class HardAlignmentConfig:
             )
 
 
+_READ_GATES = (0, 2, 3)  # i, g, o of the gate layout (i, f, g, o): the forget gate is unread without memory
+
+
 def _tanh_(x: torch.Tensor) -> torch.Tensor:
     """``tanh`` in place as ``2 sigmoid(2x) - 1``: on one CPU thread torch's float tanh takes about
     four times as long as this (2.0 against 0.5 ms on the lattice's [32, 16, 12, 2, 64] chunks), and
@@ -584,6 +587,13 @@ class HardAlignmentRecognizer(nn.Module):
     def _emit_logit(self, out: torch.Tensor, emit_cue: torch.Tensor | None) -> torch.Tensor:
         emit_logit = self.emit_head(out).squeeze(-1)
         return emit_logit if emit_cue is None else emit_logit + self.emit_cue_scale * emit_cue
+
+    def _feedback_gates(self) -> torch.Tensor:
+        """The decision cell's gate inputs from the fed-back (last label, previous decision) pair,
+        ``[2 (n + 2), 4H]``, row ``2 * label + z``: one table for the time-parallel paths, where one
+        lookup replaces the two layers' separate lookups and adds."""
+        label_gates = self.gate_label(self.label_embedding.weight)  # [n + 2, 4H]: one row per label id
+        return (label_gates.unsqueeze(1) + self.gate_decision.weight.unsqueeze(0)).flatten(0, 1)
 
     def _cell(self, gates: torch.Tensor, c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The decision cell's update from its gate pre-activations ``[..., 4H]`` (i, f, g, o) and
@@ -868,9 +878,7 @@ class HardAlignmentRecognizer(nn.Module):
         emitted = torch.arange(L + 1, device=device)  # n, labels emitted before the step
         # the fed-back (last label, previous decision) of every state, [B, L + 1, 2, 4H]
         label_prev = F.pad(labels, (1, 0))  # label n - 1, or 0 before the first emission
-        label_gates = self.gate_label(self.label_embedding.weight)
-        feedback_gates = (label_gates.unsqueeze(1) + self.gate_decision.weight.unsqueeze(0)).flatten(0, 1)  # row 2 * label + z
-        feedback = F.embedding(2 * label_prev.unsqueeze(-1) + torch.arange(2, device=device), feedback_gates)
+        feedback = F.embedding(2 * label_prev.unsqueeze(-1) + torch.arange(2, device=device), self._feedback_gates())
         H = self.hidden_size
         feedback_gates_by_kind = feedback.unflatten(-1, (4, H))  # [B, L + 1, 2, 4, H]: i, f, g, o
         next_class = (labels.gather(1, emitted.clamp(max=L - 1).expand(B, L + 1)) - 1).clamp_min(0)  # [B, L + 1]
@@ -890,19 +898,19 @@ class HardAlignmentRecognizer(nn.Module):
         emit_logits, next_logps = [], []
         if first is not None:  # one table per gate read (i, g, o; f is unread without memory), row b * (L + 1) + n
             rows = torch.arange(B, device=device).view(B, 1, 1) * (L + 1) + states  # [B, T, W]
-            gate_tables = [feedback_gates_by_kind[..., k, :].reshape(B * (L + 1), 2 * H) for k in (0, 2, 3)]
+            gate_tables = [feedback_gates_by_kind[..., k, :].reshape(B * (L + 1), 2 * H) for k in _READ_GATES]
         for start in range(0, T, chunk):
             stop = min(T, start + chunk)
             # each gate's pre-activation on its own: the broadcast sums come out contiguous
             step_gates = gates[:, start:stop].unflatten(-1, (4, H))[:, :, None, None]  # [B, c, 1, 1, 4, H]
             if first is None:  # every state: broadcast over the steps
                 feedback_here = feedback_gates_by_kind[:, None]  # [B, 1, L + 1, 2, 4, H]
-                i, g, o = (step_gates[..., k, :] + feedback_here[..., k, :] for k in (0, 2, 3))
+                i, g, o = (step_gates[..., k, :] + feedback_here[..., k, :] for k in _READ_GATES)
             else:  # the window's rows by embedding lookups (an index_select), then the step's gates added in place
                 index = rows[:, start:stop]
                 i, g, o = (
                     F.embedding(index, table).unflatten(-1, (2, H)).add_(step_gates[..., k, :])
-                    for table, k in zip(gate_tables, (0, 2, 3))
+                    for table, k in zip(gate_tables, _READ_GATES)
                 )
             out, _ = self._cell_update(i, None, g, o, None, inplace=True)  # [B, c, S, 2, H]: fresh tensors, no autograd
             cue = None if emit_cue is None else emit_cue[:, start:stop, None, None]
@@ -1035,8 +1043,7 @@ class HardAlignmentRecognizer(nn.Module):
         label_prev = torch.where(emitted > 0, last, torch.zeros_like(last))
         # the fed-back (label, decision) pair through one table, row 2 * label + z: one lookup and
         # one add over the [K, B, T, 4H] inputs instead of two of each
-        label_gates = self.gate_label(self.label_embedding.weight)  # [n + 2, 4H]: one row per label id
-        feedback_gates = (label_gates.unsqueeze(1) + self.gate_decision.weight.unsqueeze(0)).flatten(0, 1)  # [2 (n + 2), 4H]
+        feedback_gates = self._feedback_gates()  # [2 (n + 2), 4H]
         feedback = 2 * label_prev + z_prev.long()  # [K, B, T]: row of the table
         if self.config.decision_recurrence:
             inputs = (gates.unsqueeze(0) + F.embedding(feedback, feedback_gates)).flatten(0, 1)  # [K * B, T, 4H]
@@ -1051,7 +1058,7 @@ class HardAlignmentRecognizer(nn.Module):
             # tensor, and the unread forget gate gets no zero gradient to concatenate in the backward
             H = self.hidden_size
             step_gates, table = gates.unflatten(-1, (4, H)), feedback_gates.unflatten(-1, (4, H))
-            i, g, o = ((step_gates[..., k, :].unsqueeze(0) + F.embedding(feedback, table[:, k])).flatten(0, 1) for k in (0, 2, 3))
+            i, g, o = ((step_gates[..., k, :].unsqueeze(0) + F.embedding(feedback, table[:, k])).flatten(0, 1) for k in _READ_GATES)
             out, _ = self._cell_update(i, None, g, o, None)  # [K * B, T, H]
         if self.training and self._dropout_now > 0:
             out = F.dropout(out, self._dropout_now, training=True)
