@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DIM = 369  # 40 log-mel + energy, deltas, 3 frames stacked
 
 
 def random_batch(batch: int, steps: int, phones: int, labels: int, dim: int, device: torch.device, seed: int = 0) -> dict:
@@ -48,7 +49,7 @@ def random_batch(batch: int, steps: int, phones: int, labels: int, dim: int, dev
 def row_specs(args) -> list[dict]:
     """The table's rows, each a JSON-able description a child process can build: CTC first."""
     specs = [{"model": "ctc", "kind": "-", "estimator": "-", "k": 1}]
-    variants = [("lattice" if kind == "lattice" else kind, {"posterior_kind": kind}) for kind in args.posteriors.split(",") if kind]
+    variants = [(kind, {"posterior_kind": kind}) for kind in args.posteriors.split(",") if kind]
     for spec in args.model:
         options = dict(item.split("=", 1) for item in spec.split(","))
         options = {key: (int(value) if value.isdigit() else value) for key, value in options.items()}
@@ -84,7 +85,6 @@ class Row:
             self.model = HardAlignmentRecognizer(DIM, args.phones, **spec["options"]).to(device)
             self.estimator = build_estimator(name, **options).to(device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4)
-        self.times: list[float] = []
 
     def step(self, batch: dict, i: int, device: torch.device, clock) -> float:
         """One forward + backward + Adam step; its duration in seconds."""
@@ -100,9 +100,6 @@ class Row:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return clock() - started
-
-
-DIM = 369  # 40 log-mel + energy, deltas, 3 frames stacked
 
 
 def setup(args) -> tuple[torch.device, dict, object]:
