@@ -65,6 +65,8 @@ class SpeechDataset(Dataset):
         vocab: the target :class:`~hardalign.data.phones.Vocabulary`.
         lengths: model steps per utterance (known without reading audio), for bucketing.
         skipped: ``(id, steps, labels)`` of utterances left out as too short (``on_short="skip"``).
+        with_clean: items also carry ``clean_features``, the utterance without its training
+            noise or mix (the teacher's input of consistency training; cached, so cheap).
     """
 
     records: list[dict]
@@ -76,6 +78,7 @@ class SpeechDataset(Dataset):
     cmvn: CMVN | None = None
     cache: FeatureCache | None = None
     mixer: Any = None
+    with_clean: bool = False
     epoch: int = field(default=0, init=False)
     skipped: list[tuple[str, int, int]] = field(default_factory=list, init=False)
     lengths: list[int] = field(init=False)
@@ -125,15 +128,21 @@ class SpeechDataset(Dataset):
             cache.put(record["audio"], self.features, feats, condition)
         return feats
 
+    def _model_input(self, feats: torch.Tensor, record: dict) -> torch.Tensor:
+        """Raw ``[T, base_dim]`` features -> the model's ``[T', stack * base_dim]`` (CMVN, stacking)."""
+        if self.cmvn is not None:
+            feats = self.cmvn(feats, record["speaker"])
+        return stack_frames(feats, self.features.stack)
+
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         condition = self.mixer.condition(record, self.epoch) if self.mixer is not None else None
-        feats = self.raw_features(record, condition)
-        if self.cmvn is not None:
-            feats = self.cmvn(feats, record["speaker"])
-        feats = stack_frames(feats, self.features.stack)
+        feats = self._model_input(self.raw_features(record, condition), record)
         targets = torch.tensor(self.target_fn(record), dtype=torch.long)
-        return {"id": record["id"], "speaker": record["speaker"], "features": feats, "targets": targets}
+        item = {"id": record["id"], "speaker": record["speaker"], "features": feats, "targets": targets}
+        if self.with_clean:  # the same utterance without its noise or mix (consistency training)
+            item["clean_features"] = feats if condition is None else self._model_input(self.raw_features(record), record)
+        return item
 
     def collate(self, items: Sequence[dict]) -> dict:
         """Same as :func:`collate_speech`."""
@@ -146,7 +155,8 @@ def collate_speech(items: Sequence[dict]) -> dict:
     Returns:
         dict with ``features`` ``[B, T, F]`` (zero-padded), ``feature_lengths`` ``[B]`` long,
         ``targets`` ``[B, U]`` long padded with 0, ``target_lengths`` ``[B]`` long, ``ids`` and
-        ``speakers`` (lists of str).
+        ``speakers`` (lists of str); with ``clean_features`` in every item (a dataset built
+        ``with_clean``), those too, padded as ``features``.
 
     Example:
         >>> b = collate_speech([{"id": "a", "speaker": "s", "features": torch.ones(3, 2), "targets": torch.tensor([4, 5])},
@@ -158,7 +168,7 @@ def collate_speech(items: Sequence[dict]) -> dict:
         raise ValueError("cannot collate an empty batch")
     feats = [it["features"] for it in items]
     targets = [it["targets"] for it in items]
-    return {
+    batch = {
         "features": torch.nn.utils.rnn.pad_sequence(feats, batch_first=True),
         "feature_lengths": torch.tensor([f.shape[0] for f in feats], dtype=torch.long),
         "targets": torch.nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=0),
@@ -166,6 +176,9 @@ def collate_speech(items: Sequence[dict]) -> dict:
         "ids": [it["id"] for it in items],
         "speakers": [it["speaker"] for it in items],
     }
+    if all("clean_features" in it for it in items):
+        batch["clean_features"] = torch.nn.utils.rnn.pad_sequence([it["clean_features"] for it in items], batch_first=True)
+    return batch
 
 
 class _PhoneTargets:

@@ -21,7 +21,33 @@ from torch import nn
 
 from hardalign.speech.decode import Hypothesis
 
-__all__ = ["CTCRecognizer"]
+__all__ = ["CTCRecognizer", "frame_consistency"]
+
+
+def frame_consistency(log_probs: torch.Tensor, clean_log_probs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Noisy-clean consistency: ``KL(clean || noisy)`` of the per-frame label distributions, summed
+    over valid frames and averaged over utterances (nats per utterance, the CTC loss's scale).
+
+    The clean utterance's distribution is the target (pass it detached: computed without gradient
+    and without dropout), so the loss moves only what the model reads from the noisy input toward
+    what it reads from the clean one (Liang et al. 2018; the teacher-student form of Li et al.
+    2014, with the model as its own teacher).
+
+    Args:
+        log_probs: ``[B, T, C]`` log-probabilities from the noisy input (the student).
+        clean_log_probs: ``[B, T, C]`` from the same utterances clean (the target).
+        lengths: ``[B]`` long, valid frames per utterance.
+
+    Example:
+        >>> p = torch.log_softmax(torch.randn(2, 4, 3), -1)
+        >>> frame_consistency(p, p, torch.tensor([4, 2])).item()
+        0.0
+    """
+    if log_probs.shape != clean_log_probs.shape or log_probs.dim() != 3:
+        raise ValueError(f"log_probs and clean_log_probs: expected the same [B, T, C], got {list(log_probs.shape)} and {list(clean_log_probs.shape)}")
+    valid = torch.arange(log_probs.shape[1], device=log_probs.device) < lengths.unsqueeze(1)  # [B, T]
+    kl = (clean_log_probs.exp() * (clean_log_probs - log_probs)).sum(-1)  # [B, T]
+    return (kl * valid).sum() / log_probs.shape[0]
 
 
 class CTCRecognizer(nn.Module):
@@ -34,12 +60,15 @@ class CTCRecognizer(nn.Module):
         num_layers: LSTM depth.
         dropout: dropout between layers and before the output layer, ramped from 0 over
             ``dropout_ramp_steps``.
+        consistency_weight: weight of :func:`frame_consistency` between the noisy training input
+            and the same utterance clean (``clean_features`` in the batch); 0: off.
     """
 
     #: no discrete latent: the trainer's estimator is not used (reports say so instead of naming it)
     uses_estimator = False
 
-    def __init__(self, input_dim: int, num_phones: int, *, hidden_size: int = 256, num_layers: int = 2, dropout: float = 0.0, dropout_ramp_steps: int = 0):
+    def __init__(self, input_dim: int, num_phones: int, *, hidden_size: int = 256, num_layers: int = 2, dropout: float = 0.0, dropout_ramp_steps: int = 0,
+                 consistency_weight: float = 0.0):
         super().__init__()
         if num_phones < 1 or num_layers < 1:
             raise ValueError(f"num_phones and num_layers must be >= 1, got {num_phones}, {num_layers}")
@@ -47,6 +76,9 @@ class CTCRecognizer(nn.Module):
         self.num_phones = num_phones
         self.dropout = dropout
         self.dropout_ramp_steps = dropout_ramp_steps
+        if consistency_weight < 0:
+            raise ValueError(f"consistency_weight={consistency_weight}: must be >= 0 (0: off)")
+        self.consistency_weight = consistency_weight
         self.layers = nn.ModuleList(nn.LSTM(input_dim if i == 0 else hidden_size, hidden_size, batch_first=True) for i in range(num_layers))
         self.output = nn.Linear(hidden_size, num_phones + 1)
         self._dropout_now = 0.0
@@ -82,7 +114,16 @@ class CTCRecognizer(nn.Module):
             zero_infinity=True,
         )  # [B]
         loss = nll.mean()
-        return {"loss": loss, "objective": -loss.detach()}
+        terms = {"objective": -loss.detach()}
+        if self.training and self.consistency_weight > 0 and "clean_features" in batch:
+            with torch.no_grad():
+                dropout, self._dropout_now = self._dropout_now, 0.0
+                clean = self.log_probs(batch["clean_features"], batch["feature_lengths"])
+                self._dropout_now = dropout
+            consistency = frame_consistency(log_probs, clean, batch["feature_lengths"])
+            loss = loss + self.consistency_weight * consistency
+            terms["consistency"] = consistency.detach()
+        return {"loss": loss, **terms}
 
     @torch.no_grad()
     def decode(self, features: torch.Tensor, feature_lengths: torch.Tensor) -> list[Hypothesis]:

@@ -50,6 +50,7 @@ from hardalign.attention import Trajectory, rollout
 from hardalign.estimators import Alternative
 from hardalign.objective import LatentOutput
 from hardalign.sampling import fold_tree, unfold
+from hardalign.speech.ctc import frame_consistency
 from hardalign.speech.posterior import KINDS, LOOKAHEADS, Posterior, _Unfolded, count_features
 
 __all__ = ["HardAlignmentConfig", "HardAlignmentRecognizer", "append_eos", "ctc_new_label_log_probs", "forced_decisions"]
@@ -261,6 +262,12 @@ class HardAlignmentConfig:
             t, ``sum_c P_t(c) (1 - P_{t-1}(c))`` (frame posteriors as independent; repeats over
             consecutive frames collapsed, as CTC's greedy decoding collapses them), and phones
             weighted the same way (:func:`ctc_new_label_log_probs`).
+        consistency_weight: weight of noisy-clean consistency training: the CTC head's frame
+            distributions on the noisy training input are pulled toward those on the same utterance
+            clean (:func:`hardalign.speech.ctc.frame_consistency`, the clean pass without gradient
+            or dropout; the batch's ``clean_features``, given by the ``timit`` task under training
+            noise or the mix), in the warm-up and with the bound. The head is on p's encoder, so
+            the term asks the encoder to read noisy speech as it reads clean speech. 0: off.
     """
 
     hidden_size: int = 256
@@ -295,6 +302,7 @@ class HardAlignmentConfig:
     ctc_emit_cue: str = "not_blank"
     flat_start: float = 0.0
     value_window: int = 12
+    consistency_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.posterior_encoder not in ("own", "shared"):
@@ -323,6 +331,13 @@ class HardAlignmentConfig:
             )
         if not 0.0 <= self.flat_start < 1.0:
             raise ValueError(f"flat_start={self.flat_start}: must be a fraction of the training budget in [0, 1)")
+        if self.consistency_weight < 0:
+            raise ValueError(f"consistency_weight={self.consistency_weight}: must be >= 0 (0: off)")
+        if self.consistency_weight and not (self.posterior_encoder == "shared" and self.posterior_aligner):
+            raise ValueError(
+                f"consistency_weight={self.consistency_weight} compares the CTC head on p's encoder for noisy and clean input, "
+                "which needs posterior_encoder='shared' and posterior_aligner=true"
+            )
         if self.value_window < 0:
             raise ValueError(f"value_window={self.value_window}: must be >= 0 (0: every lattice state)")
         if self.flat_start and not (self.proposal == "posterior" and self.posterior_kind == "lattice"):
@@ -504,6 +519,8 @@ class HardAlignmentRecognizer(nn.Module):
         memory: dict[str, Any] = {"num_steps": feature_lengths}
         # the CTC head's log-probabilities: p's label prior and emit cue, and the aligner's loss
         ctc = self.posterior.aligner_log_probs(features, encoded) if self.uses_ctc_label_prior else None  # [B, T, blank + n]
+        if ctc is not None:
+            memory["aligner_log_probs"] = _Unfolded(ctc)  # for the consistency term; not per particle
         if targets is not None:
             if target_lengths is None or target_lengths.shape != (B,) or targets.dim() != 2 or targets.shape[0] != B:
                 raise ValueError(f"targets [B, U] and target_lengths [B] needed with B={B}, got {list(targets.shape)}")
@@ -1146,7 +1163,25 @@ class HardAlignmentRecognizer(nn.Module):
         labels, num_labels = append_eos(batch["targets"], batch["target_lengths"], self.eos_id)
         log_probs = self.posterior.aligner_log_probs(features, self._encode_frames(features))
         nll = self.posterior.aligner_nll(log_probs, feature_lengths, labels, num_labels).mean()
-        return {"loss": nll, "aligner_ctc": nll.detach(), "warmup": nll.new_ones(())}
+        terms = {"loss": nll, "aligner_ctc": nll.detach(), "warmup": nll.new_ones(())}
+        consistency = self._consistency(batch, log_probs)
+        if consistency is not None:
+            terms["loss"] = nll + self.config.consistency_weight * consistency
+            terms["consistency"] = consistency.detach()
+        return terms
+
+    def _consistency(self, batch: dict[str, Any], log_probs: torch.Tensor | None) -> torch.Tensor | None:
+        """:func:`hardalign.speech.ctc.frame_consistency` of the CTC head's ``log_probs`` on the
+        (noisy) training input against the same head on ``batch["clean_features"]`` (no gradient,
+        no dropout); None when off, not training, or the batch has no clean input."""
+        if not (self.training and self.config.consistency_weight > 0 and log_probs is not None and "clean_features" in batch):
+            return None
+        with torch.no_grad():
+            dropout, self._dropout_now = self._dropout_now, 0.0
+            clean = batch["clean_features"]
+            clean_log_probs = self.posterior.aligner_log_probs(clean, self._encode_frames(clean))
+            self._dropout_now = dropout
+        return frame_consistency(log_probs, clean_log_probs, batch["feature_lengths"])
 
     @property
     def time_parallel(self) -> bool:
@@ -1197,6 +1232,9 @@ class HardAlignmentRecognizer(nn.Module):
             losses["forced_emission"] = -self.config.forced_emission_weight * forced.sum(-1).mean()
         if "aligner_nll" in memory:
             losses["aligner_ctc"] = self.aligner_weight * memory["aligner_nll"].value.mean()
+        consistency = self._consistency(batch, memory["aligner_log_probs"].value if "aligner_log_probs" in memory else None)
+        if consistency is not None:
+            losses["consistency"] = self.config.consistency_weight * consistency
         if flat:  # flat start: the bound's gradient for p's emit head, sum_k wtilde^k grad log p(z^k)
             wtilde = torch.softmax(trajectory.log_weights.sum(-1).detach(), dim=0)  # [K, B]
             losses["flat_start_decisions"] = -(wtilde * trajectory.final_state["record"]["decision_logp"].sum(-1)).sum(0).mean()

@@ -77,6 +77,10 @@ class SpeechTaskConfig(HardAlignmentConfig):
         mix_speaker: two-speaker mixing (MultiTIMIT): scale of the opposite-gender partner
             utterance (fixed per utterance) added to every utterance, training and test (0: off;
             0.1 / 0.25 / 0.5).
+        consistency_weight: (inherited) noisy-clean consistency training: with training noise or the
+            mix, each batch also carries the utterances clean (cached features, no SpecAugment) and
+            the CTC head on the noisy input is pulled toward its distribution on the clean one
+            (:func:`hardalign.speech.ctc.frame_consistency`); the CTC baseline takes the same key.
         eval_noise: comma-separated test conditions ``TYPE:SNR`` (``white:10,babble:0,dir:PATH:5``)
             scored besides clean.
         specaug_freq, specaug_time: SpecAugment on the training features
@@ -139,6 +143,9 @@ class SpeechTaskConfig(HardAlignmentConfig):
         for key in ("warp_freq", "warp_time"):
             if not 0.0 <= getattr(self, key) < 0.5:
                 raise ValueError(f"{key}={getattr(self, key)}: must be in [0, 0.5)")
+        if self.consistency_weight and not ((self.noise and self.noise != "none") or self.mix_speaker):
+            raise ValueError(f"consistency_weight={self.consistency_weight} compares noisy and clean input: it needs training noise "
+                             "(--noise, e.g. --noise white,pink,babble --snr 0:15) or the mix (--mix-speaker 0.25)")
 
 
 def warp_axis(x: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -288,6 +295,7 @@ class SpeechTask:
     def train_set(self):
         if self._train is None:
             self._train = self.dataset("train", self._train_noise())
+            self._train.with_clean = self.config.consistency_weight > 0
         return self._train
 
     # ------------------------------------------------------------------ contract
@@ -298,7 +306,7 @@ class SpeechTask:
         if c.model == "ctc":
             return CTCRecognizer(
                 input_dim, num_phones, hidden_size=c.hidden_size, num_layers=c.ctc_layers or c.encoder_layers,
-                dropout=c.dropout, dropout_ramp_steps=c.dropout_ramp_steps,
+                dropout=c.dropout, dropout_ramp_steps=c.dropout_ramp_steps, consistency_weight=c.consistency_weight,
             )
         model_options = {f.name: getattr(c, f.name) for f in fields(HardAlignmentConfig)}
         return HardAlignmentRecognizer(input_dim, num_phones, HardAlignmentConfig(**model_options))
@@ -344,15 +352,20 @@ class SpeechTask:
         for item in items:
             rng = utterance_rng(self.train_config.seed, "warp", epoch, item["id"])
             alpha, beta = 1.0 + rng.uniform(-1.0, 1.0, size=2) * (c.warp_freq, c.warp_time)
-            frames = item["features"].reshape(-1, orders, bins)  # [T' * stack, orders, bins]
-            if c.warp_freq:
-                frames = torch.cat([frames[..., :energy], warp_axis(frames[..., energy:], float(alpha))], dim=-1)
-            if c.warp_time:
-                needed = (int(item["targets"].numel()) + 1) * stack  # one step per label and EOS
-                count = max(needed, int(round(frames.shape[0] / float(beta))))
-                count -= count % stack
-                frames = F.interpolate(frames.permute(1, 2, 0), size=count, mode="linear", align_corners=True).permute(2, 0, 1)
-            out.append({**item, "features": frames.reshape(-1, stack * orders * bins).contiguous()})
+            needed = (int(item["targets"].numel()) + 1) * stack  # one step per label and EOS
+
+            def warped(features: torch.Tensor) -> torch.Tensor:
+                frames = features.reshape(-1, orders, bins)  # [T' * stack, orders, bins]
+                if c.warp_freq:
+                    frames = torch.cat([frames[..., :energy], warp_axis(frames[..., energy:], float(alpha))], dim=-1)
+                if c.warp_time:
+                    count = max(needed, int(round(frames.shape[0] / float(beta))))
+                    count -= count % stack
+                    frames = F.interpolate(frames.permute(1, 2, 0), size=count, mode="linear", align_corners=True).permute(2, 0, 1)
+                return frames.reshape(-1, stack * orders * bins).contiguous()
+
+            # the clean copy (consistency training) gets the same warp: the two must stay frame for frame
+            out.append({**item, **{key: warped(item[key]) for key in ("features", "clean_features") if key in item}})
         return out
 
     def _spec_augment(self, items: list[dict], epoch: int) -> list[dict]:

@@ -504,3 +504,81 @@ def test_ctc_warmup_needs_the_shared_encoder_and_the_aligner():
         small_model(ctc_warmup=0.5, posterior_aligner=False)
     with pytest.raises(ValueError, match="ctc_warmup"):
         small_model(ctc_warmup=1.0)
+
+
+def test_frame_consistency_is_the_kl_per_frame_summed_over_valid_frames():
+    from hardalign.speech.ctc import frame_consistency
+
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.log_softmax(torch.randn(3, 5, 4, generator=g, dtype=torch.float64), -1).requires_grad_(True)
+    clean = torch.log_softmax(torch.randn(3, 5, 4, generator=g, dtype=torch.float64), -1)
+    lengths = torch.tensor([5, 2, 3])
+    expected = sum(
+        sum(float(clean[b, t, c].exp() * (clean[b, t, c] - noisy.detach()[b, t, c])) for c in range(4)) for b in range(3) for t in range(int(lengths[b]))
+    ) / 3
+    value = frame_consistency(noisy, clean, lengths)
+    assert abs(float(value.detach()) - expected) < 1e-12
+    padded = noisy.detach().clone()
+    padded[1, 2:] = torch.log_softmax(torch.randn(3, 4, generator=g, dtype=torch.float64), -1)
+    assert float(frame_consistency(padded, clean, lengths)) == pytest.approx(float(value.detach()), abs=1e-12)  # padding ignored
+    assert float(frame_consistency(clean, clean, lengths)) == 0.0
+    value.backward()
+    # d KL / d log q = -p on valid frames (the target is a constant), 0 on padding
+    valid = (torch.arange(5) < lengths.unsqueeze(1)).unsqueeze(-1)
+    torch.testing.assert_close(noisy.grad, -(clean.exp() * valid) / 3)
+    f32 = frame_consistency(noisy.detach().float(), clean.float(), lengths)
+    assert abs(float(f32) - expected) < 1e-5 * max(1.0, expected)
+    with pytest.raises(ValueError, match="the same"):
+        frame_consistency(noisy, clean[:, :4], lengths)
+
+
+@pytest.mark.parametrize("model", ["hard", "ctc"])
+def test_consistency_term_in_training(model):
+    """``consistency_weight``: a loss term from the batch's ``clean_features`` (zero when they equal
+    the input and dropout is off), in the CTC warm-up and with the bound; its gradient reaches the
+    encoder, the clean pass has none; not in evaluation mode or without clean features."""
+    from hardalign.speech.ctc import CTCRecognizer
+
+    torch.manual_seed(0)
+    B, T, F_, n = 3, 12, 6, 5
+    batch = {
+        "features": torch.randn(B, T, F_), "feature_lengths": torch.tensor([12, 10, 9]),
+        "targets": torch.tensor([[1, 2, 3], [4, 5, 0], [2, 0, 0]]), "target_lengths": torch.tensor([3, 2, 1]),
+    }
+    if model == "hard":
+        net = HardAlignmentRecognizer(F_, n, hidden_size=8, decision_hidden=4, label_embedding=4, posterior_hidden=8, baseline_hidden=4,
+                                      ctc_warmup=0.5, consistency_weight=2.0)
+        encoder = net.encoder[0].weight_ih_l0
+
+        def terms(b, spent):
+            net.budget_spent = spent
+            out = net(b, num_samples=2, step=5)
+            return ({"loss": out["loss"]}, out) if isinstance(out, dict) else (out.losses, {**out.losses, **out.metrics})
+    else:
+        net = CTCRecognizer(F_, n, hidden_size=8, consistency_weight=2.0)
+        encoder = net.layers[0].weight_ih_l0
+
+        def terms(b, spent):
+            out = net(b, step=5)
+            return {"loss": out["loss"]}, out
+    net.train()
+    for spent in ((0.1, 0.9) if model == "hard" else (0.0,)):
+        same = {**batch, "clean_features": batch["features"]}
+        _, logged = terms(same, spent)
+        assert float(logged["consistency"].detach()) == pytest.approx(0.0, abs=1e-6)
+        noisy = {**batch, "features": batch["features"] + torch.randn(B, T, F_), "clean_features": batch["features"]}
+        losses, logged = terms(noisy, spent)
+        assert float(logged["consistency"].detach()) > 0
+        net.zero_grad()
+        consistency = losses["consistency"] if "consistency" in losses else losses["loss"]
+        consistency.backward()
+        assert encoder.grad is not None and encoder.grad.abs().sum() > 0
+        _, logged = terms(batch, spent)
+        assert "consistency" not in logged
+    net.eval()
+    _, logged = terms({**batch, "clean_features": batch["features"] + 1}, 0.9)
+    assert "consistency" not in logged
+    with pytest.raises(ValueError, match="consistency_weight"):
+        HardAlignmentRecognizer(F_, n, consistency_weight=-1.0)
+    with pytest.raises(ValueError, match="consistency_weight"):
+        CTCRecognizer(F_, n, consistency_weight=-1.0)

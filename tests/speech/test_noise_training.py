@@ -242,3 +242,29 @@ def test_pcen_brings_clean_and_noisy_features_closer(corpus):
     assert [_task(corpus, compression=c).features.compression for c in ("log", "pcen")] == ["log", "pcen"]
     distance = {compression: _white_noise_distance(corpus, compression=compression) for compression in ("log", "pcen")}
     assert distance["pcen"] < 0.85 * distance["log"], distance
+
+
+def test_consistency_batches_carry_the_clean_utterance(corpus):
+    """With ``consistency_weight`` the training batches also carry each utterance clean: the clean
+    split's own features (no noise, no SpecAugment), frame for frame beside the noisy ones, warps
+    applied to both alike; without training noise the option is an error."""
+    options = dict(noise="white,pink", snr="0:5", clean_fraction=0.3, cmvn="utterance", specaug_freq=8, specaug_time=10)
+    task = _task(corpus, consistency_weight=1.0, **options)
+    clean = {task.train_set.records[i]["id"]: _task(corpus, cmvn="utterance").train_set[i]["features"] for i in range(len(task.train_set))}
+    noisy_seen = 0
+    for epoch in (0, 1):
+        for batch in task.train_batches(epoch):
+            assert batch["clean_features"].shape == batch["features"].shape
+            for b, uid in enumerate(batch["ids"]):
+                n = int(batch["feature_lengths"][b])
+                torch.testing.assert_close(batch["clean_features"][b, :n], clean[uid], rtol=0, atol=0)
+                assert not batch["clean_features"][b, n:].any()  # padded as the features are
+                noisy_seen += not torch.equal(batch["features"][b, :n], clean[uid])
+    assert noisy_seen > 0
+    assert "clean_features" not in next(iter(_task(corpus, **options).train_batches(0)))  # off: not built
+    warped = _task(corpus, consistency_weight=1.0, warp_time=0.2, **options)
+    for batch in warped.train_batches(0):
+        assert batch["clean_features"].shape == batch["features"].shape
+    with pytest.raises(ValueError, match="consistency_weight=0.5 compares noisy and clean input: it needs training noise"):
+        _task(corpus, consistency_weight=0.5)
+    assert _task(corpus, consistency_weight=0.5, mix_speaker=0.25).config.consistency_weight == 0.5
