@@ -5,23 +5,25 @@ every condition, hard alignment (vimco-seq) and the CTC baseline side by side:
 
 * trained **clean**: ``recipes/timit/conf/vimco-seq.yaml`` and ``conf/ctc.yaml``;
 * trained **noisy**: ``conf/noisy.yaml`` (multi-condition: its ``noise``, ``snr``,
-  ``clean_fraction`` and any ``cmvn`` / ``specaug_*`` keys) and ``conf/ctc.yaml`` with the same
+  ``clean_fraction`` and any ``cmvn`` / ``specaug_*`` / ``consistency_weight`` keys) and ``conf/ctc.yaml`` with the same
   keys read from ``noisy.yaml``;
-* trained **multi-speaker**: ``conf/multispeaker.yaml`` (``mix_speaker``) and ``conf/ctc.yaml``
-  with the same ``mix_speaker``.
+* trained **multi-speaker**: ``conf/multispeaker.yaml`` and ``conf/ctc.yaml`` with its keys, once per
+  mix level of ``--mixes`` (default 0.1, 0.25 and 0.5, MultiTIMIT's levels: ``--mix-speaker L``).
 
 Test conditions: clean, white / pink / babble noise at 10 and 0 dB (frozen per utterance,
-``eval_noise``), and the two-speaker mix at 0.25 (``mix_speaker 0.25``; the target is the first
-speaker's transcript). Targets (offline corpus): the noise-trained hard-alignment model's PER at
+``eval_noise``), and the two-speaker mix at each level of ``--mixes`` (``mix_speaker L``; the
+target is the first speaker's transcript). Targets (offline corpus): the noise-trained hard-alignment model's PER at
 white 10 dB <= 1.6x its clean PER, at white 0 dB <= 3x, and its clean PER <= 1.2x the
 clean-trained hard-alignment model's.
 
 Each run is ``hardalign train --config CONF --data-dir DIR --out-dir OUT --max-minutes M
---max-steps 100000 --eval-every 0 --num-threads 1 --seed S`` plus the run's keys, then two
-evaluations of the test split (``--mix-speaker 0 --eval-noise <the six>`` and ``--mix-speaker 0.25
---eval-noise ""``), all in one subprocess per run (commands head its ``train.log``), ``--jobs``
-runs at a time with one intra-op thread each. A finished run leaves ``OUT/result.json`` and is
-skipped when the command is re-run (``--force`` retrains); an unfinished one restarts.
+--max-steps 100000 --eval-every 0 --num-threads 1 --seed S`` plus the run's keys, then the
+evaluations of the test split (``--mix-speaker 0 --eval-noise <the six>`` and, per mix level L,
+``--mix-speaker L --eval-noise ""``), all in one subprocess per run (commands head its
+``train.log``), ``--jobs`` runs at a time with one intra-op thread each. A finished run leaves
+``OUT/result.json`` and is skipped when the command is re-run (``--force`` retrains); one that
+lacks a column of this command (a mix level added since) is only scored on it; an unfinished one
+restarts.
 
     python benchmarks/speech_noise.py --minutes 10 --jobs 2                    # synthesises exp/noise/data
     python benchmarks/speech_noise.py --minutes 10 --jobs 2 --data-dir exp/timit/data
@@ -47,16 +49,28 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPE_CONF = REPO / "recipes" / "timit" / "conf"
-TRAININGS = ("clean", "noisy", "multi")
 MODELS = ("hard", "ctc")
 LABELS = {"hard": "hard alignment (vimco-seq)", "ctc": "CTC baseline"}
-TRAINING_LABELS = {"clean": "clean", "noisy": "noisy (multi-condition)", "multi": "multi-speaker"}
-CONFIGS = {("clean", "hard"): "vimco-seq.yaml", ("noisy", "hard"): "noisy.yaml", ("multi", "hard"): "multispeaker.yaml"}
+CONFIGS = {"clean": "vimco-seq.yaml", "noisy": "noisy.yaml", "multi": "multispeaker.yaml"}  # the hard-alignment runs' configs
 #: keys of the noisy / multi-speaker configs that the CTC run of the same training copies
-NOISE_KEYS = ("noise", "snr", "clean_fraction", "mix_speaker", "cmvn", "specaug_freq", "specaug_time", "specaug_masks")
+NOISE_KEYS = ("noise", "snr", "clean_fraction", "mix_speaker", "cmvn", "specaug_freq", "specaug_time", "specaug_masks", "consistency_weight")
 EVAL_NOISE = ("white:10", "white:0", "pink:10", "pink:0", "babble:10", "babble:0")
-MIX = 0.25
-COLUMNS = ("clean", *EVAL_NOISE, f"mix{MIX:g}")
+MIXES = (0.1, 0.25, 0.5)  # MultiTIMIT's levels
+
+
+def trainings(mixes) -> tuple[str, ...]:
+    """The training conditions: clean, noisy, and the mix at each level (``multi0.25``)."""
+    return ("clean", "noisy", *(f"multi{m:g}" for m in mixes))
+
+
+def training_label(training: str) -> str:
+    if training.startswith("multi"):
+        return f"multi-speaker {training[len('multi'):]}"
+    return {"clean": "clean", "noisy": "noisy (multi-condition)"}[training]
+
+
+def columns(mixes) -> tuple[str, ...]:
+    return ("clean", *EVAL_NOISE, *(f"mix{m:g}" for m in mixes))
 
 
 def log(message: str) -> None:
@@ -74,17 +88,20 @@ def data_dir(args: argparse.Namespace) -> Path:
 
 
 def run_config(training: str, model: str, args: argparse.Namespace) -> tuple[Path, list[str]]:
-    """The config file of a run and the keys it adds (the CTC runs copy the noise keys)."""
+    """The config file of a run and the keys it adds (the CTC runs copy the noise keys; a
+    ``multiL`` run sets the mix level L)."""
     conf = Path(args.conf_dir)
+    kind = "multi" if training.startswith("multi") else training
+    level = ["--mix-speaker", training[len("multi"):]] if kind == "multi" and training != "multi" else []
     if model == "hard":
-        return conf / CONFIGS[training, "hard"], []
+        return conf / CONFIGS[kind], level
     keys: list[str] = []
-    if training != "clean":
-        source = yaml.safe_load((conf / CONFIGS[training, "hard"]).read_text()) or {}
+    if kind != "clean":
+        source = yaml.safe_load((conf / CONFIGS[kind]).read_text()) or {}
         for key in NOISE_KEYS:
-            if key in source:
+            if key in source and not (kind == "multi" and key == "mix_speaker"):  # the level is the run's own
                 keys += [f"--{key.replace('_', '-')}", str(source[key])]
-    return conf / "ctc.yaml", keys
+    return conf / "ctc.yaml", keys + level
 
 
 def budget_keys(args: argparse.Namespace) -> list[str]:
@@ -104,7 +121,7 @@ def prepare(args: argparse.Namespace) -> None:
         if subprocess.run(command, env=child_env()).returncode:
             raise SystemExit(f"speech_noise: preparing the corpus failed: {shlex.join(command)}")
     marker = out / ".speech_noise-features.done"
-    options = json.dumps({"eval_noise": ",".join(EVAL_NOISE), "mix": MIX})
+    options = json.dumps({"eval_noise": ",".join(EVAL_NOISE), "mix": list(args.mixes)})
     if marker.is_file() and marker.read_text() == options:
         return
     import torch
@@ -114,7 +131,8 @@ def prepare(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     started = time.perf_counter()
     counts = precompute_features(str(out), eval_noise=",".join(EVAL_NOISE))
-    counts.update(precompute_features(str(out), mix_speaker=MIX, splits=("test",)))
+    for level in args.mixes:
+        counts.update(precompute_features(str(out), mix_speaker=level, splits=("test",)))
     log(f"features cached in {out}: {sum(counts.values())} utterances ({time.perf_counter() - started:.0f} s)")
     marker.write_text(options)
 
@@ -124,7 +142,7 @@ import json, sys
 from hardalign.cli import main
 from hardalign.train.evaluate import evaluate_checkpoint
 a = json.loads(sys.argv[1])
-code = main(a["train"])
+code = main(a["train"]) if a["train"] else 0
 if code:
     sys.exit(code)
 scores = {name: evaluate_checkpoint(None, checkpoint=a["checkpoint"], split="test", overrides=o, write=False) for name, o in a["evals"].items()}
@@ -136,69 +154,105 @@ def run_dir(training: str, model: str, args: argparse.Namespace) -> Path:
     return Path(args.work_dir) / "runs" / training / model
 
 
-def train_and_score(training: str, model: str, args: argparse.Namespace) -> dict:
-    """Train one model from scratch, score the test split under every condition, write ``result.json``."""
+def evaluations(args: argparse.Namespace) -> dict[str, dict]:
+    """The test-split evaluations of a run by name: ``noise`` (clean and the six noise columns)
+    and ``mixL`` per mix level (each scores its own column)."""
+    evals = {"noise": {"mix_speaker": 0.0, "eval_noise": ",".join(EVAL_NOISE), "eval_limit": 0}}
+    evals.update({f"mix{m:g}": {"mix_speaker": m, "eval_noise": "", "eval_limit": 0} for m in args.mixes})
+    return evals
+
+
+def missing_evaluations(result: dict, args: argparse.Namespace) -> list[str]:
+    """The evaluations a finished run still needs for this command's columns."""
+    have = result.get("per", {})
+    needed = [name for name in evaluations(args) if name.startswith("mix") and name not in have]
+    return (["noise"] if any(c not in have for c in ("clean", *EVAL_NOISE)) else []) + needed
+
+
+def train_and_score(training: str, model: str, args: argparse.Namespace, existing: dict | None = None) -> dict:
+    """Train one model from scratch, score the test split under every condition, write
+    ``result.json``; with ``existing`` (a finished run's result), only score the columns it lacks."""
     out = run_dir(training, model, args)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     config, keys = run_config(training, model, args)
     train = [
         "train", "--config", str(config), "--data-dir", str(data_dir(args)), "--out-dir", str(out), *budget_keys(args),
         "--eval-every", "0", "--num-threads", "1", "--seed", str(args.seed), "--progress", "false", *keys, *shlex.split(args.model_overrides),
     ]
-    evals = {"noise": {"mix_speaker": 0.0, "eval_noise": ",".join(EVAL_NOISE), "eval_limit": 0},
-             "mix": {"mix_speaker": MIX, "eval_noise": "", "eval_limit": 0}}
+    evals = evaluations(args)
+    if existing is None:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        log(f"{training}/{model}: training -> {out}")
+    else:
+        evals = {name: evals[name] for name in missing_evaluations(existing, args)}
+        train = []
+        log(f"{training}/{model}: scoring {', '.join(evals)} of {out / 'checkpoint.pt'}")
     started = time.monotonic()
-    log(f"{training}/{model}: training -> {out}")
-    with open(out / "train.log", "w") as stream:
+    with open(out / ("train.log" if existing is None else "score.log"), "w") as stream:
         evaluate = ["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--split", "test"]
-        lines = [train] + [evaluate + [f"--{k.replace('_', '-')}={v if v != '' else chr(34) * 2}" for k, v in o.items()] for o in evals.values()]
+        lines = [train] * bool(train) + [evaluate + [f"--{k.replace('_', '-')}={v if v != '' else chr(34) * 2}" for k, v in o.items()] for o in evals.values()]
         stream.write("".join(f"$ hardalign {shlex.join(line)}\n" for line in lines))
         stream.flush()
         payload = {"train": train, "checkpoint": str(out / "checkpoint.pt"), "evals": evals, "scores": str(out / "scores.json")}
         done = subprocess.run([sys.executable, "-c", _CHAIN, json.dumps(payload)], stdout=stream, stderr=subprocess.STDOUT, env=child_env())
     if done.returncode or not (out / "scores.json").is_file():
-        log(f"{training}/{model}: FAILED (exit {done.returncode}); see {out / 'train.log'}")
-        return {"training": training, "model": model, "failed": f"exit {done.returncode}, see {out / 'train.log'}"}
+        log(f"{training}/{model}: FAILED (exit {done.returncode}); see {stream.name}")
+        return {"training": training, "model": model, "failed": f"exit {done.returncode}, see {stream.name}"}
     scores = json.loads((out / "scores.json").read_text())
-    noise, mix = scores["noise"]["metrics"], scores["mix"]["metrics"]
-    per = {"clean": noise["per"], f"mix{MIX:g}": mix["per"]}
-    for condition in EVAL_NOISE:
-        kind, snr = condition.split(":")
-        per[condition] = noise.get(f"per_{kind}{float(snr):g}db")
-    result = {
-        "training": training, "model": model, "config": str(config), "keys": keys, "data_dir": str(data_dir(args)),
-        "model_overrides": args.model_overrides, "budget": budget_keys(args), "seed": args.seed, "steps": scores["noise"]["step"],
-        "train_s": noise.get("train_wall_s"), "wall_s": time.monotonic() - started, "per": per,
-    }
+    per = dict(existing["per"]) if existing else {}
+    for name, score in scores.items():
+        metrics = score["metrics"]
+        if name == "noise":
+            per["clean"] = metrics["per"]
+            for condition in EVAL_NOISE:
+                kind, snr = condition.split(":")
+                per[condition] = metrics.get(f"per_{kind}{float(snr):g}db")
+        else:
+            per[name] = metrics["per"]
+    if existing is not None:
+        result = {**existing, "per": per, "rescored": sorted({*existing.get("rescored", []), *scores})}
+        (out / "scores.json").unlink()
+    else:
+        noise = scores["noise"]["metrics"]
+        result = {
+            "training": training, "model": model, "config": str(config), "keys": keys, "data_dir": str(data_dir(args)),
+            "model_overrides": args.model_overrides, "budget": budget_keys(args), "seed": args.seed, "steps": scores["noise"]["step"],
+            "train_s": noise.get("train_wall_s"), "wall_s": time.monotonic() - started, "per": per,
+        }
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     log(f"{training}/{model}: test PER clean {100 * per['clean']:.1f}% after {result['steps']} steps")
     return result
 
 
 def run_all(args: argparse.Namespace) -> dict[tuple[str, str], dict]:
-    """Every (training, model), ``args.jobs`` at a time; finished runs are read back, not redone."""
+    """Every (training, model), ``args.jobs`` at a time; finished runs are read back, not redone
+    (only scored on the columns they lack)."""
     results: dict[tuple[str, str], dict] = {}
-    pending = []
-    for training in TRAININGS:
+    pending: list[tuple[str, str, dict | None]] = []
+    for training in trainings(args.mixes):
         for model in MODELS:
             done = run_dir(training, model, args) / "result.json"
             if done.is_file() and not args.force:
                 result = results[training, model] = json.loads(done.read_text())
-                now = {"budget": budget_keys(args), "data_dir": str(data_dir(args)), "model_overrides": args.model_overrides, "seed": args.seed}
-                result["reused_with_other"] = [f"{k} {result.get(k)!r}" for k, v in now.items() if result.get(k) != v]
-                log(f"{training}/{model}: reusing {done}")
+                if missing_evaluations(result, args):
+                    pending.append((training, model, result))
+                else:
+                    log(f"{training}/{model}: reusing {done}")
             else:
-                pending.append((training, model))
+                pending.append((training, model, None))
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {key: pool.submit(train_and_score, *key, args) for key in pending}
+        futures = {(t, m): pool.submit(train_and_score, t, m, args, existing) for t, m, existing in pending}
         for key, future in futures.items():
             try:
                 results[key] = future.result()
             except (OSError, ValueError, KeyError) as error:  # a failed row, not a lost table
                 log(f"{key[0]}/{key[1]}: FAILED ({error})")
                 results[key] = {"training": key[0], "model": key[1], "failed": f"{type(error).__name__}: {error}"}
+    now = {"budget": budget_keys(args), "data_dir": str(data_dir(args)), "model_overrides": args.model_overrides, "seed": args.seed}
+    for result in results.values():
+        if not result.get("failed"):
+            result["reused_with_other"] = [f"{k} {result.get(k)!r}" for k, v in now.items() if result.get(k) != v]
     return results
 
 
@@ -221,17 +275,17 @@ def targets(results: dict[tuple[str, str], dict]) -> list[dict]:
     return [{"target": name, "ratio": value, "limit": limit, "met": None if value is None else value <= limit} for name, value, limit in rows]
 
 
-def format_table(results: dict[tuple[str, str], dict]) -> str:
-    head = ["trained", "model", *(c.replace(":", " ") + (" dB" if ":" in c else "") for c in COLUMNS), "steps", "train s"]
+def format_table(results: dict[tuple[str, str], dict], mixes=MIXES) -> str:
+    head = ["trained", "model", *(c.replace(":", " ") + (" dB" if ":" in c else "") for c in columns(mixes)), "steps", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for training in TRAININGS:
+    for training in trainings(mixes):
         for model in MODELS:
             result = results.get((training, model), {"failed": "not run"})
             if result.get("failed"):
-                cells = [TRAINING_LABELS[training], LABELS[model], f"failed ({result['failed']})"] + [""] * (len(head) - 3)
+                cells = [training_label(training), LABELS[model], f"failed ({result['failed']})"] + [""] * (len(head) - 3)
             else:
                 seconds = "n/a" if result.get("train_s") is None else f"{result['train_s']:.0f}"
-                cells = [TRAINING_LABELS[training], LABELS[model], *(pct(result["per"].get(c)) for c in COLUMNS), str(result["steps"]), seconds]
+                cells = [training_label(training), LABELS[model], *(pct(result["per"].get(c)) for c in columns(mixes)), str(result["steps"]), seconds]
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "| target (noise-trained hard alignment) | ratio | limit | met |", "|---|---|---|---|"]
     for row in targets(results):
@@ -251,34 +305,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="retrain runs that already have a result.json")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every run (default 0)")
     parser.add_argument("--conf-dir", default=str(RECIPE_CONF), help="recipe configs (default recipes/timit/conf)")
+    parser.add_argument("--mixes", default=",".join(f"{m:g}" for m in MIXES),
+                        help="two-speaker mix levels: a multi-speaker training and a test column per level (default 0.1,0.25,0.5)")
     tuning = parser.add_argument_group("testing and tuning")
     tuning.add_argument("--steps", type=int, default=0, help="a budget of N optimiser steps instead of --minutes")
     tuning.add_argument("--model-overrides", default="", help="config overrides for every run, one string (e.g. \"--hidden-size 16\")")
     tuning.add_argument("--synth-args", default="", help="prepare synth arguments when the corpus is synthesised (default: its defaults)")
     args = parser.parse_args(argv)
-    for training, model in [*CONFIGS, ("clean", "ctc")]:
-        path = run_config(training, model, args)[0] if (training, model) != ("clean", "ctc") else Path(args.conf_dir) / "ctc.yaml"
-        if not path.is_file():
-            parser.error(f"--conf-dir: no config {str(path)!r}")
+    try:
+        args.mixes = tuple(sorted({float(m) for m in args.mixes.split(",") if m.strip()}))
+    except ValueError:
+        parser.error(f"--mixes: expected comma-separated mix levels (e.g. 0.1,0.25,0.5), got {args.mixes!r}")
+    if any(not 0 < m <= 1 for m in args.mixes):
+        parser.error(f"--mixes: every level must be in (0, 1], got {args.mixes}")
+    for name in [*CONFIGS.values(), "ctc.yaml"]:
+        if not (Path(args.conf_dir) / name).is_file():
+            parser.error(f"--conf-dir: no config {str(Path(args.conf_dir) / name)!r}")
     started = time.monotonic()
     prepare(args)
     results = run_all(args)
     budget = f"{args.steps} steps" if args.steps else f"{args.minutes:g} min"
     header = (f"Test PER (%, 39 phones) by training condition and test condition. Equal budget: {budget} of training per run "
               f"({args.jobs} run(s) at a time, one intra-op thread each, {os.cpu_count()} CPU cores visible), seed {args.seed}, "
-              f"corpus `{data_dir(args)}`. Noise at the stated SNR is frozen per test utterance; `mix{MIX:g}` adds a fixed "
-              f"opposite-gender partner scaled by {MIX:g}. Noisy training: the keys of `noisy.yaml` "
-              f"(`{' '.join(run_config('noisy', 'ctc', args)[1])}`), also given to CTC; multi-speaker: "
-              f"`{' '.join(run_config('multi', 'ctc', args)[1])}`"
+              f"corpus `{data_dir(args)}`. Noise at the stated SNR is frozen per test utterance; `mixL` adds a fixed "
+              f"opposite-gender partner scaled by L. Noisy training: the keys of `noisy.yaml` "
+              f"(`{' '.join(run_config('noisy', 'ctc', args)[1])}`), also given to CTC; multi-speaker L: the keys of "
+              f"`multispeaker.yaml` (`{' '.join(run_config('multi', 'ctc', args)[1])}`) with `--mix-speaker L`"
               + (f"; overrides `{args.model_overrides}`" if args.model_overrides else "") + ".\n\n")
-    stale = [f"* {TRAINING_LABELS[t]} / {LABELS[m]}: reused from an earlier command with another {', '.join(results[t, m]['reused_with_other'])} (`--force` retrains).\n"
-             for t in TRAININGS for m in MODELS if results.get((t, m), {}).get("reused_with_other")]
-    text = header + format_table(results) + ("\nNot made by this command's options:\n\n" + "".join(stale) if stale else "")
+    stale = [f"* {training_label(t)} / {LABELS[m]}: reused from an earlier command with another {', '.join(results[t, m]['reused_with_other'])} (`--force` retrains).\n"
+             for t in trainings(args.mixes) for m in MODELS if results.get((t, m), {}).get("reused_with_other")]
+    text = header + format_table(results, args.mixes) + ("\nNot made by this command's options:\n\n" + "".join(stale) if stale else "")
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    summary = {"args": vars(args), "columns": list(COLUMNS), "runs": [results[t, m] for t in TRAININGS for m in MODELS],
+    summary = {"args": vars(args), "columns": list(columns(args.mixes)), "runs": [results[t, m] for t in trainings(args.mixes) for m in MODELS],
                "targets": targets(results), "seconds": time.monotonic() - started}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"wrote {out} and {out.with_suffix('.json')} ({time.monotonic() - started:.0f} s)")
