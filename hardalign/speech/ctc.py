@@ -116,9 +116,11 @@ class CTCRecognizer(nn.Module):
         loss = nll.mean()
         terms = {"objective": -loss.detach()}
         if self.training and self.consistency_weight > 0 and "clean_features" in batch:
-            with torch.no_grad():
-                dropout, self._dropout_now = self._dropout_now, 0.0
-                clean = self.log_probs(batch["clean_features"], batch["feature_lengths"])
+            dropout, self._dropout_now = self._dropout_now, 0.0
+            try:
+                with torch.no_grad():
+                    clean = self.log_probs(batch["clean_features"], batch["feature_lengths"])
+            finally:
                 self._dropout_now = dropout
             consistency = frame_consistency(log_probs, clean, batch["feature_lengths"])
             loss = loss + self.consistency_weight * consistency

@@ -1176,10 +1176,12 @@ class HardAlignmentRecognizer(nn.Module):
         no dropout); None when off, not training, or the batch has no clean input."""
         if not (self.training and self.config.consistency_weight > 0 and log_probs is not None and "clean_features" in batch):
             return None
-        with torch.no_grad():
-            dropout, self._dropout_now = self._dropout_now, 0.0
-            clean = batch["clean_features"]
-            clean_log_probs = self.posterior.aligner_log_probs(clean, self._encode_frames(clean))
+        dropout, self._dropout_now = self._dropout_now, 0.0
+        try:
+            with torch.no_grad():
+                clean = batch["clean_features"]
+                clean_log_probs = self.posterior.aligner_log_probs(clean, self._encode_frames(clean))
+        finally:
             self._dropout_now = dropout
         return frame_consistency(log_probs, clean_log_probs, batch["feature_lengths"])
 
