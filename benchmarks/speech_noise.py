@@ -63,9 +63,14 @@ def trainings(mixes) -> tuple[str, ...]:
     return ("clean", "noisy", *(f"multi{m:g}" for m in mixes))
 
 
+def mix_level(training: str) -> str:
+    """The mix level of a multi-speaker training (``multi0.25`` -> ``"0.25"``), else ``""``."""
+    return training[len("multi"):] if training.startswith("multi") else ""
+
+
 def training_label(training: str) -> str:
     if training.startswith("multi"):
-        return f"multi-speaker {training[len('multi'):]}"
+        return f"multi-speaker {mix_level(training)}"
     return {"clean": "clean", "noisy": "noisy (multi-condition)"}[training]
 
 
@@ -92,7 +97,7 @@ def run_config(training: str, model: str, args: argparse.Namespace) -> tuple[Pat
     ``multiL`` run sets the mix level L)."""
     conf = Path(args.conf_dir)
     kind = "multi" if training.startswith("multi") else training
-    level = ["--mix-speaker", training[len("multi"):]] if kind == "multi" and training != "multi" else []
+    level = ["--mix-speaker", mix_level(training)] if mix_level(training) else []  # bare "multi": the config's keys alone
     if model == "hard":
         return conf / CONFIGS[kind], level
     keys: list[str] = []

@@ -1203,12 +1203,15 @@ class HardAlignmentRecognizer(nn.Module):
             a :class:`hardalign.objective.LatentOutput`: the trajectory (with ``progress``, the
             labels emitted before each step), the baseline network's per-step prediction
             (computed only if the estimator uses it), the loss terms ``entropy_bonus`` (minus the
-            scheduled weight times the proposal's entropy per utterance) and ``aligner_ctc``
+            scheduled weight times the proposal's entropy per utterance), ``aligner_ctc``
+            (weighted) and, with ``consistency_weight`` and clean input in the batch, ``consistency``
             (weighted), and the metrics ``entropy``, ``entropy_weight``, ``emit_rate`` (emissions
             per valid step) and ``free_emit_rate`` (emissions per sampled, unforced step).
             During the CTC warm-up (``ctc_warmup``, training only) instead a dict of terms:
             ``loss`` (the aligner's CTC loss, mean over utterances, not scaled by
-            ``aligner_weight``), ``aligner_ctc`` (the same, detached) and ``warmup`` (1).
+            ``aligner_weight``, plus the weighted consistency term if any), ``aligner_ctc`` (the
+            CTC loss, detached), ``consistency`` (the unweighted term, detached, if any) and
+            ``warmup`` (1).
 
         Raises:
             ValueError: an utterance has fewer steps than labels + EOS (it cannot be aligned).

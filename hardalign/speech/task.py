@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
-from hardalign.data.noise import check_noise_options, parse_eval_noise, parse_noise_spec
+from hardalign.data.noise import NoiseConfig, check_noise_options, parse_eval_noise, parse_noise_spec
 from hardalign.speech.ctc import CTCRecognizer
 from hardalign.speech.decode import Hypothesis, beam_search, greedy_decode
 from hardalign.speech.model import HardAlignmentConfig, HardAlignmentRecognizer
@@ -143,7 +143,7 @@ class SpeechTaskConfig(HardAlignmentConfig):
         for key in ("warp_freq", "warp_time"):
             if not 0.0 <= getattr(self, key) < 0.5:
                 raise ValueError(f"{key}={getattr(self, key)}: must be in [0, 0.5)")
-        if self.consistency_weight and not ((self.noise and self.noise != "none") or self.mix_speaker):
+        if self.consistency_weight and not NoiseConfig(noise=self.noise or "none", snr=self.snr, mix_speaker=self.mix_speaker).active:
             raise ValueError(f"consistency_weight={self.consistency_weight} compares noisy and clean input: it needs training noise "
                              "(--noise, e.g. --noise white,pink,babble --snr 0:15) or the mix (--mix-speaker 0.25)")
 
