@@ -53,7 +53,7 @@ MODELS = ("hard", "ctc")
 LABELS = {"hard": "hard alignment (vimco-seq)", "ctc": "CTC baseline"}
 CONFIGS = {"clean": "vimco-seq.yaml", "noisy": "noisy.yaml", "multi": "multispeaker.yaml"}  # the hard-alignment runs' configs
 #: keys of the noisy / multi-speaker configs that the CTC run of the same training copies
-NOISE_KEYS = ("noise", "snr", "clean_fraction", "mix_speaker", "cmvn", "specaug_freq", "specaug_time", "specaug_masks", "consistency_weight")
+NOISE_KEYS = ("noise", "snr", "clean_fraction", "mix_speaker", "cmvn", "specaug_freq", "specaug_time", "specaug_masks", "consistency_weight", "noise_copies")
 EVAL_NOISE = ("white:10", "white:0", "pink:10", "pink:0", "babble:10", "babble:0")
 MIXES = (0.1, 0.25, 0.5)  # MultiTIMIT's levels
 

@@ -109,6 +109,10 @@ class NoiseConfig:
         seed: base seed of every draw.
         babble_talkers: utterances summed into babble.
         clean_fraction: probability that an utterance gets no noise (the mix, if any, still applies).
+        copies: 0 (default): training draws are new every epoch. N > 0: epoch ``e`` repeats the
+            draws of epoch ``e % N``, so each training utterance has N fixed noisy versions (Kaldi's
+            augmented copies of a data directory) whose features are cached after their first use:
+            the data path then costs what clean training does, at the price of less variety.
 
     Example:
         >>> NoiseConfig("pink", "0:15").snr_range
@@ -125,6 +129,7 @@ class NoiseConfig:
     seed: int = 0
     babble_talkers: int = 6
     clean_fraction: float = 0.0
+    copies: int = 0
 
     def __post_init__(self):
         for source in self.sources:
@@ -142,6 +147,7 @@ class NoiseConfig:
             raise ValueError(f"--mix-speaker must be in [0, 1] (e.g. 0.1, 0.25, 0.5), got {self.mix_speaker!r}")
         if self.babble_talkers < 1:
             raise ValueError(f"babble_talkers must be >= 1, got {self.babble_talkers!r}")
+        check_noise_copies(self.copies, key="--noise-copies")
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -450,13 +456,21 @@ def parse_eval_noise(text: str, *, check: bool = True) -> list[tuple[str, float]
     return conditions
 
 
+def check_noise_copies(copies, *, key: str = "noise_copies") -> int:
+    """``copies`` as an int >= 0 (0: a fresh training draw every epoch), or a ValueError naming ``key``."""
+    if isinstance(copies, bool) or not isinstance(copies, (int, np.integer)) or copies < 0:
+        raise ValueError(f"{key}={copies!r}: must be a whole number >= 0 (0: new noise every epoch; N: N fixed noisy "
+                         "copies of each training utterance, cycled through, whose features are cached)")
+    return int(copies)
+
+
 def check_noise_options(*, noise: str = "", snr: str | float = "0:15", clean_fraction: float = 0.0, eval_noise: str = "",
-                        mix_speaker: float = 0.0) -> None:
+                        mix_speaker: float = 0.0, noise_copies: int = 0) -> None:
     """Check every noise option of a run when its config is read, before any work starts.
 
     Parses ``noise`` (:func:`parse_noise_list`), ``snr`` (:func:`parse_snr`) and ``eval_noise``
     (:func:`parse_eval_noise`), checks each type, opens every file of each ``dir:`` folder and
-    checks ``clean_fraction`` and ``mix_speaker``; the first problem is raised as one line naming
+    checks ``clean_fraction``, ``mix_speaker`` and ``noise_copies``; the first problem is raised as one line naming
     the key and the path.
 
     Raises:
@@ -469,6 +483,7 @@ def check_noise_options(*, noise: str = "", snr: str | float = "0:15", clean_fra
         raise ValueError(f"clean_fraction={clean_fraction!r}: must be in [0, 1] (the fraction of training utterances left clean)")
     if not 0.0 <= float(mix_speaker) <= 1.0:
         raise ValueError(f"mix_speaker={mix_speaker!r}: must be in [0, 1] (e.g. 0.1, 0.25, 0.5; 0 = off)")
+    check_noise_copies(noise_copies)
 
 
 @lru_cache(maxsize=64)
@@ -507,8 +522,9 @@ class NoiseMixer:
         #: the split's recordings of each ``dir:`` source
         self.files = {s: noise_files(s[4:])[split] for s in config.sources if _source_kind(s) == "dir"}
         self.partners = self._pair_speakers() if float(config.mix_speaker) > 0 else {}
-        #: training draws change every epoch (so their features are not worth caching)
-        self.varies_per_epoch = split == "train" and bool(config.sources)
+        #: training draws change every epoch (so their features are not worth caching), unless
+        #: they repeat every ``config.copies`` epochs
+        self.varies_per_epoch = split == "train" and bool(config.sources) and not config.copies
         self.frozen: dict[str, dict] | None = None
         if split != "train" and manifest_dir is not None:
             self.frozen = self._freeze(Path(manifest_dir) / "conditions" / f"{split}-{config.tag()}.jsonl")
@@ -533,8 +549,9 @@ class NoiseMixer:
         cfg = self.config
         uid = record["id"]
         sources = cfg.sources
-        # only training noise is redrawn per epoch; the mix partner and dev/test conditions are fixed
-        ep = epoch if self.split == "train" and sources else 0
+        # only training noise is redrawn per epoch (or cycles through `copies` draws); the mix
+        # partner and dev/test conditions are fixed
+        ep = (epoch % cfg.copies if cfg.copies else epoch) if self.split == "train" and sources else 0
         rng = utterance_rng(cfg.seed, self.split, ep, uid)
         cond: dict = {"id": uid, "seed": int(rng.integers(2 ** 31))}
         # the clean / source draws come only when asked for, so that a single source draws exactly

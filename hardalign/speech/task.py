@@ -74,6 +74,10 @@ class SpeechTaskConfig(HardAlignmentConfig):
             number 320; no SNR is that large, so such a number is read back as the range it was.
         clean_fraction: fraction of training utterances left clean in each epoch (drawn per
             utterance; 0: all noisy).
+        noise_copies: 0: training noise drawn afresh every epoch; N: every utterance has N fixed
+            noisy versions, cycled through by epoch, whose features are cached after their first
+            use (``NoiseConfig.copies``; Kaldi's augmented copies): noisy training steps then cost
+            what clean ones do.
         mix_speaker: two-speaker mixing (MultiTIMIT): scale of the opposite-gender partner
             utterance (fixed per utterance) added to every utterance, training and test (0: off;
             0.1 / 0.25 / 0.5).
@@ -114,6 +118,7 @@ class SpeechTaskConfig(HardAlignmentConfig):
     noise: str = ""
     snr: str = "0:15"
     clean_fraction: float = 0.0
+    noise_copies: int = 0
     mix_speaker: float = 0.0
     eval_noise: str = ""
     specaug_freq: int = 0
@@ -136,7 +141,7 @@ class SpeechTaskConfig(HardAlignmentConfig):
             raise ValueError(f"beam_size={self.beam_size}: must be >= 1")
         self.snr = _undo_base60(self.snr)
         check_noise_options(noise=self.noise, snr=self.snr, clean_fraction=self.clean_fraction, eval_noise=self.eval_noise,
-                            mix_speaker=self.mix_speaker)
+                            mix_speaker=self.mix_speaker, noise_copies=self.noise_copies)
         for key in ("specaug_freq", "specaug_time", "specaug_masks"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key}={getattr(self, key)}: must be >= 0")
@@ -282,7 +287,7 @@ class SpeechTask:
 
         c = self.config
         noise = NoiseConfig(noise=c.noise or "none", snr=c.snr, mix_speaker=c.mix_speaker, clean_fraction=c.clean_fraction,
-                            seed=int(getattr(self.train_config, "seed", 0)))
+                            copies=c.noise_copies, seed=int(getattr(self.train_config, "seed", 0)))
         return noise if noise.active else None
 
     def dataset(self, split: str, noise=None):

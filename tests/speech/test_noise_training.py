@@ -268,3 +268,38 @@ def test_consistency_batches_carry_the_clean_utterance(corpus):
     with pytest.raises(ValueError, match="consistency_weight=0.5 compares noisy and clean input: it needs training noise"):
         _task(corpus, consistency_weight=0.5)
     assert _task(corpus, consistency_weight=0.5, mix_speaker=0.25).config.consistency_weight == 0.5
+
+
+def test_noise_copies_cycle_and_are_cached(corpus):
+    """``noise_copies: N``: epoch e draws what a fresh run draws at epoch e % N (so the first N
+    epochs are those of fresh noise), the features of a repeated draw come from the cache and equal
+    the first computation exactly, and a bad count is an error naming the key."""
+    records = read_manifest(corpus / "train.jsonl")
+    fresh = NoiseMixer(NoiseConfig("white,pink,babble", "0:15", clean_fraction=0.2, seed=5), records, split="train")
+    cycled = NoiseMixer(NoiseConfig("white,pink,babble", "0:15", clean_fraction=0.2, seed=5, copies=3), records, split="train")
+    assert fresh.varies_per_epoch and not cycled.varies_per_epoch
+    for r in records:
+        assert [cycled.condition(r, e) for e in range(7)] == [fresh.condition(r, e % 3) for e in range(7)]
+    assert any(fresh.condition(r, 3) != fresh.condition(r, 0) for r in records)  # fresh noise does not repeat
+
+    options = dict(noise="white,pink,babble", snr="0:15", clean_fraction=0.2, cmvn="utterance")
+    task = _task(corpus, seed=2, noise_copies=2, **options)
+    ds = task.train_set
+    noisy = [i for i in range(len(ds)) if ds.mixer.condition(ds.records[i], 0) is not None]
+    assert noisy
+    ds.set_epoch(0)
+    first = {i: ds[i]["features"] for i in noisy}
+    hits = ds.cache.hits
+    ds.set_epoch(2)  # epoch 2 repeats epoch 0
+    for i in noisy:
+        assert torch.equal(ds[i]["features"], first[i])
+    assert ds.cache.hits - hits == len(noisy)
+    uncached = _task(corpus, seed=2, **options).train_set
+    uncached.set_epoch(0)
+    for i in noisy:  # the same draw as fresh noise at epoch 0
+        assert torch.equal(uncached[i]["features"], first[i])
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="noise_copies="):
+            _task(corpus, noise_copies=bad, **options)
+        with pytest.raises(ValueError, match="--noise-copies="):
+            NoiseConfig("white", copies=bad)
