@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import load_script
 from tests.speech.test_recipe import TINY_MODEL
@@ -24,6 +25,8 @@ def test_ctc_runs_copy_the_noise_keys(speech_noise):
     args = type("Args", (), {"conf_dir": str(REPO / "recipes/timit/conf")})()
     config, keys = speech_noise.run_config("noisy", "ctc", args)
     assert config.name == "ctc.yaml" and keys[keys.index("--noise") + 1] == "white,pink,babble" and "--snr" in keys
+    noisy = yaml.safe_load((REPO / "recipes/timit/conf/noisy.yaml").read_text())
+    assert keys[keys.index("--noise-copies") + 1] == str(noisy["noise_copies"])  # CTC trains on the same cached copies
     # a multi-speaker run per mix level: the hard run sets the level, the CTC run copies the config's keys and sets it too
     assert speech_noise.run_config("multi0.5", "hard", args) == (REPO / "recipes/timit/conf/multispeaker.yaml", ["--mix-speaker", "0.5"])
     assert speech_noise.run_config("multi0.1", "ctc", args)[1] == ["--cmvn", "utterance", "--specaug-freq", "8", "--specaug-time", "10", "--mix-speaker", "0.1"]
