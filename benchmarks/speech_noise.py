@@ -97,7 +97,8 @@ def run_config(training: str, model: str, args: argparse.Namespace) -> tuple[Pat
     ``multiL`` run sets the mix level L)."""
     conf = Path(args.conf_dir)
     kind = "multi" if training.startswith("multi") else training
-    level = ["--mix-speaker", mix_level(training)] if mix_level(training) else []  # bare "multi": the config's keys alone
+    mix = mix_level(training)
+    level = ["--mix-speaker", mix] if mix else []  # bare "multi": the config's keys alone
     if model == "hard":
         return conf / CONFIGS[kind], level
     keys: list[str] = []

@@ -456,12 +456,11 @@ def parse_eval_noise(text: str, *, check: bool = True) -> list[tuple[str, float]
     return conditions
 
 
-def check_noise_copies(copies, *, key: str = "noise_copies") -> int:
-    """``copies`` as an int >= 0 (0: a fresh training draw every epoch), or a ValueError naming ``key``."""
+def check_noise_copies(copies, *, key: str = "noise_copies") -> None:
+    """A ValueError naming ``key`` unless ``copies`` is a whole number >= 0 (0: a fresh training draw every epoch)."""
     if isinstance(copies, bool) or not isinstance(copies, (int, np.integer)) or copies < 0:
         raise ValueError(f"{key}={copies!r}: must be a whole number >= 0 (0: new noise every epoch; N: N fixed noisy "
                          "copies of each training utterance, cycled through, whose features are cached)")
-    return int(copies)
 
 
 def check_noise_options(*, noise: str = "", snr: str | float = "0:15", clean_fraction: float = 0.0, eval_noise: str = "",
