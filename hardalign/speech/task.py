@@ -76,8 +76,8 @@ class SpeechTaskConfig(HardAlignmentConfig):
             utterance; 0: all noisy).
         noise_copies: 0: training noise drawn afresh every epoch; N: every utterance has N fixed
             noisy versions, cycled through by epoch, whose features are cached after their first
-            use (``NoiseConfig.copies``; Kaldi's augmented copies): noisy training steps then cost
-            what clean ones do.
+            use (``NoiseConfig.copies``; Kaldi's augmented copies): the noisy data path then costs
+            what the clean one does.
         mix_speaker: two-speaker mixing (MultiTIMIT): scale of the opposite-gender partner
             utterance (fixed per utterance) added to every utterance, training and test (0: off;
             0.1 / 0.25 / 0.5).
